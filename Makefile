@@ -1,0 +1,37 @@
+# agentfleet: golden images, clones, agentd and the collector.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: setup bake lock test test-fast test-slow e2e bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+setup:  ## install apt packages and the venv (idempotent)
+	scripts/setup-host.sh
+
+bake: setup  ## bake the golden image from images/agent.yaml (cache hit if unchanged)
+	$(PY) -m bake.cli bake images/agent.yaml $(BAKE_ARGS)
+
+lock: setup  ## re-resolve images/agent.lock.json from the registries
+	$(PY) -m bake.cli lock images/agent.yaml
+
+test: setup  ## every tier CI can afford: fast, slow (real bake, guestfs, libvirt) and e2e
+	$(PYTEST) -m "not e2e" tests
+	$(PYTEST) -m e2e tests
+
+test-fast: setup  ## unit and service tests only (about a minute)
+	$(PYTEST) -m "not slow and not e2e" tests
+
+test-slow: setup  ## tests that bake, inject and boot (minutes)
+	$(PYTEST) -m "slow and not e2e" tests
+
+e2e: setup  ## end to end on real VMs: bake, clone two agents, report, drift, replace, roll back
+	$(PYTEST) -m e2e tests
+
+bench: setup  ## print benchmark figures (not a test)
+	$(PY) bench/bake.py; $(PY) bench/clone.py; $(PY) bench/collector.py; $(PY) bench/agentd.py
+
+clean:  ## remove work trees (keeps published images and download caches)
+	rm -rf build/work
