@@ -1,0 +1,101 @@
+"""`python -m bake.cli bake|lock|verify|list`: the bake's command line. Errors are one line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bake.errors import BakeError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bake", description="Bake the golden agent image from a pinned spec.")
+    parser.add_argument("--build-dir", type=Path, default=REPO / "build", help="build dir (default: ./build)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bake", help="bake (or find in cache) the image of a spec")
+    b.add_argument("spec", type=Path)
+    b.add_argument("--verify", action="store_true", help="on a cache hit, also check the image's full sha256")
+    b.add_argument("--dry-run", action="store_true", help="print what would be done, touch nothing")
+    b.add_argument("--force", action="store_true", help="bake even if the version is already published")
+    b.add_argument("--quiet", action="store_true", help="no progress lines (the log still has everything)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    lk = sub.add_parser("lock", help="re-resolve the lock and OpenClaw's package-lock from the registry")
+    lk.add_argument("spec", type=Path)
+    v = sub.add_parser("verify", help="verify a published image offline (OS, pins, identity-free)")
+    v.add_argument("image", type=Path)
+    ls = sub.add_parser("list", help="list published images, newest last")
+    ls.add_argument("--name", default="agent")
+    args = parser.parse_args(argv)
+    from bake.pipeline import Layout
+    layout = Layout(args.build_dir.resolve())
+    try:
+        return _COMMANDS[args.command](args, layout)
+    except BakeError as e:
+        print(f"bake: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bake: interrupted; nothing was published", file=sys.stderr)
+        return 130
+
+
+def _bake(args, layout) -> int:
+    from bake import pipeline
+    if args.dry_run:
+        print("\n".join(pipeline.dry_run(args.spec, layout)))
+        return 0
+    outcome = pipeline.bake(args.spec, layout, verify_checksum=args.verify, force=args.force, quiet=args.quiet)
+    if args.json:
+        print(json.dumps({"image": str(outcome.image.qcow2), "version": outcome.image.version,
+                          "cache_hit": outcome.cache_hit, "base_cache_hit": outcome.base_cache_hit,
+                          "changed": outcome.changed, "phases": outcome.phases}))
+    elif outcome.cache_hit:
+        print(f"cache hit: {outcome.image.qcow2} (version {outcome.image.version}, "
+              f"{'sha256 verified' if args.verify else 'size checked'}); nothing to bake")
+    else:
+        print(f"baked: {outcome.image.qcow2}")
+    return 0
+
+
+def _lock(args, layout) -> int:
+    from bake import fetch
+    from bake.spec import load_spec
+    from bake.lock import resolve
+    spec = load_spec(args.spec)
+    npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools)
+    lock = resolve(spec, npm_cmd, log=sys.stderr)
+    print(f"locked openclaw {lock['openclaw']['version']} ({lock['openclaw']['packages']} packages, "
+          f"engines.node {lock['openclaw']['engines_node']!r}) -> {spec.lock_path}")
+    return 0
+
+
+def _verify(args, layout) -> int:
+    from bake.publish import Published, check_published
+    from bake.verify import verify_image
+    manifest_path = Path(str(args.image).removesuffix(".qcow2") + ".manifest.json")
+    if not manifest_path.exists():
+        raise BakeError(f"{args.image}: no manifest beside it; not a published image")
+    manifest = json.loads(manifest_path.read_text())
+    check_published(Published(args.image, manifest_path, manifest), full=True)
+    layout.build.mkdir(parents=True, exist_ok=True)
+    problems = verify_image(args.image, manifest["pins"]["node"], manifest["pins"]["openclaw"], layout.build)
+    for p in problems:
+        print(f"problem: {p}")
+    print("ok" if not problems else f"{len(problems)} problems")
+    return 1 if problems else 0
+
+
+def _list(args, layout) -> int:
+    for m in sorted(layout.images.glob(f"{args.name}-*.manifest.json"), key=lambda p: p.stat().st_mtime):
+        data = json.loads(m.read_text())
+        print(f"{data['version']}  {data['built_at']}  node {data['pins']['node']}  openclaw {data['pins']['openclaw']}"
+              f"  {data['qcow2']['size'] / 1e6:.0f} MB  {m.parent / data['qcow2']['file']}")
+    return 0
+
+
+_COMMANDS = {"bake": _bake, "lock": _lock, "verify": _verify, "list": _list}
+
+if __name__ == "__main__":
+    sys.exit(main())

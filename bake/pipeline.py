@@ -1,0 +1,169 @@
+"""The bake as a recipe: spec -> inputs -> (cache hit | fetch -> base tree -> app tree -> disk -> verify -> publish)."""
+from __future__ import annotations
+
+import errno
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from bake import assemble, dib, fetch, manifest, publish
+from bake.errors import BakeError
+from bake.inputs import Inputs, collect, explain_miss
+from bake.lock import Lock, check_lock
+from bake.progress import Progress
+from bake.run import run
+from bake.spec import Spec, load_spec
+from bake.verify import verify_image
+
+MIN_FREE_GB = 12
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a bake keeps things; all under one build dir so `make clean` and CI caches are simple."""
+    build: Path
+
+    @property
+    def images(self) -> Path: return self.build / "images"
+    @property
+    def cache(self) -> Path: return self.build / "cache"
+    @property
+    def downloads(self) -> Path: return self.cache / "downloads"
+    @property
+    def tools(self) -> Path: return self.cache / "tools"
+    @property
+    def npm_cache(self) -> Path: return self.cache / "npm"
+    @property
+    def dib_cache(self) -> Path: return self.cache / "dib"
+    @property
+    def base_trees(self) -> Path: return self.cache / "base"
+    @property
+    def logs(self) -> Path: return self.build / "logs"
+
+    def work(self, version: str) -> Path:
+        return self.build / "work" / version
+
+
+@dataclass
+class Outcome:
+    image: publish.Published
+    cache_hit: bool
+    changed: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    base_cache_hit: bool = False
+
+
+def plan(spec_path: Path) -> tuple[Spec, Inputs]:
+    spec = load_spec(spec_path)
+    check_lock(spec, Lock.load(spec))
+    return spec, collect(spec)
+
+
+def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: bool = False,
+         quiet: bool = False) -> Outcome:
+    spec, inputs = plan(spec_path)
+    version = inputs.version
+    existing = publish.find(layout.images, spec.name, version)
+    if existing and not force:
+        publish.check_published(existing, full=verify_checksum)
+        return Outcome(existing, cache_hit=True)
+    previous = publish.newest(layout.images, spec.name)
+    changed = explain_miss(inputs.hashes, previous.manifest.get("inputs", {})) if previous else ["no image yet"]
+    _check_free_space(layout.build)
+    import time
+    progress = Progress(layout.logs / f"{spec.name}-{version}-{time.strftime('%Y%m%dT%H%M%S')}.log", quiet=quiet)
+    progress.say(f"baking {spec.name}-{version}; cache miss because: " + "; ".join(changed))
+    work = layout.work(version)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        image, base_hit = _build(spec, inputs, layout, work, progress)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
+        raise
+    except BakeError as e:
+        raise BakeError(f"{e} (log: {progress.log_path})") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        progress.close()
+    return Outcome(image, cache_hit=False, changed=changed, phases=progress.phases, base_cache_hit=base_hit)
+
+
+def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Progress):
+    log = progress.log
+    version = inputs.version
+    staging, generated = work / "staging", work / "elements"
+    with progress.phase("fetch: downloads verified, npm tree cached"):
+        npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools, log)
+        fetch.fill_npm_cache(spec, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
+        fetch.stage(spec, version, staging, layout.downloads, layout.npm_cache, log)
+        dib.write_package_element(spec, generated)
+    base_tar = layout.base_trees / f"{inputs.base_key}.tar"
+    base_hit = base_tar.exists()
+    with progress.phase(f"base tree ({'cached ' + base_tar.name if base_hit else 'diskimage-builder'})"):
+        if not base_hit:
+            run(dib.base_command(spec, staging, generated, layout.dib_cache, work / "base"), log=log)
+            layout.base_trees.mkdir(parents=True, exist_ok=True)
+            for old in sorted(layout.base_trees.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-1]:
+                old.unlink()  # keep the newest two base trees: each is GBs
+            (work / "base.tar").rename(base_tar)
+    with progress.phase("app tree (diskimage-builder)"):
+        run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
+    tree = work / "app.tar"
+    schema = work / "openclaw-schema.json"
+    with progress.phase("manifest: baseline, packages"):
+        scanned = manifest.scan_tree_tar(tree, schema)
+        if not scanned["schema_found"]:
+            raise BakeError(f"manifest: the tree has no {manifest.SCHEMA_MEMBER} (openclaw element)")
+        pins = {"node": spec.node.version, "npm": spec.npm.version, "openclaw": spec.openclaw.version}
+        image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key, scanned, pins)
+    raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
+    with progress.phase("assemble: partition, ext4, tree, grub (libguestfs)"):
+        assemble.assemble(tree, raw, spec.disk.size_gb, image_json, log)
+        tree_size = tree.stat().st_size
+        tree.unlink()
+    with progress.phase("compress: sparse zstd qcow2"):
+        assemble.compress(raw, qcow2, log)
+        raw.unlink()
+    with progress.phase("verify offline (libguestfs)"):
+        problems = verify_image(qcow2, spec.node.version, spec.openclaw.version, work, log)
+        if problems:
+            raise BakeError("verify: refusing to publish: " + "; ".join(problems))
+    with progress.phase("publish"):
+        image_json["tree_size"] = tree_size
+        image = publish.publish(layout.images, spec.name, version, qcow2, image_json, schema, progress.log_path)
+    progress.say(f"published {image.qcow2} ({image.qcow2.stat().st_size / 1e6:.0f} MB, tree {tree_size / 1e6:.0f} MB)")
+    return image, base_hit
+
+
+def _check_free_space(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free / 1e9
+    if free < MIN_FREE_GB:
+        raise BakeError(f"no space left: {free:.1f} GB free in {path}, a bake needs about {MIN_FREE_GB} GB")
+
+
+def dry_run(spec_path: Path, layout: Layout) -> list[str]:
+    """What a bake would do, touching nothing."""
+    spec, inputs = plan(spec_path)
+    version = inputs.version
+    existing = publish.find(layout.images, spec.name, version)
+    if existing:
+        return [f"cache hit: {existing.qcow2} (nothing to bake)"]
+    work = layout.work(version)
+    base_tar = layout.base_trees / f"{inputs.base_key}.tar"
+    previous = publish.newest(layout.images, spec.name)
+    lines = [f"would bake {spec.name}-{version}",
+             *("  changed: " + c for c in (explain_miss(inputs.hashes, previous.manifest.get("inputs", {}))
+                                          if previous else ["no image yet"]))]
+    if base_tar.exists():
+        lines.append(f"base tree: cached {base_tar}")
+    else:
+        lines.append("base tree: " + dib.base_command(spec, work / "staging", work / "elements",
+                                                     layout.dib_cache, work / "base").shell_line())
+    lines.append("app tree: " + dib.app_command(spec, work / "staging", work / "elements", layout.dib_cache,
+                                                base_tar, work / "app").shell_line())
+    lines.append(f"publish: {publish.paths(layout.images, spec.name, version)['qcow2']}")
+    return lines

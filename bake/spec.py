@@ -1,0 +1,231 @@
+"""The image spec (images/agent.yaml) as frozen dataclasses, validated at the edge with errors that name the entry."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from bake.errors import BakeError
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
+NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+UPSTREAM = ("dart", "starship")  # optional artifacts from upstream sites, off unless url+sha256 are given
+
+
+@dataclass(frozen=True)
+class Base:
+    distro: str
+    release: str
+    mirror: str
+    kernel: str
+
+
+@dataclass(frozen=True)
+class Disk:
+    size_gb: int
+    filesystem: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    elements: tuple[str, ...]
+    packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file from outside, pinned by version, URL and sha256; verified before any use."""
+    name: str
+    version: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class OpenClaw:
+    version: str
+    allow_scripts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    name: str
+    base: Base
+    disk: Disk
+    stages: tuple[Stage, ...]
+    node: Artifact
+    npm: Artifact
+    openclaw: OpenClaw
+    upstream: tuple[Artifact, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def elements_dir(self) -> Path:
+        return self.images_dir / "elements"
+
+    @property
+    def openclaw_dir(self) -> Path:
+        return self.images_dir / "openclaw"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock.json")
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+def load_spec(path: Path) -> Spec:
+    """Parse and validate; raise BakeError naming the file and the entry at fault."""
+    path = Path(path).resolve()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise BakeError(f"{path}: spec not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BakeError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', e)}") from None
+    try:
+        spec = _parse(path, data)
+    except _EntryError as e:
+        raise BakeError(f"{path}: {e.entry}: {e.message}") from None
+    _check_elements(spec)
+    return spec
+
+
+class _EntryError(Exception):
+    def __init__(self, entry: str, message: str):
+        super().__init__(f"{entry}: {message}")
+        self.entry, self.message = entry, message
+
+
+def _parse(path: Path, data: Any) -> Spec:
+    top = _mapping(data, "spec", {"name", "base", "disk", "stages", "artifacts", "files"})
+    base = _mapping(top.get("base"), "base", {"distro", "release", "mirror", "kernel"})
+    if _str(base, "base.distro") != "ubuntu":
+        raise _EntryError("base.distro", "only 'ubuntu' is supported")
+    disk = _mapping(top.get("disk"), "disk", {"size_gb", "filesystem"})
+    size = disk.get("size_gb")
+    if not isinstance(size, int) or isinstance(size, bool) or not 4 <= size <= 2048:
+        raise _EntryError("disk.size_gb", "must be an integer between 4 and 2048")
+    if _str(disk, "disk.filesystem") != "ext4":
+        raise _EntryError("disk.filesystem", "only ext4 is supported")
+    stages_raw = _mapping(top.get("stages"), "stages", {"base", "app"})
+    if set(stages_raw) != {"base", "app"}:
+        raise _EntryError("stages", "needs exactly the stages 'base' and 'app'")
+    stages = tuple(_stage(name, stages_raw[name]) for name in ("base", "app"))
+    arts = _mapping(top.get("artifacts"), "artifacts", {"node", "npm", "openclaw", *UPSTREAM})
+    oc = _mapping(arts.get("openclaw"), "artifacts.openclaw", {"version", "allow_scripts"})
+    allow = oc.get("allow_scripts", [])
+    if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
+        raise _EntryError("artifacts.openclaw.allow_scripts", "must be a list of package names")
+    upstream = []
+    for name in UPSTREAM:
+        raw = arts.get(name) or {"enabled": False}
+        entry = _mapping(raw, f"artifacts.{name}", {"enabled", "version", "url", "sha256"})
+        if entry.get("enabled", True):
+            upstream.append(_artifact(name, entry))
+    files = top.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise _EntryError("files", "must map names to paths under images/")
+    for key, rel in files.items():
+        if not (path.parent / rel).exists():
+            raise _EntryError(f"files.{key}", f"{rel} does not exist under {path.parent}")
+    return Spec(
+        path=path,
+        name=_match(top, "name", NAME),
+        base=Base(_str(base, "base.distro"), _str(base, "base.release"), _url(base, "base.mirror", http_ok=True),
+                  _str(base, "base.kernel")),
+        disk=Disk(size, "ext4"),
+        stages=stages,
+        node=_artifact("node", _mapping(arts.get("node"), "artifacts.node", {"version", "url", "sha256"})),
+        npm=_artifact("npm", _mapping(arts.get("npm"), "artifacts.npm", {"version", "url", "sha256"})),
+        openclaw=OpenClaw(_match(oc, "version", VERSION, "artifacts.openclaw.version"), tuple(allow)),
+        upstream=tuple(upstream),
+        files=dict(files),
+    )
+
+
+def _stage(name: str, raw: Any) -> Stage:
+    entry = _mapping(raw, f"stages.{name}", {"elements", "packages"})
+    elements = entry.get("elements")
+    if not isinstance(elements, list) or not elements or not all(isinstance(e, str) and NAME.match(e) for e in elements):
+        raise _EntryError(f"stages.{name}.elements", "must be a non-empty list of element names")
+    packages = entry.get("packages", [])
+    if not isinstance(packages, list) or not all(isinstance(p, str) and re.match(r"^[a-z0-9][a-z0-9+.-]+$", p)
+                                                 for p in packages):
+        raise _EntryError(f"stages.{name}.packages", "must be a list of Debian package names")
+    if name == "app" and packages:
+        raise _EntryError("stages.app.packages", "the app stage installs no apt packages (put them in stages.base)")
+    return Stage(name, tuple(elements), tuple(packages))
+
+
+def _artifact(name: str, entry: dict) -> Artifact:
+    where = f"artifacts.{name}"
+    sha = entry.get("sha256")
+    if not isinstance(sha, str) or not SHA256.match(sha):
+        raise _EntryError(f"{where}.sha256", "must be 64 lowercase hex digits")
+    return Artifact(name, _match(entry, "version", VERSION, f"{where}.version"), _url(entry, f"{where}.url"), sha)
+
+
+def _mapping(value: Any, where: str, allowed: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise _EntryError(where, "missing or not a mapping")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise _EntryError(f"{where}.{unknown[0]}" if where != "spec" else unknown[0],
+                          f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+    return value
+
+
+def _str(entry: dict, where: str) -> str:
+    key = where.rsplit(".", 1)[-1]
+    value = entry.get(key)
+    if not isinstance(value, str) or not value:
+        raise _EntryError(where, "missing or not a string")
+    return value
+
+
+def _match(entry: dict, key: str, pattern: re.Pattern, where: Optional[str] = None) -> str:
+    value = entry.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise _EntryError(where or key, f"missing or malformed ({value!r})")
+    return value
+
+
+def _url(entry: dict, where: str, http_ok: bool = False) -> str:
+    value = _str(entry, where)
+    if not (value.startswith("https://") or (http_ok and value.startswith("http://"))):
+        raise _EntryError(where, f"must be an {'http(s)' if http_ok else 'https'} URL")
+    return value
+
+
+def dib_elements_dir() -> Path:
+    import diskimage_builder
+    return Path(diskimage_builder.__file__).parent / "elements"
+
+
+def _check_elements(spec: Spec) -> None:
+    known = {p.name for p in spec.elements_dir.iterdir() if p.is_dir()} if spec.elements_dir.is_dir() else set()
+    try:
+        known |= {p.name for p in dib_elements_dir().iterdir() if p.is_dir()}
+    except ImportError:
+        pass  # without DIB we can only check our own elements
+    for stage in spec.stages:
+        for i, element in enumerate(stage.elements):
+            if element not in known:
+                raise BakeError(f"{spec.path}: stages.{stage.name}.elements[{i}]: unknown element '{element}' "
+                                f"(not in {spec.elements_dir} nor diskimage-builder)")

