@@ -1,0 +1,20 @@
+"""Fixtures shared by every area. Keep area-specific fixtures in the area's own test modules."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def baked_image():
+    """The golden image of images/agent.yaml, baked by the real pipeline (a cache hit when already published).
+
+    Returns bake.publish.Published: `.qcow2`, `.manifest_path`, `.manifest`, `.version`; the OpenClaw schema is
+    published beside it (`manifest["openclaw_schema"]`). Slow the first time (a full bake), instant afterwards.
+    """
+    from bake.pipeline import Layout, bake
+    outcome = bake(REPO / "images" / "agent.yaml", Layout(REPO / "build"))
+    return outcome.image
