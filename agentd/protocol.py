@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from typing import Any, Optional
 SCHEMA_VERSION = 1
 REPORTS_PATH = "/api/v1/reports"
 MAX_REPORT_BYTES = 256 * 1024
+MAX_INT = 2**63 - 1                # seq and counts must fit a signed 64-bit SQL column
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 STATUSES = ("ok", "warn", "fail")
 DRIFT_KINDS = ("modified", "missing", "added", "mode", "owner", "package")
@@ -25,6 +27,8 @@ def agent_token(collector_secret: bytes, agent: str) -> str:
 
 
 def token_matches(collector_secret: bytes, agent: str, presented: str) -> bool:
+    if not isinstance(presented, str) or not presented.isascii():  # compare_digest raises on non-ASCII str
+        return False
     return hmac.compare_digest(agent_token(collector_secret, agent), presented)
 
 
@@ -76,52 +80,119 @@ class Report:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Report":
-        """Strict parse: raises ValueError naming the first bad field."""
+        """Strict parse: raises ValueError (only) naming the first bad field, so a malformed report is a 4xx, never a 500.
+
+        Numbers must be finite and in range, strings valid UTF-8 without NUL (SQL text columns refuse both), counts
+        non-negative integers that fit a 64-bit column.
+        """
         if not isinstance(data, dict):
             raise ValueError("report must be a JSON object")
         agent = data.get("agent")
         if not isinstance(agent, str) or not AGENT_NAME.match(agent):
             raise ValueError("agent: must match " + AGENT_NAME.pattern)
         seq = data.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-            raise ValueError("seq: must be an integer >= 1")
-        checks = [CheckResult(**_fields(c, CheckResult, "checks")) for c in _list(data, "checks")]
-        for c in checks:
-            if c.status not in STATUSES:
-                raise ValueError(f"checks[{c.name}].status: must be one of {STATUSES}")
-        drift = [DriftEntry(**_fields(d, DriftEntry, "drift")) for d in _list(data, "drift")]
-        for d in drift:
-            if d.kind not in DRIFT_KINDS:
-                raise ValueError(f"drift[{d.path}].kind: must be one of {DRIFT_KINDS}")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_INT:
+            raise ValueError(f"seq: must be an integer from 1 to {MAX_INT}")
         metrics = data.get("metrics", {})
-        if not isinstance(metrics, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in metrics.items()
-        ):
+        if not isinstance(metrics, dict):
             raise ValueError("metrics: must map names to numbers")
+        schema = data.get("schema", SCHEMA_VERSION)
+        if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= MAX_INT:
+            raise ValueError("schema: must be a positive integer")
         return cls(
             agent=agent,
             seq=seq,
-            sent_at=float(_typed(data, "sent_at", (int, float))),
-            image_version=_typed(data, "image_version", str),
-            host=_typed(data, "host", str, ""),
-            role=_typed(data, "role", str, ""),
-            checks=checks,
-            metrics={k: float(v) for k, v in metrics.items()},
-            drift=drift,
-            spool=SpoolState(**_fields(data.get("spool", {}), SpoolState, "spool")),
-            canary_lag_s=_typed(data, "canary_lag_s", (int, float, type(None)), None),
-            schema=_typed(data, "schema", int, SCHEMA_VERSION),
+            sent_at=_number(_required(data, "sent_at"), "sent_at"),
+            image_version=_text(_required(data, "image_version"), "image_version"),
+            host=_text(data.get("host", ""), "host"),
+            role=_text(data.get("role", ""), "role"),
+            checks=[_check(c, i) for i, c in enumerate(_list(data, "checks"))],
+            metrics={_text(k, "metrics key"): _number(v, f"metrics[{k}]") for k, v in metrics.items()},
+            drift=[_drift(d, i) for i, d in enumerate(_list(data, "drift"))],
+            spool=_spool(data.get("spool", {})),
+            canary_lag_s=_number(data.get("canary_lag_s"), "canary_lag_s", optional=True),
+            schema=schema,
         )
 
 
-def _typed(data: dict, key: str, types, default: Any = ...) -> Any:
+def _check(item: Any, index: int) -> CheckResult:
+    where = f"checks[{index}]"
+    item = _fields(item, CheckResult, where)
+    name = _text(_required(item, "name", where), where + ".name")
+    status = _required(item, "status", where)
+    if status not in STATUSES:
+        raise ValueError(f"checks[{name}].status: must be one of {STATUSES}")
+    return CheckResult(
+        name=name,
+        status=status,
+        detail=_text(item.get("detail", ""), where + ".detail"),
+        value=_number(item.get("value"), where + ".value", optional=True),
+        duration_ms=_number(item.get("duration_ms", 0.0), where + ".duration_ms"),
+    )
+
+
+def _drift(item: Any, index: int) -> DriftEntry:
+    where = f"drift[{index}]"
+    item = _fields(item, DriftEntry, where)
+    path = _text(_required(item, "path", where), where + ".path")
+    kind = _required(item, "kind", where)
+    if kind not in DRIFT_KINDS:
+        raise ValueError(f"drift[{path}].kind: must be one of {DRIFT_KINDS}")
+    return DriftEntry(
+        path=path,
+        kind=kind,
+        expected=_text(item.get("expected"), where + ".expected", optional=True),
+        actual=_text(item.get("actual"), where + ".actual", optional=True),
+    )
+
+
+def _spool(item: Any) -> SpoolState:
+    item = _fields(item, SpoolState, "spool")
+    return SpoolState(
+        depth=_count(item.get("depth", 0), "spool.depth"),
+        oldest_age_s=_number(item.get("oldest_age_s", 0.0), "spool.oldest_age_s"),
+        dropped=_count(item.get("dropped", 0), "spool.dropped"),
+    )
+
+
+def _required(data: dict, key: str, where: str = "") -> Any:
     if key not in data:
-        if default is ...:
-            raise ValueError(f"{key}: missing")
-        return default
-    value = data[key]
-    if not isinstance(value, types) or isinstance(value, bool):
-        raise ValueError(f"{key}: wrong type {type(value).__name__}")
+        raise ValueError(f"{where + '.' if where else ''}{key}: missing")
+    return data[key]
+
+
+def _number(value: Any, where: str, optional: bool = False) -> Optional[float]:
+    """A finite float from a JSON number (bool is not a number; 10**400 is out of range, not an OverflowError)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: must be a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{where}: out of range") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: must be finite")
+    return number
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise ValueError(f"{where}: must be an integer from 0 to {MAX_INT}")
+    return value
+
+
+def _text(value: Any, where: str, optional: bool = False) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: must be a string")
+    if "\x00" in value:
+        raise ValueError(f"{where}: must not contain NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: must be valid UTF-8 (no lone surrogates)") from None
     return value
 
 
@@ -133,14 +204,10 @@ def _list(data: dict, key: str) -> list:
 
 
 def _fields(item: Any, cls: type, where: str) -> dict:
-    """Reject unknown keys and wrong scalar types so a malformed report is a clear 4xx, not a 500."""
+    """Reject non-objects and unknown keys; the per-field helpers above check types."""
     if not isinstance(item, dict):
-        raise ValueError(f"{where}: entries must be objects")
-    known = cls.__dataclass_fields__
-    unknown = set(item) - set(known)
+        raise ValueError(f"{where}: must be an object")
+    unknown = set(item) - set(cls.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"{where}: unknown field {sorted(unknown)[0]}")
-    for key, value in item.items():
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"{where}.{key}: must be a scalar")
-    return dict(item)
+        raise ValueError(f"{where}: unknown field {sorted(map(str, unknown))[0]}")
+    return item

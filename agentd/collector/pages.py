@@ -1,0 +1,150 @@
+"""Server-rendered HTML: the fleet table and one page per agent. Plain HTML, a meta refresh, no JavaScript build.
+Everything an agent sent is escaped: a drift path or a check detail is data, never markup."""
+from __future__ import annotations
+
+import time
+from html import escape
+from typing import Iterable, Optional
+
+from .store import AgentState, HistoryPoint, Incident
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border-bottom:1px solid #ddd;padding:.3em .7em;text-align:left;vertical-align:top}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#176f2c;font-weight:600} .warn{color:#9a6700;font-weight:600} .fail,.stale{color:#b42318;font-weight:600}
+.muted{color:#777} svg{vertical-align:middle} code{font-size:.95em}
+"""
+
+
+def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, open_alerts: dict[str, int],
+               now: Optional[float] = None) -> str:
+    now = time.time() if now is None else now
+    rows = []
+    for a in agents:
+        rows.append(
+            f'<tr id="agent-{a.agent}"><td><a href="/agents/{a.agent}">{a.agent}</a></td>'
+            f"<td>{escape(a.host)}</td><td>{escape(a.role)}</td><td><code>{escape(a.image_version)}</code></td>"
+            f'<td title="{_clock(a.last_seen)}">{_ago(now - a.last_seen)}</td>'
+            f'<td class="health">{_health(a, now, stale_after_s)}</td>'
+            f'<td class="num drift">{a.drift_count}</td>'
+            f'<td class="num">{a.contiguous_seq} / {a.last_seq}</td>'
+            f'<td class="num">{a.spool["depth"]}{_dropped(a)}</td></tr>')
+    table = ("<table id=\"fleet\"><thead><tr><th>agent</th><th>host</th><th>role</th><th>image</th><th>last seen</th>"
+             "<th>health</th><th>drift</th><th>seq (contiguous / last)</th><th>spool</th></tr></thead><tbody>"
+             + "".join(rows) + "</tbody></table>") if rows else '<p class="muted">No agent has reported yet.</p>'
+    alerts = ", ".join(f"{n} {kind}" for kind, n in sorted(open_alerts.items()) if n) or "none"
+    healthy = sum(1 for a in agents if a.healthy and now - a.last_seen <= stale_after_s)
+    return _page("agentfleet", refresh_s,
+                 f"<h1>agentfleet</h1><p><span id=\"summary\">{healthy} of {len(agents)} agents healthy</span>"
+                 f" &middot; open alerts: {alerts} &middot; <span class=\"muted\">updated {_clock(now)}, "
+                 f"refreshes every {refresh_s} s &middot; <a href=\"/metrics\">metrics</a></span></p>{table}")
+
+
+def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incident], stale_after_s: float,
+               refresh_s: int, now: Optional[float] = None) -> str:
+    now = time.time() if now is None else now
+    facts = [
+        ("host", escape(a.host)), ("role", escape(a.role)), ("image", f"<code>{escape(a.image_version)}</code>"),
+        ("health", _health(a, now, stale_after_s)),
+        ("last seen", f"{_ago(now - a.last_seen)} ({_clock(a.last_seen)})"),
+        ("sequence", f"last {a.last_seq}, contiguous {a.contiguous_seq}"
+                     + (f' <span class="fail">gap since {_clock(a.gap_since)}</span>' if a.gap_since else "")),
+        ("spool", f'{a.spool["depth"]} waiting, oldest {a.spool["oldest_age_s"]:.0f} s, {a.spool["dropped"]} dropped'),
+        ("canary lag", "n/a" if a.canary_lag_s is None else f"{a.canary_lag_s:.3f} s"),
+    ]
+    checks = a.latest.get("checks", [])
+    drift = a.latest.get("drift", [])
+    body = [f'<p><a href="/">&larr; fleet</a></p><h1>{a.agent}</h1>',
+            _table(["", ""], [[k, v] for k, v in facts], "facts", header=False),
+            f"<h2>Alerts ({len(incidents)})</h2>",
+            _table(["kind", "what", "since"], [[i.kind, escape(i.detail), _clock(i.opened_at)] for i in incidents],
+                   "alerts") if incidents else '<p class="muted">None open.</p>',
+            f"<h2>Checks ({len(checks)})</h2>",
+            _table(["check", "status", "detail", "value", "ms"], [
+                [escape(str(c.get("name"))), f'<span class="{_css(c.get("status"))}">{escape(str(c.get("status")))}</span>',
+                 escape(str(c.get("detail", ""))), _num(c.get("value")), _num(c.get("duration_ms")),
+                 ] for c in checks], "checks"),
+            f"<h2>Drift ({len(drift)})</h2>",
+            _table(["path", "kind", "expected", "actual"], [
+                [f"<code>{escape(str(d.get('path')))}</code>", escape(str(d.get("kind"))),
+                 escape(str(d.get("expected"))), escape(str(d.get("actual")))] for d in drift], "drift")
+            if drift else '<p class="muted" id="drift">No drift from the baseline.</p>',
+            f"<h2>Metric history (last {len(history)} reports)</h2>",
+            _history(history)]
+    return _page(f"{a.agent} - agentfleet", refresh_s, "".join(body))
+
+
+def _history(history: list[HistoryPoint]) -> str:
+    names = sorted({name for point in history for name in point.metrics})
+    if not names:
+        return '<p class="muted">No metrics reported.</p>'
+    rows = []
+    for name in names:
+        values = [p.metrics.get(name) for p in history]
+        known = [v for v in values if v is not None]
+        rows.append([escape(name), _sparkline(values), _num(known[-1]), _num(min(known)), _num(max(known))])
+    return _table(["metric", f"history (seq {history[0].seq}..{history[-1].seq})", "last", "min", "max"], rows,
+                  "metrics")
+
+
+def _sparkline(values: list[Optional[float]], width: int = 240, height: int = 32) -> str:
+    known = [v for v in values if v is not None]
+    low, high = min(known), max(known)
+    span = (high - low) or 1.0
+    step = width / max(len(values) - 1, 1)
+    points = " ".join(f"{i * step:.1f},{height - 2 - (v - low) / span * (height - 4):.1f}"
+                      for i, v in enumerate(values) if v is not None)
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
+            f'<polyline fill="none" stroke="#2b6cb0" stroke-width="1.5" points="{points}"/></svg>')
+
+
+def _table(headers: list[str], rows: Iterable[list[str]], table_id: str, header: bool = True) -> str:
+    head = "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}">{head}<tbody>{body}</tbody></table>'
+
+
+def _page(title: str, refresh_s: int, body: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="refresh" content="{refresh_s}"><title>{escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def _health(a: AgentState, now: float, stale_after_s: float) -> str:
+    if now - a.last_seen > stale_after_s:
+        return '<span class="stale">stale</span>'
+    if a.healthy:
+        return '<span class="ok">ok</span>'
+    failing = [escape(str(c.get("name"))) for c in a.latest.get("checks", []) if c.get("status") == "fail"]
+    return f'<span class="fail">failing: {", ".join(failing)}</span>'
+
+
+def _dropped(a: AgentState) -> str:
+    return f' <span class="fail">({a.spool["dropped"]} dropped)</span>' if a.spool["dropped"] else ""
+
+
+def _css(status: object) -> str:
+    return status if status in ("ok", "warn", "fail") else ""
+
+
+def _num(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else escape(str(value))
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
