@@ -1,0 +1,79 @@
+"""The baseline drift is measured against: the image manifest plus what the clone injected, plus the VM's identity.
+
+Read from /etc/agentfleet/{image.json, injected.json, identity.json} under the configured root.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from .config import Config
+from .errors import AgentdError
+from .fsutil import rooted
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What drift compares for one file: content hash, octal mode ("0644") and "user:group"."""
+    sha256: Optional[str]
+    mode: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class Identity:
+    agent: str = ""
+    host: str = ""
+    role: str = ""
+    ip: str = ""
+    image_version: str = ""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    image_version: str
+    files: Dict[str, FileState] = field(default_factory=dict)      # in-VM absolute path -> expected state
+    packages: Dict[str, str] = field(default_factory=dict)         # dpkg name -> version
+    identity: Identity = field(default_factory=Identity)
+
+
+def _read_json(path: str, required: bool) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        if required:
+            raise AgentdError(f"baseline {path} is missing") from None
+        return {}
+    except (OSError, ValueError) as e:
+        raise AgentdError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise AgentdError(f"{path}: must be a JSON object")
+    return data
+
+
+def parse_files(data: dict, where: str) -> Dict[str, FileState]:
+    files = {}
+    for path, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(path, str) or not path.startswith("/"):
+            raise AgentdError(f"{where}: {path!r}: must map an absolute path to {{sha256, mode, owner}}")
+        files[path] = FileState(entry.get("sha256"), str(entry.get("mode", "")), str(entry.get("owner", "")))
+    return files
+
+
+def load_baseline(config: Config, root: str) -> Baseline:
+    """image.json is required (it names the image version); injected.json and identity.json may be absent."""
+    image_path = rooted(root, config.image_json)
+    image = _read_json(image_path, required=True)
+    injected_path = rooted(root, config.injected_json)
+    injected = _read_json(injected_path, required=False)
+    ident = _read_json(rooted(root, config.identity_json), required=False)
+    files = parse_files(image.get("baseline", {}), image_path)
+    # the clone's files override the image's for the same path (e.g. /etc/hostname)
+    files.update(parse_files(injected.get("baseline", injected), injected_path))
+    packages = image.get("packages", {}).get("dpkg", {})
+    if not isinstance(packages, dict):
+        raise AgentdError(f"{image_path}: packages.dpkg must map names to versions")
+    identity = Identity(**{k: str(ident.get(k, "")) for k in Identity.__dataclass_fields__})
+    return Baseline(str(image.get("version", "")), files, {str(k): str(v) for k, v in packages.items()}, identity)

@@ -1,0 +1,133 @@
+"""The durable, bounded, ordered on-disk spool of reports, and the sequence counter that goes with it.
+
+Every report is written here before it is sent, and removed only after the collector answered, so a report made
+while the collector is down (or while agentd is killed) is sent later, in seq order. One file per report,
+`<seq>.json`, written atomically: a SIGKILL leaves either the whole file or none (the torn temp is discarded).
+
+Sequence numbers: the next seq is max(counter file, highest spooled seq) + 1, and the counter is persisted only
+after the report file is in place. So a crash never skips a seq (the collector would see a gap that never closes)
+and never hands the same seq to two different reports.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, List, Optional, Tuple
+
+from .errors import AgentdError
+from .fsutil import atomic_write, fsync_dir, read_int
+from .protocol import SpoolState
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".json"
+
+
+class Spool:
+    def __init__(self, spool_dir: str, state_dir: str, max_reports: int, clock: Callable[[], float] = time.time):
+        self.dir = spool_dir
+        self.max = max_reports
+        self.clock = clock
+        self._seq_path = os.path.join(state_dir, "seq")
+        self._dropped_path = os.path.join(state_dir, "dropped")
+        self._lock = threading.Lock()
+        try:
+            os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            self._entries: "OrderedDict[int, float]" = self._load()  # seq -> made_at, oldest first
+            self._last_seq = max([read_int(self._seq_path)] + list(self._entries))
+            self._dropped = read_int(self._dropped_path)
+        except (OSError, ValueError) as e:
+            raise AgentdError(f"cannot open spool {spool_dir}: {e}") from None
+
+    def _load(self) -> "OrderedDict[int, float]":
+        found: List[Tuple[int, float]] = []
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            if name.startswith("."):  # a temp file torn by a crash mid-write: that report was never made
+                os.unlink(path)
+                continue
+            if not name.endswith(SUFFIX) or not name[: -len(SUFFIX)].isdigit():
+                continue
+            found.append((int(name[: -len(SUFFIX)]), os.stat(path).st_mtime))
+        return OrderedDict(sorted(found))
+
+    def _path(self, seq: int) -> str:
+        return os.path.join(self.dir, "%020d%s" % (seq, SUFFIX))
+
+    # --- writing ------------------------------------------------------------------------------------
+    def append(self, make: Callable[[int, SpoolState], dict]) -> dict:
+        """Allocate the next seq, build the report with it (given the spool state it should carry), store it."""
+        with self._lock:
+            seq = self._last_seq + 1
+            report = make(seq, self._state_locked())
+            atomic_write(self._path(seq), json.dumps(report, separators=(",", ":")).encode())
+            atomic_write(self._seq_path, b"%d\n" % seq)
+            self._last_seq = seq
+            self._entries[seq] = self.clock()
+            self._enforce_bound_locked()
+            return report
+
+    def _enforce_bound_locked(self) -> None:
+        dropped = 0
+        while len(self._entries) > self.max:
+            seq, _ = self._entries.popitem(last=False)
+            self._unlink(seq)
+            dropped += 1
+        if dropped:
+            log.warning("spool full (%d reports): dropped the %d oldest", self.max, dropped)
+            self._count_dropped_locked(dropped)
+
+    def _count_dropped_locked(self, n: int) -> None:
+        self._dropped += n
+        atomic_write(self._dropped_path, b"%d\n" % self._dropped)
+
+    def _unlink(self, seq: int) -> None:
+        try:
+            os.unlink(self._path(seq))
+        except FileNotFoundError:
+            pass
+
+    # --- reading ------------------------------------------------------------------------------------
+    def oldest(self) -> Optional[Tuple[int, bytes]]:
+        """The oldest unsent report as (seq, JSON bytes), or None when the spool is empty."""
+        with self._lock:
+            while self._entries:
+                seq = next(iter(self._entries))
+                try:
+                    with open(self._path(seq), "rb") as f:
+                        return seq, f.read()
+                except FileNotFoundError:  # removed behind our back: forget it
+                    del self._entries[seq]
+            return None
+
+    def remove(self, seq: int, dropped: bool = False) -> None:
+        """After the collector stored it (or rejected it for good: then it counts as dropped)."""
+        with self._lock:
+            if self._entries.pop(seq, None) is None:
+                return
+            self._unlink(seq)
+            if dropped:
+                self._count_dropped_locked(1)
+        if not self._entries:
+            fsync_dir(self.dir)
+
+    def state(self) -> SpoolState:
+        with self._lock:
+            return self._state_locked()
+
+    def _state_locked(self) -> SpoolState:
+        oldest = next(iter(self._entries.values()), None)
+        age = max(0.0, self.clock() - oldest) if oldest is not None else 0.0
+        return SpoolState(depth=len(self._entries), oldest_age_s=round(age, 3), dropped=self._dropped)
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def __len__(self) -> int:
+        return len(self._entries)
