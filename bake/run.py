@@ -11,8 +11,11 @@ from typing import Mapping, Optional, Sequence, TextIO
 
 from bake.errors import BakeError
 
-# What a child inherits from us; everything else it needs is passed explicitly.
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS")
+# What a child inherits from us; everything else it needs is passed explicitly. The CA and proxy variables matter
+# where a TLS-intercepting proxy sits between the build host and the registries.
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS",
+              "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+              "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
 class CommandFailed(BakeError):

@@ -1,0 +1,111 @@
+"""The real pipeline end to end: a DIB tree, libguestfs assembly and verification, a published image that boots."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from bake.errors import BakeError
+from bake.hashing import file_sha256
+from bake.publish import Published, check_published
+from bake.run import run
+from bake.verify import verify_image
+from deploy.accel import kvm_works
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_published_image_carries_a_manifest_that_matches_it(baked_image):
+    m = baked_image.manifest
+    assert m["version"] == baked_image.version and len(m["version"]) == 12
+    assert m["pins"] == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2"}
+    assert m["qcow2"]["sha256"] == file_sha256(baked_image.qcow2)
+    assert m["qcow2"]["size"] == baked_image.qcow2.stat().st_size
+    assert baked_image.qcow2.stat().st_mode & 0o222 == 0, "published images are read-only"
+    assert "linux-image-virtual" in m["packages"]["dpkg"] and "grub-pc" in m["packages"]["dpkg"]
+    assert m["packages"]["npm"]["openclaw"] == "2026.9.2"
+    assert m["baseline"]["/etc/passwd"]["owner"] == "root:root"
+    assert m["baseline"]["/etc/passwd"]["mode"] == "0644"
+    assert "/etc/machine-id" not in m["baseline"]
+    schema = json.loads((baked_image.qcow2.parent / m["openclaw_schema"]).read_text())
+    assert "properties" in schema
+    assert (baked_image.qcow2.parent / f"agent-{m['version']}.log").exists()
+
+
+def test_unchanged_spec_is_a_cache_hit_that_bakes_nothing(baked_image):
+    t0 = time.monotonic()
+    out = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "bake.cli", "bake", "images/agent.yaml"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    assert f"cache hit: {baked_image.qcow2}" in out.stdout
+    assert time.monotonic() - t0 < 30  # generous bound: the figure itself is bench/bake.py's job
+
+
+def test_cache_hit_notices_a_modified_image(baked_image, tmp_path):
+    copy = tmp_path / baked_image.qcow2.name
+    shutil.copy(baked_image.qcow2, copy)
+    os.chmod(copy, 0o644)
+    with open(copy, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    image = Published(copy, baked_image.manifest_path, baked_image.manifest)
+    check_published(image, full=False)  # same size: only --verify can tell
+    with pytest.raises(BakeError, match="sha256 differs from its manifest"):
+        check_published(image, full=True)
+    with open(copy, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BakeError, match="size .* differs from its manifest"):
+        check_published(image, full=False)
+
+
+def test_verify_refuses_an_image_that_carries_identity(baked_image, tmp_path):
+    import guestfs
+    dirty = tmp_path / "dirty.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(dirty)])
+    from deploy.accel import apply_guestfs_env
+    apply_guestfs_env()
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.add_drive_opts(str(dirty), format="qcow2")
+    g.launch()
+    g.mount(g.inspect_os()[0], "/")
+    g.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+    g.write("/etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
+    g.write("/root/.bash_history", "ls\n")
+    g.shutdown()
+    g.close()
+    problems = verify_image(dirty, "22.23.3", "2026.9.2", tmp_path)
+    text = "; ".join(problems)
+    assert "/etc/machine-id is not empty" in text
+    assert "SSH host keys present: /etc/ssh/ssh_host_ed25519_key" in text
+    assert "/root/.bash_history must not be in the golden image" in text
+    assert baked_image.manifest["qcow2"]["sha256"] == file_sha256(baked_image.qcow2), "the golden image was written"
+
+
+def test_golden_image_boots_to_a_login_prompt_on_the_serial_console(baked_image, tmp_path):
+    overlay, console = tmp_path / "boot.qcow2", tmp_path / "console.log"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(overlay)])
+    accel = "kvm" if kvm_works() else "tcg"
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none",
+         "-drive", f"file={overlay},if=virtio,format=qcow2", "-nic", "none", "-serial", f"file:{console}",
+         "-no-reboot"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            text = console.read_text(errors="replace") if console.exists() else ""
+            if "login:" in text:
+                break
+            assert qemu.poll() is None, f"qemu exited: {qemu.stderr.read().decode()[-500:]}\n{text[-2000:]}"
+            time.sleep(2)
+        else:
+            pytest.fail("no login prompt within 420 s; console tail:\n" + text[-3000:])
+        assert "Ubuntu 22.04" in text
+    finally:
+        qemu.kill()
+        qemu.wait()
