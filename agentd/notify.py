@@ -21,6 +21,7 @@ class Notifier:
         usec = os.environ.get("WATCHDOG_USEC", "")
         # ping twice per watchdog period, as sd_watchdog_enabled(3) recommends
         self.watchdog_interval_s: Optional[float] = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        self._last_status = ""
 
     def _send(self, message: str) -> None:
         if self.enabled:
@@ -30,7 +31,9 @@ class Notifier:
         self._send("READY=1\nSTATUS=" + status)
 
     def status(self, status: str) -> None:
-        self._send("STATUS=" + status)
+        if status != self._last_status:  # the loop calls this every turn; tell systemd only what changed
+            self._last_status = status
+            self._send("STATUS=" + status)
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")
