@@ -10,7 +10,6 @@ import json
 import logging
 import queue
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -37,6 +36,7 @@ class Notifier:
         self.url, self.timeout_s, self.retries = webhook_url, timeout_s, retries
         self.stats = NotifierStats()
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue(maxsize=10000)
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-notifier", daemon=True)
         self._thread.start()
 
@@ -48,8 +48,9 @@ class Notifier:
             except queue.Full:
                 self.stats.failed += 1
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Deliver what is queued (within the timeout), then stop."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Try what is still queued once more each (no backoff, within the timeout), then stop."""
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join(timeout_s)
 
@@ -59,7 +60,7 @@ class Notifier:
 
     def _post(self, text: str) -> None:
         body = json.dumps({"username": "agentfleet", "text": text}).encode()
-        for attempt in range(self.retries):
+        for attempt in range(1 if self._stopping.is_set() else self.retries):
             try:
                 request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
@@ -68,7 +69,8 @@ class Notifier:
                 return
             except OSError as exc:  # URLError, HTTPError and timeouts are all OSErrors
                 log.warning("webhook post failed (attempt %d/%d): %s", attempt + 1, self.retries, exc)
-                time.sleep(0.5 * 2 ** attempt)
+                if self._stopping.wait(0.5 * 2 ** attempt):
+                    break
         self.stats.failed += 1
 
 

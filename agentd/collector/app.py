@@ -168,7 +168,7 @@ async def _sweeper(config: CollectorConfig, store: Store, alerts: Alerts) -> Non
         now = time.time()
         try:
             alerts.sweep(store.agents(), now)
-            if now - last_prune >= PRUNE_EVERY_S:
+            if now - last_prune >= min(PRUNE_EVERY_S, config.retention_days * 86400 / 4):
                 pruned = store.prune(now - config.retention_days * 86400)
                 last_prune = now
                 if pruned:
