@@ -74,7 +74,7 @@ def cmd_once(config, root: str) -> int:
 
 def cmd_run(config, root: str) -> int:
     from .agent import Agent
-    agent = Agent(config, root, read_token(config, root), Notifier())
+    agents = []
     interrupts = []
 
     def on_signal(signum, _frame):
@@ -82,11 +82,15 @@ def cmd_run(config, root: str) -> int:
         if len(interrupts) > 1:  # a second Ctrl-C / TERM: stop waiting for a clean shutdown
             os._exit(1)
         log.info("received %s: stopping", signal.Signals(signum).name)
-        agent.stop()
+        for agent in agents:
+            agent.stop()
 
+    # installed before the (slow) start-up, so a TERM during it is a clean stop, not a kill
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        agent.run()
+        agents.append(Agent(config, root, read_token(config, root), Notifier()))
+        if not interrupts:
+            agents[0].run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
