@@ -10,7 +10,7 @@ APT_PACKAGES=(
   debootstrap sudo qemu-utils libguestfs-tools python3-guestfs linux-image-amd64
   squashfs-tools xz-utils curl ca-certificates git gdisk
   # clone: libvirt and QEMU
-  qemu-system-x86 libvirt-daemon-system libvirt-clients python3-libvirt openssh-client
+  qemu-system-x86 libvirt-daemon-system libvirt-clients python3-libvirt openssh-client netcat-openbsd
   # agentd on the host for tests, the collector's PostgreSQL tests and headless page tests
   python3-venv python3-systemd postgresql chromium chromium-driver
 )

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Turn the golden image into named agent VMs on this hypervisor: deploy/clone.py athena [apollo ...].
+
+Exit codes: 0 done; 2 a clone error (bad input, missing secret, refused action; one line on stderr);
+3 a --replace that rolled back (the reason on stderr); 130 interrupted. docs/clone.md has the details."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
+    _repo = Path(__file__).resolve().parent.parent
+    _venv_python = _repo / ".venv" / "bin" / "python"
+    if _venv_python.exists() and Path(sys.prefix).resolve() != (_repo / ".venv").resolve():
+        # the venv has the host dependencies (and Debian's guestfs/libvirt via system site packages)
+        os.execv(str(_venv_python), [str(_venv_python), __file__, *sys.argv[1:]])
+    sys.path.insert(0, str(_repo))
+
+from deploy import inventory as inventory_mod  # noqa: E402
+from deploy import plan, provision  # noqa: E402
+from deploy.errors import CloneError, RolledBack  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deploy/clone.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    p.add_argument("agents", nargs="*", metavar="AGENT", help="agent names from the inventory")
+    p.add_argument("--inventory", type=Path, help="inventory YAML (default $AGENTFLEET_INVENTORY or deploy/fleet.yaml)")
+    p.add_argument("--overlay", type=Path, action="append", default=[],
+                   help="YAML merged over the inventory (repeatable; default $AGENTFLEET_OVERLAY, colon-separated)")
+    p.add_argument("--plan", action="store_true", help="print the capacity view per host and exit")
+    p.add_argument("--image", help="image version or .qcow2 path (default: newest published)")
+    p.add_argument("--dry-run", action="store_true", help="print disks, files (secrets masked), domain XML; touch nothing")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--replace", action="store_true", help="upgrade to another image, roll back if not healthy")
+    mode.add_argument("--rollback", action="store_true", help="go back to the previous image and data snapshot")
+    mode.add_argument("--destroy", action="store_true", help="remove the domain and root disks (data disk kept)")
+    p.add_argument("--purge-data", action="store_true", help="with --destroy: delete the data disk too")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: the host's from the inventory)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--health-timeout", type=float, default=900, metavar="S",
+                   help="--replace: seconds to wait for a healthy report of the new image (default 900)")
+    p.add_argument("--unhealthy-grace", type=float, default=120, metavar="S",
+                   help="--replace: seconds of unhealthy reports tolerated before rolling back (default 120)")
+    p.add_argument("--stop-timeout", type=float, default=120, metavar="S",
+                   help="seconds a guest gets to shut down before it is forced off (default 120)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or not args.json else logging.WARNING,
+                        format="clone: %(message)s", stream=sys.stderr)
+    try:
+        inv = inventory_mod.load(args.inventory, args.overlay)
+        if args.plan:
+            rows = plan.capacity(inv)
+            print(json.dumps([r.to_json() for r in rows], indent=2) if args.json else plan.render(rows))
+            return 0
+        if not args.agents:
+            raise CloneError("name at least one agent (or use --plan)")
+        if args.purge_data and not args.destroy:
+            raise CloneError("--purge-data only goes with --destroy")
+        opts = provision.Options(image=args.image, dry_run=args.dry_run, replace=args.replace, connect=args.connect,
+                                 health_timeout_s=args.health_timeout, unhealthy_grace_s=args.unhealthy_grace,
+                                 stop_timeout_s=args.stop_timeout)
+        if args.destroy:
+            results = provision.destroy(inv, args.agents, opts, purge_data=args.purge_data)
+        elif args.rollback:
+            results = provision.rollback(inv, args.agents, opts)
+        else:
+            results = provision.clone(inv, args.agents, opts, out=print if not args.json else (lambda *_: None))
+        _report(results, args.json)
+        return 0
+    except RolledBack as e:
+        _report(getattr(e, "results", []), args.json)
+        print(f"clone: {e}", file=sys.stderr)
+        return e.exit_code
+    except CloneError as e:
+        print(f"clone: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("clone: interrupted; run the same command again to converge", file=sys.stderr)
+        return 130
+
+
+def _report(results, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+        return
+    for r in results:
+        print(f"{r.agent}: {r.action} {r.image_version} - {r.message}")
+        if r.ssh and r.action not in ("destroy", "dry-run"):
+            print(f"  ssh -p {r.ssh['port']} {r.ssh['user']}@{r.ssh['host']}")
+        for line in r.known_hosts:
+            print(f"  known_hosts: {line}")
+        if r.snapshots:
+            print(f"  data snapshots: {', '.join(r.snapshots)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

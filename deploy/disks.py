@@ -1,0 +1,55 @@
+"""qcow2 files of an agent: root overlays backed by the golden image (never written), the persistent data disk,
+and the data disk's internal snapshots. Everything goes through qemu-img via run()."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deploy.run import run
+
+
+def root_disk_path(storage_dir: Path, agent: str, version: str) -> Path:
+    return storage_dir / f"{agent}-root-{version}.qcow2"
+
+
+def data_disk_path(storage_dir: Path, agent: str) -> Path:
+    return storage_dir / f"{agent}-data.qcow2"
+
+
+def partial(path: Path) -> Path:
+    """Where a disk is built; renamed into place only once injected, so a killed run never leaves a half disk."""
+    return path.with_name(path.name + ".partial")
+
+
+def create_overlay(golden: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(golden.resolve()), str(path)])
+
+
+def create_data_disk(path: Path, size_gb: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{int(size_gb * 1024)}M"])
+
+
+def backing_file(path: Path) -> str:
+    info = json.loads(run(["qemu-img", "info", "-U", "--output=json", str(path)]).stdout)
+    return info.get("full-backing-filename") or info.get("backing-filename") or ""
+
+
+def snapshot_create(path: Path, name: str) -> None:
+    run(["qemu-img", "snapshot", "-c", name, str(path)])
+
+
+def snapshot_apply(path: Path, name: str) -> None:
+    run(["qemu-img", "snapshot", "-a", name, str(path)])
+
+
+def snapshot_delete(path: Path, name: str) -> None:
+    run(["qemu-img", "snapshot", "-d", name, str(path)])
+
+
+def snapshot_list(path: Path) -> list[str]:
+    info = json.loads(run(["qemu-img", "info", "-U", "--output=json", str(path)]).stdout)
+    return [s["name"] for s in info.get("snapshots", [])]

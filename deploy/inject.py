@@ -1,0 +1,211 @@
+"""Offline injection with libguestfs: one appliance launch serves every agent of a run.
+
+Operations are data (Mkdir, WriteFile) built and validated before the launch; the runner only applies them.
+Files whose content is secret are uploaded from an in-memory fd, never passed as an API argument, so libguestfs's
+trace (LIBGUESTFS_TRACE=1) shows a path, not the value."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from deploy import accel
+from deploy.errors import CloneError
+from deploy.secrets import Secret
+
+log = logging.getLogger(__name__)
+HOME = "/home/agent"
+DATA_LABEL = "agent-home"
+INJECTED_JSON = "/etc/agentfleet/injected.json"
+
+
+@dataclass(frozen=True)
+class Mkdir:
+    path: str
+    mode: int = 0o755
+    owner: str = "root:root"
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    content: Union[bytes, Secret]      # a Secret's text is uploaded from memory and never logged
+    mode: int = 0o644
+    owner: str = "root:root"
+
+    def data(self) -> bytes:
+        return self.content.reveal().encode() if isinstance(self.content, Secret) else self.content
+
+    @property
+    def secret(self) -> bool:
+        return isinstance(self.content, Secret)
+
+
+Op = Union[Mkdir, WriteFile]
+
+
+@dataclass(frozen=True)
+class AgentDisks:
+    """One agent's part of a launch: its disks and the operations to apply (paths as seen inside the VM)."""
+    agent: str
+    root_disk: Path
+    data_disk: Path
+    seed_data: bool                      # a fresh data disk: format it and copy the image's /home/agent skeleton
+    ops: tuple[Op, ...] = field(default=())
+    meta: tuple[tuple[str, str], ...] = ()  # extra keys for injected.json (agent, image_version)
+
+
+def validate_ops(ops: tuple[Op, ...], agent: str) -> None:
+    """Reject duplicates and relative paths before the (expensive) launch."""
+    seen = set()
+    for op in ops:
+        if not op.path.startswith("/") or ".." in op.path.split("/"):
+            raise CloneError(f"{agent}: injection path {op.path!r} must be absolute and normalised")
+        if op.path in seen:
+            raise CloneError(f"{agent}: {op.path} injected twice")
+        seen.add(op.path)
+
+
+def baseline_of(ops: tuple[Op, ...]) -> dict[str, dict]:
+    """The baseline agentd compares against: sha256, octal mode, owner per injected file."""
+    return {op.path: {"sha256": hashlib.sha256(op.data()).hexdigest(), "mode": f"{op.mode:04o}", "owner": op.owner}
+            for op in ops if isinstance(op, WriteFile)}
+
+
+@contextlib.contextmanager
+def appliance(drives: list[tuple[Path, bool]]) -> Iterator[object]:
+    """One handle lifecycle: add drives -> launch -> (caller's work) -> shutdown (so write errors surface) -> close."""
+    import guestfs  # Debian's python3-guestfs; imported late so the fast tier needs no libguestfs
+
+    accel.apply_guestfs_env()
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        for path, readonly in drives:
+            g.add_drive_opts(str(path), format="qcow2", readonly=readonly)
+        started = time.monotonic()
+        g.launch()
+        log.info("guestfs: appliance up with %d drives in %.1fs", len(drives), time.monotonic() - started)
+        yield g
+        g.shutdown()
+    finally:
+        g.close()
+
+
+def inject(batch: list[AgentDisks]) -> dict[str, dict]:
+    """Apply every agent's operations in one launch; returns agent -> the baseline written to injected.json."""
+    for item in batch:
+        validate_ops(item.ops, item.agent)
+    drives = [(p, False) for item in batch for p in (item.root_disk, item.data_disk)]
+    baselines = {}
+    with appliance(drives) as g:
+        devices = g.list_devices()
+        for i, item in enumerate(batch):
+            root_dev, data_dev = devices[2 * i], devices[2 * i + 1]
+            baselines[item.agent] = _inject_one(g, item, root_dev + "1" if _has_partitions(g, root_dev) else root_dev,
+                                                data_dev)
+    return baselines
+
+
+def _has_partitions(g, dev: str) -> bool:
+    return any(p.startswith(dev) for p in g.list_partitions())
+
+
+def _inject_one(g, item: AgentDisks, root_dev: str, data_dev: str) -> dict:
+    started = time.monotonic()
+    g.mount(root_dev, "/")
+    ids = _ids(g)
+    skeleton = None
+    if item.seed_data:
+        skeleton = tempfile.NamedTemporaryFile(prefix="agentfleet-skel-", suffix=".tar")
+        if g.is_dir(HOME):
+            g.tar_out(HOME, skeleton.name)
+        g.mkfs("ext4", data_dev, label=DATA_LABEL)
+    if not g.is_dir(HOME):
+        g.mkdir_p(HOME)
+    g.mount(data_dev, HOME)
+    try:
+        if skeleton is not None:
+            if os.path.getsize(skeleton.name):
+                g.tar_in(skeleton.name, HOME)
+            g.chown(*ids["agent:agent"], HOME)
+            g.chmod(0o750, HOME)
+            g.rm_rf(HOME + "/lost+found")
+        ops = item.ops + (_fstab_op(g, data_dev),)
+        for op in ops:
+            _apply(g, op, ids)
+        baseline = baseline_of(ops)
+        meta = dict(item.meta)
+        record = json.dumps({**meta, "injected_at": int(time.time()), "baseline": baseline}, indent=2, sort_keys=True)
+        _apply(g, WriteFile(INJECTED_JSON, record.encode() + b"\n", 0o644), ids)
+        g.sync()
+    finally:
+        g.umount_all()
+        if skeleton is not None:
+            skeleton.close()
+    log.info("guestfs: %s: %d files injected in %.1fs", item.agent, len(ops), time.monotonic() - started)
+    return baseline
+
+
+def _fstab_op(g, data_dev: str) -> WriteFile:
+    """The image's fstab with the data disk mounted at /home/agent (by filesystem UUID)."""
+    uuid = g.vfs_uuid(data_dev)
+    lines = [ln for ln in g.cat("/etc/fstab").splitlines() if ln.split()[1:2] != [HOME]] if g.is_file("/etc/fstab") \
+        else []
+    lines.append(f"UUID={uuid} {HOME} ext4 defaults,nofail 0 2")
+    return WriteFile("/etc/fstab", ("\n".join(lines) + "\n").encode(), 0o644)
+
+
+def _ids(g) -> dict[str, tuple[int, int]]:
+    """owner name -> (uid, gid) from the image's own passwd and group files."""
+    users = {f[0]: (int(f[2]), int(f[3])) for f in (ln.split(":") for ln in g.cat("/etc/passwd").splitlines()) if
+             len(f) > 3}
+    groups = {f[0]: int(f[2]) for f in (ln.split(":") for ln in g.cat("/etc/group").splitlines()) if len(f) > 2} \
+        if g.is_file("/etc/group") else {}
+    out = {}
+    for user, (uid, gid) in users.items():
+        for group, g_id in list(groups.items()) + [(user, gid)]:
+            out[f"{user}:{group}"] = (uid, g_id)
+    out.setdefault("root:root", (0, 0))
+    return out
+
+
+def _owner(ids: dict, owner: str, path: str) -> tuple[int, int]:
+    if owner not in ids:
+        raise CloneError(f"injection {path}: owner {owner} does not exist in the image")
+    return ids[owner]
+
+
+def _apply(g, op: Op, ids: dict) -> None:
+    uid, gid = _owner(ids, op.owner, op.path)
+    if isinstance(op, Mkdir):
+        g.mkdir_p(op.path)
+    else:
+        parent = os.path.dirname(op.path)
+        if not g.is_dir(parent):
+            g.mkdir_p(parent)
+        if op.secret:
+            _upload_from_memory(g, op.data(), op.path)
+        else:
+            g.write(op.path, op.data())
+    g.chmod(op.mode, op.path)
+    g.chown(uid, gid, op.path)
+
+
+def _upload_from_memory(g, data: bytes, path: str) -> None:
+    """Upload bytes through a memfd: no file on disk, and the trace names only /proc/self/fd/N."""
+    fd = os.memfd_create("agentfleet-secret", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        g.upload(f"/proc/self/fd/{fd}", path)
+    finally:
+        os.close(fd)
+
+

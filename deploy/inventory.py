@@ -1,0 +1,282 @@
+"""The fleet inventory: YAML (deploy/fleet.yaml plus optional overlays merged over it) parsed at the edge into frozen
+dataclasses, and validated as a whole so every problem names its entry."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+from urllib.parse import urlparse
+
+import yaml
+
+from deploy.errors import CloneError
+
+DEFAULT_INVENTORY = Path(__file__).resolve().parent / "fleet.yaml"
+AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")  # same rule as agentd.protocol.AGENT_NAME
+NETWORK_MODES = ("bridge", "user")
+SECRET_SOURCES = ("file", "env", "command")
+# QEMU user networking's fixed addresses (net=10.0.2.0/24)
+USER_NET = ipaddress.ip_network("10.0.2.0/24")
+USER_GUEST_IP, USER_GATEWAY, USER_DNS = "10.0.2.15", "10.0.2.2", "10.0.2.3"
+
+
+@dataclass(frozen=True)
+class Network:
+    mode: str
+    subnet: ipaddress.IPv4Network
+    gateway: str
+    dns: tuple[str, ...]
+    bridge: str = "br0"
+    ssh_port_base: int = 2200          # user mode: agent i's SSH is forwarded from 127.0.0.1:<base+i>
+    collector_forward: str = "10.0.2.100"  # user mode: guest address forwarded to the hypervisor's collector
+
+
+@dataclass(frozen=True)
+class Services:
+    mattermost_url: str
+    collector_url: str                 # as the agents reach it (goes into agentd.yaml)
+    collector_api_url: str             # as the hypervisor reaches it (polled by --replace)
+
+
+@dataclass(frozen=True)
+class SecretsSpec:
+    source: str                        # one of SECRET_SOURCES
+    file: Optional[Path] = None
+    env_prefix: str = "AGENTFLEET_SECRET_"
+    command: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
+    per_agent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    uri: str
+    storage_dir: Path
+    state_dir: Path
+    ram_gb: float
+    disk_gb: float
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    host: str
+    vcpu: int
+    ram_gb: float
+    disk_gb: float                     # the data disk (/home/agent); the root overlay is the image's size
+    ip: str
+    role: str
+    ssh_port: Optional[int] = None     # user mode only
+
+
+@dataclass(frozen=True)
+class Inventory:
+    network: Network
+    services: Services
+    admin_keys: tuple[str, ...]
+    secrets: SecretsSpec
+    images_dir: Path
+    hosts: Mapping[str, Host]
+    agents: Mapping[str, Agent]
+    sources: tuple[str, ...] = field(default=())
+
+    def agent(self, name: str) -> Agent:
+        if name not in self.agents:
+            raise CloneError(f"unknown agent {name!r} (inventory has: {', '.join(self.agents)})")
+        return self.agents[name]
+
+    def host_of(self, agent: Agent) -> Host:
+        return self.hosts[agent.host]
+
+    def state_dir(self, agent: Agent) -> Path:
+        return self.host_of(agent).state_dir / agent.name
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """Mappings merge key by key; anything else in the overlay replaces the base (lists too)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = deep_merge(base.get(key), value) if key in base else value
+        return out
+    return over
+
+
+def load(path: Optional[os.PathLike] = None, overlays: Sequence[os.PathLike] = ()) -> Inventory:
+    """Read the inventory (default: $AGENTFLEET_INVENTORY or deploy/fleet.yaml) and overlays, validate, return it."""
+    base = Path(path or os.environ.get("AGENTFLEET_INVENTORY") or DEFAULT_INVENTORY)
+    if not overlays and os.environ.get("AGENTFLEET_OVERLAY"):
+        overlays = [p for p in os.environ["AGENTFLEET_OVERLAY"].split(":") if p]
+    data = _read_yaml(base)
+    for over in overlays:
+        data = deep_merge(data, _read_yaml(Path(over)))
+    return parse(data, base_dir=base.resolve().parent, sources=(str(base), *map(str, overlays)))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+        check_unique_names(text, str(path))
+        data = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise CloneError(f"inventory {path}: not found") from None
+    except yaml.YAMLError as e:
+        raise CloneError(f"inventory {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CloneError(f"inventory {path}: must be a mapping")
+    return data
+
+
+def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()) -> Inventory:
+    """Build the Inventory from merged YAML data; raise one CloneError listing every problem found."""
+    problems: list[str] = []
+
+    def need(mapping: Mapping, key: str, where: str, types=str, default: Any = ...) -> Any:
+        if not isinstance(mapping, Mapping):
+            problems.append(f"{where}: must be a mapping")
+            return None if default is ... else default
+        if key not in mapping or mapping[key] is None:
+            if default is ...:
+                problems.append(f"{where}.{key}: missing")
+                return None
+            return default
+        value = mapping[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+            problems.append(f"{where}.{key}: wrong type {type(value).__name__}")
+            return None if default is ... else default
+        return value
+
+    def path(value: Optional[str]) -> Path:
+        p = Path(os.path.expanduser(value or "."))
+        return p if p.is_absolute() else (base_dir / p).resolve()
+
+    net = data.get("network") or {}
+    mode = need(net, "mode", "network", str, "bridge")
+    if mode not in NETWORK_MODES:
+        problems.append(f"network.mode: {mode!r} is not one of {NETWORK_MODES}")
+    subnet = None
+    try:
+        subnet = ipaddress.ip_network(str(need(net, "subnet", "network")), strict=True)
+    except ValueError as e:
+        problems.append(f"network.subnet: {e}")
+    network = Network(mode=mode, subnet=subnet, gateway=str(need(net, "gateway", "network", str, "")),
+                      dns=tuple(map(str, need(net, "dns", "network", list, []))),
+                      bridge=need(net, "bridge", "network", str, "br0"),
+                      ssh_port_base=need(net, "ssh_port_base", "network", int, 2200),
+                      collector_forward=need(net, "collector_forward", "network", str, "10.0.2.100"))
+    if subnet is not None and network.gateway and mode == "bridge":
+        if ipaddress.ip_address(network.gateway) not in subnet:
+            problems.append(f"network.gateway: {network.gateway} is outside {subnet}")
+
+    svc = data.get("services") or {}
+    collector_url = need(svc, "collector_url", "services") or ""
+    api_url = need(svc, "collector_api_url", "services", str, "")
+    if not api_url:
+        api_url = collector_url
+        if mode == "user" and collector_url:
+            api_url = f"http://127.0.0.1:{urlparse(collector_url).port or 80}"
+    services = Services(mattermost_url=need(svc, "mattermost_url", "services") or "", collector_url=collector_url,
+                        collector_api_url=api_url)
+    for key in ("mattermost_url", "collector_url"):
+        url = urlparse(getattr(services, key))
+        if getattr(services, key) and (url.scheme not in ("http", "https") or not url.hostname):
+            problems.append(f"services.{key}: {getattr(services, key)!r} is not an http(s) URL")
+
+    admin_keys = tuple(need(data.get("admins") or {}, "ssh_keys", "admins", list, []))
+    for i, key in enumerate(admin_keys):
+        if not isinstance(key, str) or not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", key):
+            problems.append(f"admins.ssh_keys[{i}]: not an SSH public key line")
+
+    sec = data.get("secrets") or {}
+    src = need(sec, "source", "secrets", dict, {})
+    kinds = [k for k in SECRET_SOURCES if k in src]
+    if len(kinds) != 1:
+        problems.append(f"secrets.source: needs exactly one of {SECRET_SOURCES}")
+    kind = kinds[0] if kinds else "env"
+    command = src.get("command") if kind == "command" else ()
+    if kind == "command" and (not isinstance(command, list) or not command):
+        problems.append("secrets.source.command: must be a non-empty argv list")
+        command = ()
+    secrets = SecretsSpec(source=kind, file=path(src["file"]) if kind == "file" else None,
+                          env_prefix=src.get("env") or "AGENTFLEET_SECRET_" if kind == "env" else "AGENTFLEET_SECRET_",
+                          command=tuple(map(str, command or ())),
+                          shared=tuple(need(sec, "shared", "secrets", list, [])),
+                          per_agent=tuple(need(sec, "per_agent", "secrets", list, [])))
+    if "collector_secret" not in secrets.shared:
+        problems.append("secrets.shared: must name collector_secret (agentd's token is minted from it)")
+
+    default_state = need(data, "state_dir", "inventory", str, "/var/lib/agentfleet")
+    hosts: dict[str, Host] = {}
+    for name, h in (need(data, "hosts", "inventory", dict, {}) or {}).items():
+        where = f"hosts.{name}"
+        hosts[name] = Host(name=name, uri=need(h, "uri", where) or "", storage_dir=path(need(h, "storage_dir", where)),
+                           state_dir=path(need(h, "state_dir", where, str, default_state)),
+                           ram_gb=need(h, "ram_gb", where, (int, float)) or 0,
+                           disk_gb=need(h, "disk_gb", where, (int, float), 0))
+
+    agents: dict[str, Agent] = {}
+    seen_ips: dict[str, str] = {}
+    seen_ports: dict[int, str] = {}
+    for index, (name, a) in enumerate((need(data, "agents", "inventory", dict, {}) or {}).items()):
+        where = f"agents.{name}"
+        if not AGENT_NAME.match(str(name)):
+            problems.append(f"{where}: name must match {AGENT_NAME.pattern}")
+        agent = Agent(name=str(name), host=need(a, "host", where) or "", vcpu=need(a, "vcpu", where, int) or 1,
+                      ram_gb=need(a, "ram_gb", where, (int, float)) or 0,
+                      disk_gb=need(a, "disk_gb", where, (int, float)) or 0,
+                      ip=str(need(a, "ip", where) or ""), role=str(need(a, "role", where, str, "")),
+                      ssh_port=need(a, "ssh_port", where, int, None))
+        if mode == "user" and agent.ssh_port is None:
+            agent = Agent(**{**agent.__dict__, "ssh_port": network.ssh_port_base + index})
+        if agent.host and agent.host not in hosts:
+            problems.append(f"{where}.host: unknown host {agent.host!r}")
+        try:
+            ip = ipaddress.ip_address(agent.ip)
+            if subnet is not None and ip not in subnet:
+                problems.append(f"{where}.ip: {agent.ip} is outside the subnet {subnet}")
+            elif subnet is not None and ip in (subnet.network_address, subnet.broadcast_address):
+                problems.append(f"{where}.ip: {agent.ip} is the subnet's network or broadcast address")
+        except ValueError:
+            problems.append(f"{where}.ip: {agent.ip!r} is not an IP address")
+        if agent.ip in seen_ips:
+            problems.append(f"{where}.ip: {agent.ip} duplicates agents.{seen_ips[agent.ip]}")
+        seen_ips.setdefault(agent.ip, agent.name)
+        if agent.ssh_port is not None:
+            if agent.ssh_port in seen_ports:
+                problems.append(f"{where}.ssh_port: {agent.ssh_port} duplicates agents.{seen_ports[agent.ssh_port]}")
+            seen_ports.setdefault(agent.ssh_port, agent.name)
+        if agent.vcpu < 1 or agent.ram_gb <= 0 or agent.disk_gb <= 0:
+            problems.append(f"{where}: vcpu, ram_gb and disk_gb must be positive")
+        agents[agent.name] = agent
+
+    for host in hosts.values():
+        placed = [a for a in agents.values() if a.host == host.name]
+        ram = sum(a.ram_gb for a in placed)
+        if ram > host.ram_gb:
+            problems.append(f"hosts.{host.name}: agents {', '.join(a.name for a in placed)} need {ram:g} GB RAM, "
+                            f"the host has {host.ram_gb:g} GB")
+    if problems:
+        raise CloneError("inventory " + " + ".join(sources or ("?",)) + ": " + "; ".join(problems))
+    return Inventory(network=network, services=services, admin_keys=admin_keys, secrets=secrets,
+                     images_dir=path(data.get("images_dir") or "../build/images"), hosts=hosts, agents=agents,
+                     sources=sources)
+
+
+def check_unique_names(raw_yaml: str, where: str) -> None:
+    """YAML silently keeps the last of two equal keys; refuse duplicate agent or host names instead."""
+    class _Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise CloneError(f"inventory {where}: duplicate name {dupes[0]!r} (line {node.start_mark.line + 1})")
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    _Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    yaml.load(raw_yaml, Loader=_Strict)

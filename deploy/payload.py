@@ -1,0 +1,91 @@
+"""What the clone injects into one agent: the list of operations (paths as inside the VM), built from the inventory,
+the image, the agent's state, its secrets and host keys. Pure apart from reading the host key files."""
+from __future__ import annotations
+
+import json
+import time
+
+import yaml
+
+from agentd.protocol import agent_token
+from deploy import openclaw_config
+from deploy.hostkeys import HostKey
+from deploy.images import Image
+from deploy.inject import HOME, Mkdir, Op, WriteFile
+from deploy.inventory import USER_DNS, USER_GATEWAY, USER_GUEST_IP, Agent, Inventory
+from deploy.secrets import AgentSecrets, Secret
+from deploy.state import AgentState
+
+AGENT_OWNER = "agent:agent"
+
+
+def agentd_config(inv: Inventory, agent: Agent) -> dict:
+    """agentd.yaml as docs/contracts.md defines it."""
+    return {
+        "agent": agent.name,
+        "collector_url": inv.services.collector_url,
+        "token_file": "/etc/agentfleet/agentd.token",
+        "interval_s": 30,
+        "scan_interval_s": 300,
+        "watched_paths": ["/etc", "/usr/local/bin", "/opt/agentd"],
+        "spool_dir": "/var/lib/agentd/spool",
+        "spool_max": 10000,
+        "mattermost_url": inv.services.mattermost_url,
+        "openclaw_url": f"http://127.0.0.1:{openclaw_config.GATEWAY_PORT}",
+        "thresholds": {
+            "disk_percent": {"warn": 80, "fail": 95},
+            "memory_percent": {"warn": 90, "fail": 97},
+            "load_per_cpu": {"warn": 2.0, "fail": 4.0},
+            "cpu_percent": {"warn": 90, "fail": 99},
+        },
+    }
+
+
+def netplan(inv: Inventory, agent: Agent, mac: str) -> dict:
+    """Static addressing matched by MAC; in user mode QEMU's fixed 10.0.2.x addresses."""
+    if inv.network.mode == "user":
+        address, gateway, dns = f"{USER_GUEST_IP}/24", USER_GATEWAY, [USER_DNS]
+    else:
+        address, gateway, dns = f"{agent.ip}/{inv.network.subnet.prefixlen}", inv.network.gateway, list(inv.network.dns)
+    return {"network": {"version": 2, "renderer": "networkd", "ethernets": {"lan": {
+        "match": {"macaddress": mac}, "set-name": "eth0", "dhcp4": False, "addresses": [address],
+        "routes": [{"to": "default", "via": gateway}], "nameservers": {"addresses": dns}}}}}
+
+
+def identity(inv: Inventory, agent: Agent, image: Image) -> dict:
+    return {"agent": agent.name, "host": agent.host, "role": agent.role, "ip": agent.ip,
+            "image_version": image.version, "cloned_at": int(time.time())}
+
+
+def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, secrets: AgentSecrets,
+              host_keys: list[HostKey]) -> tuple[Op, ...]:
+    ip = USER_GUEST_IP if inv.network.mode == "user" else agent.ip
+    hosts = (f"127.0.0.1 localhost\n{ip} {agent.name}\n::1 localhost ip6-localhost ip6-loopback\n"
+             f"ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n")
+    config = openclaw_config.build_config(inv, agent)
+    token = agent_token(secrets["collector_secret"].reveal().encode(), agent.name)
+    ops: list[Op] = [
+        WriteFile("/etc/hostname", f"{agent.name}\n".encode()),
+        WriteFile("/etc/hosts", hosts.encode()),
+        WriteFile("/etc/machine-id", f"{state.machine_id}\n".encode(), 0o444),
+        WriteFile("/etc/netplan/01-agentfleet.yaml", yaml.safe_dump(netplan(inv, agent, state.mac)).encode(), 0o600),
+        Mkdir("/etc/agentfleet", 0o755),
+        WriteFile("/etc/agentfleet/identity.json", _json(identity(inv, agent, image))),
+        WriteFile("/etc/agentfleet/agentd.yaml", yaml.safe_dump(agentd_config(inv, agent), sort_keys=False).encode()),
+        WriteFile("/etc/agentfleet/agentd.token", Secret(token + "\n"), 0o600),
+    ]
+    for key in host_keys:
+        ops.append(WriteFile(f"/etc/ssh/{key.private.name}", Secret(key.private.read_text()), 0o600))
+        ops.append(WriteFile(f"/etc/ssh/{key.public.name}", key.public.read_bytes(), 0o644))
+    ops += [
+        Mkdir(f"{HOME}/.ssh", 0o700, AGENT_OWNER),
+        WriteFile(f"{HOME}/.ssh/authorized_keys", ("\n".join(inv.admin_keys) + "\n").encode(), 0o600, AGENT_OWNER),
+        Mkdir(f"{HOME}/.openclaw", 0o700, AGENT_OWNER),
+        WriteFile(f"{HOME}/.openclaw/openclaw.json", _json(config), 0o600, AGENT_OWNER),
+        WriteFile(f"{HOME}/.openclaw/.env", Secret(openclaw_config.build_env(secrets)), 0o600, AGENT_OWNER),
+    ]
+    return tuple(ops)
+
+
+def _json(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()

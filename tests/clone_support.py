@@ -1,0 +1,186 @@
+"""Real parts for the clone tests and bench: a synthetic golden image built with guestfs, a published-image dir,
+an inventory overlay for this machine (QEMU user networking, tmp dirs), a secrets file, libvirtd, a collector stub."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SKELETON_FILE = "/home/agent/.bashrc"
+
+
+def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
+    """An identity-free ext4 root on /dev/sda1 with the bits the clone relies on (passwd with agent:1000, /home/agent
+    skeleton, /etc/agentfleet/image.json). Not bootable: boot tests use the baked image."""
+    from deploy import accel
+    import guestfs
+
+    accel.apply_guestfs_env()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mb}M"], check=True)
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.add_drive_opts(str(path), format="qcow2")
+    g.launch()
+    g.part_disk("/dev/sda", "mbr")
+    g.mkfs("ext4", "/dev/sda1")
+    g.mount("/dev/sda1", "/")
+    for d in ("/etc/ssh", "/etc/netplan", "/etc/agentfleet", "/home/agent", "/root", "/tmp"):
+        g.mkdir_p(d)
+    g.write("/etc/passwd", b"root:x:0:0:root:/root:/bin/bash\nagent:x:1000:1000:agent:/home/agent:/bin/bash\n")
+    g.write("/etc/group", b"root:x:0:\nsudo:x:27:agent\nagent:x:1000:\n")
+    g.write("/etc/fstab", b"LABEL=cloudimg-rootfs / ext4 defaults 0 1\n")
+    g.write("/etc/machine-id", b"")
+    g.write("/etc/hostname", b"agent-image\n")
+    g.write("/etc/agentfleet/image.json", json.dumps({"name": "agent", "version": "synthetic"}).encode())
+    g.write(SKELETON_FILE, b"# agent skeleton\n")
+    g.chown(1000, 1000, "/home/agent")
+    g.chown(1000, 1000, SKELETON_FILE)
+    g.umount_all()
+    g.shutdown()
+    g.close()
+
+
+def publish(image: Path, images_dir: Path, version: str, schema: dict | None = None) -> Path:
+    """Lay out an image as the bake publishes it (qcow2, schema, then the manifest last)."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    dest = images_dir / f"agent-{version}.qcow2"
+    if image != dest:
+        shutil.copyfile(image, dest)
+    if schema is not None:
+        (images_dir / f"agent-{version}.openclaw-schema.json").write_text(json.dumps(schema))
+    manifest = {"version": version, "baseline": {}, "packages": {},
+                "qcow2": {"size": dest.stat().st_size, "sha256": sha256(dest)}}
+    (images_dir / f"agent-{version}.manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# A small draft-07 stand-in for OpenClaw's exported schema: the parts the clone writes, strict about unknown keys
+# and about secret fields being either strings or env references.
+SECRET_INPUT = {"anyOf": [{"type": "string"}, {"type": "object", "additionalProperties": False,
+                                               "required": ["source", "provider", "id"],
+                                               "properties": {"source": {"enum": ["env", "file", "exec"]},
+                                                              "provider": {"type": "string"},
+                                                              "id": {"type": "string"}}}]}
+TEST_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": False,
+    "properties": {
+        "gateway": {"type": "object", "additionalProperties": False, "properties": {
+            "mode": {"enum": ["local", "remote"]}, "port": {"type": "integer"},
+            "bind": {"enum": ["loopback", "lan", "auto", "custom", "tailnet"]},
+            "auth": {"type": "object", "additionalProperties": False, "properties": {
+                "mode": {"enum": ["none", "token", "password", "trusted-proxy"]}, "token": SECRET_INPUT}}}},
+        "channels": {"type": "object", "properties": {"mattermost": {
+            "type": "object", "additionalProperties": False, "properties": {
+                "enabled": {"type": "boolean"}, "baseUrl": {"type": "string"}, "botToken": SECRET_INPUT,
+                "dmPolicy": {"enum": ["pairing", "allowlist", "open", "disabled"]}}}}},
+    },
+}
+
+
+def write_overlay(path: Path, *, work: Path, images_dir: Path, secrets_file: Path, collector_port: int,
+                  ssh_port_base: int = 22200, agents=("athena", "apollo"), admin_key: str | None = None) -> Path:
+    """The test inventory overlay: user networking, every named agent on one local host with 2 GB RAM, tmp dirs."""
+    overlay = {
+        "network": {"mode": "user", "ssh_port_base": ssh_port_base},
+        "services": {"collector_url": f"http://10.0.2.100:{collector_port}"},
+        "secrets": {"source": {"file": str(secrets_file)}},
+        "images_dir": str(images_dir),
+        "hosts": {"local": {"uri": "qemu:///system", "storage_dir": str(work / "storage"),
+                            "state_dir": str(work / "state"), "ram_gb": 64, "disk_gb": 100}},
+        "agents": {a: {"host": "local", "ram_gb": 2, "vcpu": 1, "disk_gb": 1} for a in agents},
+    }
+    if admin_key:
+        overlay["admins"] = {"ssh_keys": [admin_key]}
+    path.write_text(yaml.safe_dump(overlay))
+    return path
+
+
+def write_secrets(path: Path, agents, canary: str = "") -> Path:
+    data = {"shared": {"collector_secret": "collector-secret-for-tests", "anthropic_api_key": "sk-ant-test",
+                       "openai_api_key": "sk-openai-test", "google_api_key": "google-test"},
+            "agents": {a: {"mattermost_bot_token": f"mm-{a}-{canary}", "gateway_token": f"gw-{a}"} for a in agents}}
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o600)
+    return path
+
+
+def world_traversable(path: Path) -> Path:
+    """libvirt runs qemu as libvirt-qemu: every directory above the disks must be traversable."""
+    path.mkdir(parents=True, exist_ok=True)
+    for p in [path, *path.parents]:
+        if p == Path("/"):
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+    return path
+
+
+def ensure_libvirtd() -> list[int]:
+    """Start virtlogd and libvirtd (daemonized) unless they run; returns nothing to stop (they stay for the session)."""
+    def running(name: str) -> bool:
+        return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+    for daemon in ("virtlogd", "libvirtd"):
+        if not running(daemon):
+            subprocess.run([daemon, "-d"], check=True)
+    for _ in range(100):
+        if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
+            return []
+        time.sleep(0.2)
+    raise RuntimeError("libvirtd did not come up")
+
+
+class CollectorStub:
+    """A loopback stand-in for the collector's GET /api/v1/agents/{name}: tests set what it answers."""
+
+    def __init__(self):
+        self.agents: dict[str, dict] = {}
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rstrip("/").rsplit("/", 1)[-1]
+                info = stub.agents.get(name)
+                body = json.dumps(info).encode() if info else b'{"detail": "unknown agent"}'
+                self.send_response(200 if info else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def report(self, agent: str, version: str, healthy: bool, seq: int = 1) -> None:
+        self.agents[agent] = {"image_version": version, "healthy": healthy, "last_seen": time.time() + 3600,
+                              "last_seq": seq}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def clone_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run deploy/clone.py as a real process (its argv and output are what the canary test inspects)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(REPO / ".venv/bin/python"), str(REPO / "deploy/clone.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, env=full_env, timeout=timeout)

@@ -1,0 +1,93 @@
+"""What the clone writes, checked without a disk: OpenClaw config, .env, domain XML, dry-run and CLI errors (fast)."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from deploy import inventory, openclaw_config
+from deploy.domain import domain_xml, spec_for
+from deploy.errors import CloneError
+from deploy.state import mac_for
+from tests.clone_support import TEST_SCHEMA, clone_cli, publish, write_overlay, write_secrets
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A published (tiny, empty) image, secrets with a canary, and a user-mode overlay; no disk is ever written."""
+    import subprocess
+    img = tmp_path / "tiny.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "16M"], check=True)
+    publish(img, tmp_path / "images", "v1", TEST_SCHEMA)
+    canary = "CANARY-fast-5d1e"
+    secrets = write_secrets(tmp_path / "secrets.yaml", ["athena", "apollo"], canary=canary)
+    overlay = write_overlay(tmp_path / "overlay.yaml", work=tmp_path, images_dir=tmp_path / "images",
+                            secrets_file=secrets, collector_port=18000)
+    return tmp_path, overlay, canary
+
+
+def test_openclaw_config_holds_references_and_validates_against_the_schema():
+    inv = inventory.load()
+    config = openclaw_config.build_config(inv, inv.agent("athena"))
+    assert config["channels"]["mattermost"]["botToken"] == {"source": "env", "provider": "default",
+                                                           "id": "MATTERMOST_BOT_TOKEN"}
+    openclaw_config.validate_config(config, TEST_SCHEMA, "athena")
+
+
+def test_config_the_schema_rejects_is_refused_naming_the_field():
+    bad = {"gateway": {"port": "eighteen"}}
+    with pytest.raises(CloneError, match="athena: openclaw.json invalid at gateway.port"):
+        openclaw_config.validate_config(bad, TEST_SCHEMA, "athena")
+
+
+def test_mac_is_derived_from_the_name_and_stable():
+    assert mac_for("athena") == mac_for("athena") != mac_for("apollo")
+    assert re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", mac_for("athena"))
+
+
+def test_domain_xml_in_user_mode_forwards_ssh_and_collector_over_loopback_only(site):
+    tmp, overlay, _ = site
+    inv = inventory.load(None, [overlay])
+    athena = inv.agent("athena")
+    xml = domain_xml(spec_for(inv, athena, uuid="0" * 32, mac=mac_for("athena"), root_disk=Path("/r.qcow2"),
+                              data_disk=Path("/d.qcow2"), console_log=Path("/c.log"), domain_type="qemu"))
+    assert "restrict=on" in xml and f"hostfwd=tcp:127.0.0.1:{athena.ssh_port}-10.0.2.15:22" in xml
+    assert "guestfwd=tcp:10.0.2.100:18000-cmd:nc 127.0.0.1 18000" in xml
+    assert "listen='127.0.0.1'" in xml and "<domain type='qemu'" in xml and "<memory unit='MiB'>2048<" in xml
+
+
+def test_dry_run_prints_disks_files_and_xml_with_secrets_masked_and_writes_nothing(site):
+    tmp, overlay, canary = site
+    proc = clone_cli("--overlay", str(overlay), "athena", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "disk root:" in proc.stdout and "/home/agent/.openclaw/.env 0600 agent:agent" in proc.stdout
+    assert "<secret, masked>" in proc.stdout and "<domain type=" in proc.stdout
+    assert canary not in proc.stdout + proc.stderr
+    assert not (tmp / "state").exists() and not (tmp / "storage").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["zeus"], "unknown agent 'zeus'"),
+    (["athena", "--image", "v9"], "image v9: not published"),
+    (["athena", "--image", "/nonexistent/agent-x.qcow2"], "no such file"),
+])
+def test_bad_input_exits_2_with_one_clear_line(site, args, message):
+    _, overlay, _ = site
+    proc = clone_cli("--overlay", str(overlay), *args, "--dry-run")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in proc.stderr
+
+
+def test_missing_secret_stops_the_run_before_anything_is_written(site):
+    tmp, overlay, _ = site
+    write_secrets(tmp / "secrets.yaml", ["athena"])  # apollo has no bot token now
+    proc = clone_cli("--overlay", str(overlay), "athena", "apollo")
+    assert proc.returncode == 2 and "agents.apollo.mattermost_bot_token" in proc.stderr
+    assert not (tmp / "state").exists() and not (tmp / "storage").exists()
+
+
+def test_plan_json_lists_every_host():
+    proc = clone_cli("--plan", "--json")
+    rows = json.loads(proc.stdout)
+    assert [r["host"] for r in rows] == ["r420", "r710", "r8202", "r720xd", "r820"]

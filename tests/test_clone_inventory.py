@@ -1,0 +1,73 @@
+"""The inventory, its validation and the capacity view (fast: pure parsing)."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy import inventory, plan
+from deploy.errors import CloneError
+
+FLEET = inventory.DEFAULT_INVENTORY
+
+
+def _load_with(tmp_path: Path, overlay: dict):
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return inventory.load(FLEET, [path])
+
+
+def test_default_inventory_is_the_seeds_fleet():
+    inv = inventory.load(FLEET)
+    assert list(inv.hosts) == ["r420", "r710", "r8202", "r720xd", "r820"]
+    assert [(a.name, a.host, a.ip) for a in inv.agents.values()][:2] == [("athena", "r420", "10.220.1.50"),
+                                                                        ("apollo", "r710", "10.220.1.51")]
+    assert [a.ip for a in inv.agents.values()] == [f"10.220.1.{n}" for n in range(50, 58)]
+    assert str(inv.network.subnet) == "10.220.1.0/24" and inv.network.gateway == "10.220.1.1"
+
+
+def test_capacity_view_matches_the_seeds_tables():
+    rows = {r.host: r for r in plan.capacity(inventory.load(FLEET))}
+    assert rows["r820"].agents == ("prometheus", "ares", "poseidon")
+    assert (rows["r820"].ram_used_gb, rows["r820"].ram_free_gb) == (48, 80)
+    assert (rows["r710"].ram_used_gb, rows["r710"].disk_used_gb) == (32, 500)
+    text = plan.render(list(rows.values()))
+    assert "120G/416G" in text and "RAM 29% used" in text
+
+
+@pytest.mark.parametrize("overlay, message", [
+    ({"agents": {"apollo": {"ip": "10.220.1.50"}}}, "agents.apollo.ip: 10.220.1.50 duplicates agents.athena"),
+    ({"agents": {"athena": {"ip": "10.9.9.9"}}}, "agents.athena.ip: 10.9.9.9 is outside the subnet 10.220.1.0/24"),
+    ({"agents": {"athena": {"host": "r999"}}}, "agents.athena.host: unknown host 'r999'"),
+    ({"agents": {"athena": {"ram_gb": 40}}}, "hosts.r420: agents athena need 40 GB RAM, the host has 32 GB"),
+    ({"agents": {"Zeus!": {"host": "r820", "vcpu": 1, "ram_gb": 1, "disk_gb": 1, "ip": "10.220.1.60"}}},
+     "agents.Zeus!: name must match"),
+    ({"network": {"mode": "wifi"}}, "network.mode: 'wifi' is not one of"),
+    ({"secrets": {"source": {"file": "/x", "env": "Y_"}}}, "secrets.source: needs exactly one of"),
+])
+def test_bad_inventory_names_the_entry_at_fault(tmp_path, overlay, message):
+    with pytest.raises(CloneError) as err:
+        _load_with(tmp_path, overlay)
+    assert message in str(err.value)
+
+
+def test_duplicate_agent_name_is_refused_not_silently_merged(tmp_path):
+    text = FLEET.read_text().replace("  apollo:", "  athena:", 1)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    with pytest.raises(CloneError, match="duplicate name 'athena'"):
+        inventory.load(path)
+
+
+def test_overlay_merges_mappings_and_replaces_scalars(tmp_path):
+    inv = _load_with(tmp_path, {"network": {"mode": "user", "ssh_port_base": 3000},
+                                "services": {"collector_url": "http://10.0.2.100:9000"},
+                                "agents": {"athena": {"ram_gb": 2}}})
+    athena = inv.agent("athena")
+    assert (athena.ram_gb, athena.vcpu, athena.host) == (2, 4, "r420")   # merged, not replaced
+    assert athena.ssh_port == 3000 and inv.agent("apollo").ssh_port == 3001
+    assert inv.services.collector_api_url == "http://127.0.0.1:9000"     # the hypervisor's view in user mode
+
+
+def test_unknown_agent_lists_the_known_ones():
+    with pytest.raises(CloneError, match="unknown agent 'zeus'.*athena, apollo"):
+        inventory.load(FLEET).agent("zeus")
