@@ -1,0 +1,98 @@
+"""The fleet page and the agent page in a real headless Chromium (Debian's chromium + chromedriver via selenium)."""
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from .collector_server import report, running_collector
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+HOSTILE = '<img src=x onerror="document.title=\'pwned\'">'
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail("chromium and chromium-driver are needed: run scripts/setup-host.sh")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="agentfleet-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    with running_collector(tmp_path_factory.mktemp("pages"), "--interval-s", "2", "--stale-after", "1000") as c:
+        c.post(report("athena", 1, host="hv-alpha", role="developer", image_version="2024.06-1a2b",
+                      metrics={"load1": 0.5, "disk_percent": 40.0}))
+        c.post(report("athena", 2, host="hv-alpha", role="developer", image_version="2024.06-1a2b",
+                      metrics={"load1": 1.5, "disk_percent": 41.0}))
+        c.post(report("apollo", 1, host="hv-beta", role="reviewer",
+                      checks=[{"name": "openclaw_gateway", "status": "fail", "detail": "readyz 503"},
+                              {"name": "cpu", "status": "warn", "detail": "load 3.1"}],
+                      drift=[{"path": "/etc/ssh/sshd_config", "kind": "modified", "expected": "aa", "actual": "bb"},
+                             {"path": "/tmp/" + HOSTILE, "kind": "added"}]))
+        yield c
+
+
+def cells(browser, agent):
+    return [td.text for td in browser.find_element("id", f"agent-{agent}").find_elements("tag name", "td")]
+
+
+def test_fleet_page_lists_every_agent_with_host_role_image_health_and_drift(browser, fleet):
+    browser.get(fleet.url + "/")
+    athena, apollo = cells(browser, "athena"), cells(browser, "apollo")
+    assert athena[:4] == ["athena", "hv-alpha", "developer", "2024.06-1a2b"]
+    assert athena[4].endswith("s ago") and athena[5] == "ok" and athena[6] == "0"
+    assert apollo[1:3] == ["hv-beta", "reviewer"]
+    assert apollo[5] == "failing: openclaw_gateway" and apollo[6] == "2"
+    assert "1 of 2 agents healthy" in browser.find_element("id", "summary").text
+    browser.save_screenshot(str(fleet.log_path.parent / "fleet.png"))
+
+
+def test_agent_page_shows_checks_drift_and_metric_history(browser, fleet):
+    browser.get(fleet.url + "/")
+    browser.find_element("link text", "apollo").click()
+    assert browser.current_url.endswith("/agents/apollo")
+    checks = browser.find_element("id", "checks").text
+    assert "openclaw_gateway" in checks and "readyz 503" in checks and "warn" in checks
+    drift = browser.find_element("id", "drift").text
+    assert "/etc/ssh/sshd_config" in drift and "modified" in drift
+    assert HOSTILE in drift, "agent-supplied text must be shown as text"
+    assert browser.title != "pwned" and not browser.find_elements("css selector", "#drift img")
+    browser.get(fleet.url + "/agents/athena")
+    history = browser.find_element("id", "metrics")
+    assert "load1" in history.text and "disk_percent" in history.text
+    assert len(history.find_elements("tag name", "svg")) == 2
+    browser.save_screenshot(str(fleet.log_path.parent / "agent.png"))
+
+
+def test_fleet_page_refreshes_itself_with_new_agents(browser, fleet):
+    browser.get(fleet.url + "/")
+    assert not browser.find_elements("id", "agent-hermes")
+    fleet.post(report("hermes", 1, host="hv-gamma"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not browser.find_elements("id", "agent-hermes"):
+        time.sleep(0.2)
+    assert cells(browser, "hermes")[1] == "hv-gamma"
+
+
+def test_unknown_agent_page_is_404_with_a_way_back(browser, fleet):
+    status, _ = fleet.get("/agents/nobody")
+    assert status == 404
+    browser.get(fleet.url + "/agents/nobody")
+    assert "Unknown agent" in browser.page_source and browser.find_element("link text", "← fleet")
