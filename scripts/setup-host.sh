@@ -13,6 +13,8 @@ APT_PACKAGES=(
   qemu-system-x86 libvirt-daemon-system libvirt-clients python3-libvirt openssh-client netcat-openbsd
   # agentd on the host for tests, the collector's PostgreSQL tests and headless page tests
   python3-venv python3-systemd postgresql chromium chromium-driver
+  # bench/collector.py: the HTTP load generator
+  wrk
 )
 
 missing=()
