@@ -6,7 +6,6 @@ collector instead of as no drift at all. While a touch is unseen, the reported l
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable, Optional
 

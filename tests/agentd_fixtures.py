@@ -6,9 +6,11 @@ The stub collector is deliberately tiny (http.server): it validates the bearer t
 from __future__ import annotations
 
 import grp
+import signal
+import socket
+import sqlite3
 import hashlib
 import json
-import os
 import pwd
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import requests
 import yaml
 
 from agentd.protocol import REPORTS_PATH, Report, agent_token, token_matches
@@ -186,3 +189,58 @@ def spawn_agentd(*args: str, root: Path, env: Optional[dict] = None) -> subproce
 
 def drift_of(report: dict) -> Dict[Tuple[str, str], dict]:
     return {(d["path"], d["kind"]): d for d in report["drift"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Collector:
+    """The real collector (`python -m agentd.collector serve`) in a subprocess, restartable on the same port/db."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = tmp_path / "collector.db"
+        self.secret = tmp_path / "collector.secret"
+        self.secret.write_bytes(SECRET)
+        self.secret.chmod(0o600)
+        self.log = open(tmp_path / "collector.log", "ab")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentd.collector", "serve", "--listen", f"127.0.0.1:{self.port}",
+             "--db", f"sqlite:///{self.db}", "--secret-file", str(self.secret), "--log-level", "warning"],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise AssertionError("collector did not start; see collector.log")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def agent(self, name):
+        return requests.get(f"{self.url}/api/v1/agents/{name}", timeout=5).json()
+
+    def stored_seqs(self, name):
+        with sqlite3.connect(self.db) as db:
+            return [row[0] for row in db.execute("SELECT seq FROM reports WHERE agent = ? ORDER BY seq", (name,))]
