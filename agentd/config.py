@@ -43,8 +43,9 @@ DEFAULT_THRESHOLDS: Dict[str, Threshold] = {
 }
 
 DEFAULT_DRIFT_IGNORE = (
-    # files the running system rewrites by itself; they are not configuration drift
-    "/etc/mtab", "/etc/resolv.conf", "/etc/ld.so.cache", "/etc/adjtime", "/etc/machine-id",
+    # files the running system rewrites by itself, or that bake/manifest.py leaves unmanaged: not drift
+    "/etc/mtab", "/etc/resolv.conf", "/etc/ld.so.cache", "/etc/adjtime", "/etc/machine-id", "/etc/.pwd.lock",
+    "/etc/udev/rules.d/70-persistent*",
     "*/__pycache__/*", "*.pyc", "*~", "*.swp", "*.dpkg-new", "*.dpkg-old",
 )
 

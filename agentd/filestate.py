@@ -59,8 +59,8 @@ class FileStateReader:
             digest = cached[1]
         else:
             try:
-                if stat.S_ISLNK(st.st_mode):  # a symlink's content is its target
-                    digest = hashlib.sha256(os.readlink(host_path).encode()).hexdigest()
+                if stat.S_ISLNK(st.st_mode):  # a symlink's content is its target (hashed as bake/manifest.py does)
+                    digest = hashlib.sha256(("symlink:" + os.readlink(host_path)).encode()).hexdigest()
                 else:
                     digest = sha256_file(host_path)
             except OSError:  # unreadable or vanished between stat and open

@@ -15,7 +15,6 @@ import argparse
 import os
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -10,7 +10,13 @@ from tests.agentd_fixtures import DPKG_STATUS, drift_of, make_vm_tree
 
 
 def tracker_for(root, **config):
-    cfg = load_config(str(make_vm_tree(root, **config)))
+    make_vm_tree(root, **config)
+    return tracker_of(root)
+
+
+def tracker_of(root):
+    """A tracker over the tree as it is now (baseline files re-read)."""
+    cfg = load_config(str(root / "etc/agentfleet/agentd.yaml"))
     baseline = load_baseline(cfg, str(root))
     t = DriftTracker(baseline, str(root), cfg.watched_paths, cfg.drift_ignore, cfg.dpkg_status,
                      exclude=[cfg.image_json, cfg.injected_json])
@@ -109,3 +115,20 @@ def test_package_drift_follows_the_dpkg_status_file(tmp_path):
 
 def test_compare_file_pads_short_modes():
     assert compare_file("/x", FileState("a", "644", "root:root"), FileState("a", "0644", "root:root")) == []
+
+
+def test_a_symlink_is_compared_by_its_target_as_the_bake_records_it(tmp_path):
+    import hashlib
+    import json
+    make_vm_tree(tmp_path)
+    os.symlink("/usr/bin/vim.basic", tmp_path / "usr/local/bin/vi")
+    image = json.loads((tmp_path / "etc/agentfleet/image.json").read_text())
+    image["baseline"]["/usr/local/bin/vi"] = {"sha256": hashlib.sha256(b"symlink:/usr/bin/vim.basic").hexdigest(),
+                                              "mode": "0777", "owner": "root:root"}
+    (tmp_path / "etc/agentfleet/image.json").write_text(json.dumps(image))
+    t = tracker_of(tmp_path)
+    assert t.drift() == []
+    os.unlink(tmp_path / "usr/local/bin/vi")
+    os.symlink("/tmp/evil", tmp_path / "usr/local/bin/vi")
+    t.full_scan()
+    assert kinds(t) == {("/usr/local/bin/vi", "modified")}
