@@ -155,9 +155,7 @@ class Agent:
                 time.sleep(self.config.debounce_s)  # let a burst of writes settle into one report
 
     def _canary_deadline(self) -> float:
-        if self.canary.touched_at is not None:
-            return float("inf")
-        return time.monotonic() + max(0.0, self.canary._next_touch - self.canary.clock())
+        return time.monotonic() + self.canary.seconds_to_next_touch()
 
     def _full_scan(self) -> bool:
         before = self.tracker.drift()

@@ -23,7 +23,11 @@ class Canary:
         self._next_touch = 0.0
 
     def due(self) -> bool:
-        return self.touched_at is None and self.clock() >= self._next_touch
+        """Time for a touch; an unseen one is touched again (its event may have been lost) but keeps its age."""
+        return self.seen_at is None and self.clock() >= self._next_touch
+
+    def seconds_to_next_touch(self) -> float:
+        return max(0.0, self._next_touch - self.clock())
 
     def touch(self) -> None:
         now = self.clock()
@@ -34,7 +38,8 @@ class Canary:
             log.warning("cannot touch canary %s: %s", self.host_path, e)
             self._next_touch = now + self.interval_s
             return
-        self.touched_at, self.seen_at = now, None
+        if self.touched_at is None:
+            self.touched_at = now
         self._next_touch = now + self.interval_s
 
     def observed(self, host_paths) -> bool:
