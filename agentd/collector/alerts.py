@@ -149,9 +149,10 @@ class Alerts:
     def _close(self, agent: str, kind: str, keys: Iterable[str], message: Optional[str] = None) -> list[Incident]:
         closed = []
         for key in keys:
-            incident = self.open.get(agent, {}).pop((kind, key), None)
+            incident = self.open.get(agent, {}).get((kind, key))
             if incident is not None:
-                self.store.close_incident(incident)
+                self.store.close_incident(incident)  # first: if the store fails, the incident stays open here too
+                del self.open[agent][(kind, key)]
                 closed.append(incident)
                 if message:
                     self.notifier.send(f":large_green_circle: {message}")

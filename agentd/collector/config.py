@@ -1,7 +1,6 @@
 """The collector's settings, parsed once at the CLI edge and then passed around frozen."""
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,5 +60,4 @@ def sqlite_path(db_url: str) -> Optional[str]:
         return None
     if not db_url.startswith("sqlite:///") or len(db_url) == len("sqlite:///"):
         raise CollectorError(f"--db {db_url!r}: expected sqlite:///PATH")
-    path = db_url[len("sqlite:///"):]
-    return path if path == ":memory:" else os.fspath(Path(path))
+    return db_url[len("sqlite:///"):]

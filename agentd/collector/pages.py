@@ -76,6 +76,11 @@ def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incid
     return _page(f"{a.agent} - agentfleet", refresh_s, "".join(body))
 
 
+def unknown_agent_page(name: str, refresh_s: int) -> str:
+    return _page("unknown agent - agentfleet", refresh_s, '<p><a href="/">&larr; fleet</a></p><h1>Unknown agent</h1>'
+                 f"<p>No report from <code>{escape(name)}</code> has been stored.</p>")
+
+
 def _history(history: list[HistoryPoint]) -> str:
     names = sorted({name for point in history for name in point.metrics})
     if not names:
