@@ -154,3 +154,16 @@ def test_collector_refuses_an_unknown_database_url_in_one_line(tmp_path):
     secret.chmod(0o600)
     result = serve("--db", "mysql://x", "--secret-file", str(secret), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--db" in result.stderr
+
+
+def test_sigterm_stops_the_collector_cleanly(tmp_path):
+    import signal
+
+    from .collector_server import start_collector
+
+    collector = start_collector(tmp_path)
+    collector.post(report("athena", 1))
+    collector.process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, as a well-behaved server does
+    assert collector.process.wait(15) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in collector.log() and "Traceback" not in collector.log()
