@@ -167,3 +167,21 @@ def test_sigterm_stops_the_collector_cleanly(tmp_path):
     # uvicorn shuts down gracefully, then re-raises the signal it caught, as a well-behaved server does
     assert collector.process.wait(15) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in collector.log() and "Traceback" not in collector.log()
+
+
+def test_concurrent_reports_and_resends_are_each_stored_exactly_once(collector):
+    import asyncio
+
+    import httpx
+
+    async def send_all():
+        bodies = [report("crowd", seq) for seq in range(1, 101)] * 2  # every report sent twice, all at once
+        async with httpx.AsyncClient(base_url=collector.url, limits=httpx.Limits(max_connections=64)) as client:
+            answers = await asyncio.gather(*(client.post(REPORTS_PATH, json=body, headers={
+                "Authorization": f"Bearer {collector.token('crowd')}"}) for body in bodies))
+        return [(a.status_code, a.json()["status"]) for a in answers]
+
+    answers = asyncio.run(send_all())
+    assert answers.count((200, "stored")) == 100 and answers.count((200, "duplicate")) == 100
+    state = collector.get("/api/v1/agents/crowd")[1]
+    assert (state["contiguous_seq"], state["last_seq"], state["gap_since"]) == (100, 100, None)

@@ -1,8 +1,8 @@
 """The collector's HTTP routes: the report endpoint, the read API, the pages, /metrics and /healthz.
 
 The report endpoint reads the body itself (bounded while streaming), parses with the shared protocol module and
-writes inline on the event loop: one SQLite transaction costs less than a thread hop. Every route is `async` so
-the store, the alert state and the counters are only ever touched from the event loop thread.
+hands the report to the group committer (batching.py), the one place the store is used off the event loop. Every
+route is `async`, so the alert state and the counters are only ever touched from the event loop thread.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from agentd.protocol import AGENT_NAME, MAX_REPORT_BYTES, REPORTS_PATH, Report, 
 
 from . import pages
 from .alerts import Alerts, Notifier
+from .batching import GroupCommitter
 from .config import CollectorConfig
 from .metrics import CONTENT_TYPE, Counters, render_metrics
 from .store import Store, StoreUnavailable
@@ -38,6 +39,7 @@ class _Rejected(Exception):
 
 def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     counters = Counters()
+    committer = GroupCommitter(store)
     notifier = Notifier(config.webhook_url)
     alerts = Alerts(store, notifier, config.stale_after_s, config.gap_grace_s)
     refresh_s = int(min(max(config.interval_s, 2), 30))
@@ -68,7 +70,7 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"} if rejected.status == 401 else None)
         now = time.time()
         try:
-            ingested = store.ingest(report, body, now)
+            ingested = await committer.ingest(report, body, now)
         except StoreUnavailable as exc:
             log.error("report %s/%d not stored: %s", report.agent, report.seq, exc)
             return JSONResponse({"detail": "storage unavailable, retry"}, 503)

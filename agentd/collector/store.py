@@ -11,7 +11,7 @@ import threading
 from contextlib import contextmanager
 from functools import cached_property
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from agentd.protocol import Report
 
@@ -170,35 +170,43 @@ class Store:
     # -- writes --------------------------------------------------------------------------------------------------
     def ingest(self, report: Report, body: str, received_at: float) -> Ingested:
         """Store one report idempotently on (agent, seq), advance the contiguous seq, update the latest state."""
+        return self.ingest_many([(report, body, received_at)])[0]
+
+    def ingest_many(self, items: Sequence[tuple[Report, str, float]]) -> list[Ingested]:
+        """`ingest` for reports that arrived together, in one transaction: one commit (the dominant cost) for all."""
         with self._transaction() as tx:
-            inserted = tx.execute(
-                "INSERT INTO reports (agent, seq, sent_at, received_at, body) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING", (report.agent, report.seq, report.sent_at, received_at, body)).rowcount
-            row = tx.execute("SELECT last_seq, contiguous_seq, gap_since FROM agents WHERE agent = ?",
-                             (report.agent,)).fetchone()
-            last_seq, contiguous, gap_since = row if row else (0, 0, None)
-            if inserted != 1:
-                return Ingested(False, False, last_seq, contiguous)
-            if report.seq == contiguous + 1:
-                contiguous = report.seq
-                if last_seq > report.seq:  # this report fills a gap: walk up over what already arrived
-                    for (seq,) in tx.execute("SELECT seq FROM reports WHERE agent = ? AND seq > ? ORDER BY seq",
-                                             (report.agent, contiguous)).fetchall():
-                        if seq != contiguous + 1:
-                            break
-                        contiguous = seq
-            latest = report.seq > last_seq
-            last_seq = max(last_seq, report.seq)
-            gap_since = (gap_since or received_at) if contiguous < last_seq else None
-            if latest:
-                tx.execute(UPSERT_LATEST, (
-                    report.agent, report.host, report.role, report.image_version, received_at, received_at,
-                    report.sent_at, last_seq, contiguous, gap_since, int(report.healthy), len(report.drift),
-                    report.canary_lag_s, report.spool.depth, report.spool.dropped, report.spool.oldest_age_s, body))
-            else:
-                tx.execute("UPDATE agents SET last_seen = ?, contiguous_seq = ?, gap_since = ? WHERE agent = ?",
-                           (received_at, contiguous, gap_since, report.agent))
-            return Ingested(True, latest, last_seq, contiguous)
+            return [self._ingest(tx, report, body, received_at) for report, body, received_at in items]
+
+    @staticmethod
+    def _ingest(tx: "_Cursor", report: Report, body: str, received_at: float) -> Ingested:
+        inserted = tx.execute(
+            "INSERT INTO reports (agent, seq, sent_at, received_at, body) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING", (report.agent, report.seq, report.sent_at, received_at, body)).rowcount
+        row = tx.execute("SELECT last_seq, contiguous_seq, gap_since FROM agents WHERE agent = ?",
+                         (report.agent,)).fetchone()
+        last_seq, contiguous, gap_since = row if row else (0, 0, None)
+        if inserted != 1:
+            return Ingested(False, False, last_seq, contiguous)
+        if report.seq == contiguous + 1:
+            contiguous = report.seq
+            if last_seq > report.seq:  # this report fills a gap: walk up over what already arrived
+                for (seq,) in tx.execute("SELECT seq FROM reports WHERE agent = ? AND seq > ? ORDER BY seq",
+                                         (report.agent, contiguous)).fetchall():
+                    if seq != contiguous + 1:
+                        break
+                    contiguous = seq
+        latest = report.seq > last_seq
+        last_seq = max(last_seq, report.seq)
+        gap_since = (gap_since or received_at) if contiguous < last_seq else None
+        if latest:
+            tx.execute(UPSERT_LATEST, (
+                report.agent, report.host, report.role, report.image_version, received_at, received_at,
+                report.sent_at, last_seq, contiguous, gap_since, int(report.healthy), len(report.drift),
+                report.canary_lag_s, report.spool.depth, report.spool.dropped, report.spool.oldest_age_s, body))
+        else:
+            tx.execute("UPDATE agents SET last_seen = ?, contiguous_seq = ?, gap_since = ? WHERE agent = ?",
+                       (received_at, contiguous, gap_since, report.agent))
+        return Ingested(True, latest, last_seq, contiguous)
 
     def prune(self, older_than: float) -> int:
         """Delete reports received before `older_than` that are delivered (<= contiguous seq) and not the latest."""
