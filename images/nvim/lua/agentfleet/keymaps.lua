@@ -1,0 +1,30 @@
+-- Key maps (leader is space). nvim_set_keymap, because vim.keymap.set arrived in 0.7.
+local function map(mode, lhs, rhs, _desc)
+  vim.api.nvim_set_keymap(mode, lhs, rhs, { noremap = true, silent = true })
+end
+
+map('n', '<Esc>', '<cmd>nohlsearch<CR>', 'clear search highlight')
+map('n', '<leader>w', '<cmd>write<CR>', 'write')
+map('n', '<leader>q', '<cmd>quit<CR>', 'quit')
+map('n', '<leader>e', '<cmd>Explore<CR>', 'file explorer (netrw)')
+map('n', '<leader>f', ':find ', 'find a file under the cwd')
+map('n', '<leader>g', ':silent grep! ', 'grep into the quickfix list')
+map('n', ']q', '<cmd>cnext<CR>', 'next quickfix entry')
+map('n', '[q', '<cmd>cprevious<CR>', 'previous quickfix entry')
+map('n', '<C-h>', '<C-w>h', 'window left')
+map('n', '<C-j>', '<C-w>j', 'window down')
+map('n', '<C-k>', '<C-w>k', 'window up')
+map('n', '<C-l>', '<C-w>l', 'window right')
+map('v', '<', '<gv', 'indent left, keep selection')
+map('v', '>', '>gv', 'indent right, keep selection')
+map('t', '<Esc><Esc>', '<C-\\><C-n>', 'leave terminal mode')
+
+-- LSP keys: harmless when no server is attached.
+map('n', 'gd', '<cmd>lua vim.lsp.buf.definition()<CR>', 'go to definition')
+map('n', 'gr', '<cmd>lua vim.lsp.buf.references()<CR>', 'references')
+map('n', 'K', '<cmd>lua vim.lsp.buf.hover()<CR>', 'hover')
+map('n', '<leader>rn', '<cmd>lua vim.lsp.buf.rename()<CR>', 'rename')
+map('n', '<leader>ca', '<cmd>lua vim.lsp.buf.code_action()<CR>', 'code action')
+map('n', '<leader>d', '<cmd>lua vim.diagnostic.open_float()<CR>', 'line diagnostics')
+map('n', '[d', '<cmd>lua vim.diagnostic.goto_prev()<CR>', 'previous diagnostic')
+map('n', ']d', '<cmd>lua vim.diagnostic.goto_next()<CR>', 'next diagnostic')
