@@ -26,7 +26,7 @@ def assemble(tree_tar: Path, raw: Path, size_gb: int, image_json: dict, log: Opt
         g.mkfs("ext4", "/dev/sda1", label=ROOT_LABEL)
         g.mount("/dev/sda1", "/")
         try:
-            g.tar_in(str(tree_tar), "/", numericowner=True, xattrs=True, acls=True)
+            g.tar_in(str(tree_tar), "/", xattrs=True, acls=True)  # owners are numbers only (manifest.py)
         except RuntimeError as e:
             raise BakeError(f"assemble: unpacking the tree failed: {e}") from None
         for mp in MOUNT_POINTS:

@@ -16,6 +16,7 @@ from typing import Optional, TextIO
 
 from bake.engine import check_engine
 from bake.errors import BakeError
+from bake.hashing import file_sha256
 from bake.inputs import AGENTD_EXCLUDE, AGENTD_SOURCE
 from bake.run import Command, run
 from bake.spec import Artifact, Spec
@@ -70,6 +71,11 @@ def host_npm(spec: Spec, downloads: Path, tools: Path, log: Optional[TextIO] = N
 def fill_npm_cache(spec: Spec, npm_cmd: list[str], cache: Path, scratch: Path, log: Optional[TextIO] = None) -> str:
     """`npm ci` on the host checks every tarball against the package-lock's integrity and leaves them in `cache`.
     Returns the engines.node that the fetched OpenClaw really declares (checked against the pinned Node)."""
+    stamp = cache / f".verified-{file_sha256(spec.openclaw_dir / 'package-lock.json')[:16]}"
+    if stamp.exists():  # this exact tree was integrity-checked into the cache before (npm re-checks on install)
+        engines = stamp.read_text()
+        check_engine(spec.node.version, spec.openclaw.version, engines)
+        return engines
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     for name in ("package.json", "package-lock.json"):
@@ -85,6 +91,7 @@ def fill_npm_cache(spec: Spec, npm_cmd: list[str], cache: Path, scratch: Path, l
                         f"pinned {spec.openclaw.version}")
     check_engine(spec.node.version, spec.openclaw.version, engines)
     shutil.rmtree(scratch)
+    stamp.write_text(engines)
     return engines
 
 

@@ -5,6 +5,7 @@ Computed on the host by streaming the finished tree's tar once, so no tool needs
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 import time
@@ -25,34 +26,54 @@ def managed(name: str) -> bool:
     return name.startswith(MANAGED_PREFIXES) and not name.startswith(UNMANAGED)
 
 
-def scan_tree_tar(tar_path: Path, schema_out: Path) -> dict:
-    """One pass over the tree: baseline of managed files, dpkg and npm versions, and OpenClaw's exported schema."""
+class _HashingReader:
+    """Hashes what tarfile copies through it, so one read both hashes a file and rewrites it."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.f.read(n)
+        self.h.update(block)
+        return block
+
+
+def scan_tree_tar(tar_path: Path, schema_out: Path, numeric_out: Path) -> dict:
+    """One pass over the tree: baseline of managed files, dpkg and npm versions, OpenClaw's exported schema.
+
+    It also rewrites the tar with owner names dropped (numbers only): libguestfs 1.48's tar_in has no
+    --numeric-owner, and the appliance's /etc/passwd (the host's) maps names like messagebus to other uids.
+    """
     baseline: dict[str, dict] = {}
     dpkg: dict[str, str] = {}
     npm: dict[str, str] = {}
     found_schema = False
-    with tarfile.open(tar_path, "r|*") as tf:
+    with tarfile.open(tar_path, "r|*") as tf, tarfile.open(numeric_out, "w", format=tarfile.PAX_FORMAT) as out:
         for m in tf:
+            owner = f"{m.uname or m.uid}:{m.gname or m.gid}"
+            m.uname = m.gname = ""
+            m.pax_headers.pop("uname", None)
+            m.pax_headers.pop("gname", None)
             name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
-            if name == "var/lib/dpkg/status":
-                dpkg = parse_dpkg_status(tf.extractfile(m).read().decode())
-            elif name == NPM_LOCK_MEMBER:
-                npm = parse_package_lock(tf.extractfile(m).read().decode())
-            elif name == SCHEMA_MEMBER:
-                schema_out.write_bytes(tf.extractfile(m).read())
-                found_schema = True
+            if name in ("var/lib/dpkg/status", NPM_LOCK_MEMBER, SCHEMA_MEMBER):
+                data = tf.extractfile(m).read()
+                if name == SCHEMA_MEMBER:
+                    schema_out.write_bytes(data)
+                    found_schema = True
+                elif name == NPM_LOCK_MEMBER:
+                    npm = parse_package_lock(data.decode())
+                else:
+                    dpkg = parse_dpkg_status(data.decode())
+                reader = _HashingReader(io.BytesIO(data))
+            elif m.isfile():
+                reader = _HashingReader(tf.extractfile(m))
+            else:
+                reader = None
+            out.addfile(m, reader)
             if not managed(name) or not (m.isfile() or m.issym()):
                 continue
-            if m.isfile():
-                h = hashlib.sha256()
-                f = tf.extractfile(m)
-                while block := f.read(1 << 20):
-                    h.update(block)
-                sha = h.hexdigest()
-            else:
-                sha = hashlib.sha256(f"symlink:{m.linkname}".encode()).hexdigest()
-            baseline["/" + name] = {"sha256": sha, "mode": f"{m.mode & 0o7777:04o}",
-                                    "owner": f"{m.uname or m.uid}:{m.gname or m.gid}"}
+            sha = reader.h.hexdigest() if m.isfile() else hashlib.sha256(f"symlink:{m.linkname}".encode()).hexdigest()
+            baseline["/" + name] = {"sha256": sha, "mode": f"{m.mode & 0o7777:04o}", "owner": owner}
     return {"baseline": baseline, "packages": {"dpkg": dpkg, "npm": npm}, "schema_found": found_schema}
 
 

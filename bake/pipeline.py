@@ -111,10 +111,11 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
             (work / "base.tar").rename(base_tar)
     with progress.phase("app tree (diskimage-builder)"):
         run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
-    tree = work / "app.tar"
+    tree = work / "tree.tar"
     schema = work / "openclaw-schema.json"
     with progress.phase("manifest: baseline, packages"):
-        scanned = manifest.scan_tree_tar(tree, schema)
+        scanned = manifest.scan_tree_tar(work / "app.tar", schema, tree)
+        (work / "app.tar").unlink()
         if not scanned["schema_found"]:
             raise BakeError(f"manifest: the tree has no {manifest.SCHEMA_MEMBER} (openclaw element)")
         pins = {"node": spec.node.version, "npm": spec.npm.version, "openclaw": spec.openclaw.version}
