@@ -102,8 +102,8 @@ class Agent:
 
     def run(self) -> None:
         cfg = self.config
+        self.watcher.start()  # before the scan: a change during the scan is then an event, not a miss
         self.tracker.full_scan()
-        self.watcher.start()
         self.notifier.ready(self._status())
         log.info("agentd %s: watching %s, reporting to %s every %gs", cfg.agent, ", ".join(cfg.watched_paths),
                  cfg.collector_url, cfg.interval_s)
@@ -124,8 +124,8 @@ class Agent:
                     self.canary.touch()
                 now = time.monotonic()
                 if now >= next_scan:
-                    if self.watcher.unwatched:
-                        self.watcher.restart()  # retry paths that hit the watch limit
+                    if self.watcher.limit_reached:
+                        self.watcher.restart()  # retry the paths that hit the watch limit
                     urgent |= self._full_scan()
                     next_scan = now + cfg.scan_interval_s
                 if now >= next_report or urgent:

@@ -47,6 +47,7 @@ class Watcher:
         self._lock = threading.Lock()
         self._observer = None
         self.unwatched: List[str] = []
+        self.limit_reached = False
         self.overflows = 0
         self.events = 0
 
@@ -74,6 +75,7 @@ class Watcher:
         observer.start()
         handler = _Handler(self)
         self.unwatched = []
+        self.limit_reached = False
         for path in self.host_paths:
             if not os.path.isdir(path):
                 log.warning("watched path %s is not a directory; covered by full scans only", path)
@@ -84,6 +86,7 @@ class Watcher:
             except OSError as e:
                 self.unwatched.append(path)
                 if e.errno == errno.ENOSPC:
+                    self.limit_reached = True
                     log.error("inotify watch limit reached watching %s (raise fs.inotify.max_user_watches); "
                               "full rescan now, retrying at each scan", path)
                     self.on_blind("inotify watch limit reached")
