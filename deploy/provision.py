@@ -89,8 +89,6 @@ def clone(inv: Inventory, names: list[str], opts: Options, out=print) -> list[Re
     for agent in agents:
         openclaw_config.validate_config(openclaw_config.build_config(inv, agent), schema, agent.name)
     dtype = accel.domain_type()
-    if dtype == "qemu":
-        log.warning("KVM does not work on this host: domains run under TCG (slow)")
     if opts.dry_run:
         return [_dry_run(inv, a, image, secrets[a.name], dtype, opts, out) for a in agents]
 

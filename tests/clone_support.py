@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SKELETON_FILE = "/home/agent/.bashrc"
+SEED_AGENTS = ("athena", "apollo", "artemis", "hermes", "perseus", "prometheus", "ares", "poseidon")
 
 
 def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
@@ -94,8 +96,11 @@ TEST_SCHEMA = {
 
 
 def write_overlay(path: Path, *, work: Path, images_dir: Path, secrets_file: Path, collector_port: int,
-                  ssh_port_base: int = 22200, agents=("athena", "apollo"), admin_key: str | None = None) -> Path:
-    """The test inventory overlay: user networking, every named agent on one local host with 2 GB RAM, tmp dirs."""
+                  ssh_port_base: int = 22200, agents=("athena", "apollo"), admin_key: str | None = None,
+                  ram_gb: float = 2) -> Path:
+    """The test inventory overlay: user networking, every named agent on one local host with 2 GB RAM, tmp dirs.
+    Agents the base inventory lacks are added with IPs from 10.220.1.200 up (tests use their own names so their
+    libvirt domains never clash with another suite's)."""
     overlay = {
         "network": {"mode": "user", "ssh_port_base": ssh_port_base},
         "services": {"collector_url": f"http://10.0.2.100:{collector_port}"},
@@ -103,7 +108,8 @@ def write_overlay(path: Path, *, work: Path, images_dir: Path, secrets_file: Pat
         "images_dir": str(images_dir),
         "hosts": {"local": {"uri": "qemu:///system", "storage_dir": str(work / "storage"),
                             "state_dir": str(work / "state"), "ram_gb": 64, "disk_gb": 100}},
-        "agents": {a: {"host": "local", "ram_gb": 2, "vcpu": 1, "disk_gb": 1} for a in agents},
+        "agents": {a: {"host": "local", "ram_gb": ram_gb, "vcpu": 1, "disk_gb": 1, "role": "test",
+                       **({} if a in SEED_AGENTS else {"ip": f"10.220.1.{200 + i}"})} for i, a in enumerate(agents)},
     }
     if admin_key:
         overlay["admins"] = {"ssh_keys": [admin_key]}
@@ -118,6 +124,14 @@ def write_secrets(path: Path, agents, canary: str = "") -> Path:
     path.write_text(yaml.safe_dump(data))
     path.chmod(0o600)
     return path
+
+
+def libvirt_workdir(prefix: str) -> Path:
+    """A work dir libvirt's qemu user can reach. Not under pytest's tmp: pytest re-chmods /tmp/pytest-of-root 0700
+    at every session start (and other suites run sessions concurrently)."""
+    base = Path("/var/tmp/agentfleet-tests")
+    base.mkdir(exist_ok=True)
+    return world_traversable(Path(tempfile.mkdtemp(prefix=prefix, dir=base)))
 
 
 def world_traversable(path: Path) -> Path:

@@ -1,0 +1,258 @@
+"""The clone against real parts: libguestfs injects into real overlays, a real libvirtd defines, starts, replaces
+and destroys TCG domains, a loopback stub plays the collector. One module-wide site; tests run in file order and
+build on each other (clone -> no-op -> refuse -> replace -> rolled-back replace -> rollback -> destroy)."""
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.clone_support import (TEST_SCHEMA, CollectorStub, clone_cli, ensure_libvirtd, libvirt_workdir,
+                                 make_synthetic_image,
+                                 publish, sha256, write_overlay, write_secrets)
+
+pytestmark = pytest.mark.slow
+CANARY = "CANARY-7f3a9c1e-never-leak"
+AGENTS = A, B = ("cvm-athena", "cvm-apollo")  # own names: never clash with other suites' domains
+
+
+@pytest.fixture(scope="module")
+def site():
+    ensure_libvirtd()
+    work = libvirt_workdir("clone-vm-")
+    golden = work / "synthetic.qcow2"
+    make_synthetic_image(golden)
+    images = work / "images"
+    for version in ("v1", "v2", "v3"):
+        publish(golden, images, version, TEST_SCHEMA)
+    stub = CollectorStub()
+    secrets = write_secrets(work / "secrets.yaml", AGENTS, canary=CANARY)
+    overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=images, secrets_file=secrets,
+                            collector_port=stub.port, ssh_port_base=22300, agents=AGENTS)
+    site = {"work": work, "images": images, "overlay": overlay, "stub": stub, "secrets": secrets,
+            "golden_sha": {v: sha256(images / f"agent-{v}.qcow2") for v in ("v1", "v2", "v3")}}
+    yield site
+    clone_cli("--overlay", str(overlay), *AGENTS, "--destroy", "--purge-data")
+    stub.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def cli(site, *args, env=None):
+    return clone_cli("--overlay", str(site["overlay"]), *args, env=env)
+
+
+def virsh(*args) -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True).stdout
+
+
+def state(site, agent):
+    return json.loads((site["work"] / "state" / agent / "state.json").read_text())
+
+
+def read_guest(disks: list[tuple[Path, Path]], paths: list[str]) -> list[dict]:
+    """Per (root, data) pair, path -> (bytes, mode, uid, gid), read from inside the disks (read-only, one launch)."""
+    from deploy import accel
+    import guestfs
+
+    accel.apply_guestfs_env()
+    g = guestfs.GuestFS(python_return_dict=True)
+    for root, data in disks:
+        g.add_drive_opts(str(root), format="qcow2", readonly=True)
+        g.add_drive_opts(str(data), format="qcow2", readonly=True)
+    g.launch()
+    devices = g.list_devices()
+    out = []
+    for i in range(len(disks)):
+        g.mount_ro(devices[2 * i] + "1", "/")
+        g.mount_ro(devices[2 * i + 1], "/home/agent")
+        files = {}
+        for p in paths:
+            if g.exists(p):
+                st = g.statns(p)
+                files[p] = (g.read_file(p) if g.is_file(p) else b"", stat.S_IMODE(st["st_mode"]), st["st_uid"],
+                            st["st_gid"])
+        out.append(files)
+        g.umount_all()
+    g.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def cloned(site):
+    """A and B cloned in one run, with libguestfs tracing on (the canary must not show in the trace)."""
+    proc = cli(site, *AGENTS, "--image", "v1", "--json", "-v", env={"LIBGUESTFS_TRACE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+INJECTED = ["/etc/hostname", "/etc/hosts", "/etc/machine-id", "/etc/netplan/01-agentfleet.yaml", "/etc/fstab",
+            "/etc/agentfleet/identity.json", "/etc/agentfleet/agentd.yaml", "/etc/agentfleet/agentd.token",
+            "/etc/agentfleet/injected.json", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub",
+            "/home/agent/.ssh/authorized_keys", "/home/agent/.openclaw/openclaw.json", "/home/agent/.openclaw/.env",
+            "/home/agent/.bashrc", "/home/agent"]
+
+
+def test_clone_starts_both_agents_as_tcg_domains_with_autostart_and_loopback_display(site, cloned):
+    results = {r["agent"]: r for r in json.loads(cloned.stdout)}
+    assert {a: r["action"] for a, r in results.items()} == {A: "clone", B: "clone"}
+    assert cloned.stderr.count("appliance up with 4 drives") == 1          # one launch for both agents
+    for agent in AGENTS:
+        assert virsh("domstate", agent).strip() == "running"
+        xml = virsh("dumpxml", agent)
+        assert "<domain type='qemu'" in xml and "listen='127.0.0.1'" in xml and "console.log" in xml
+        assert "Autostart:      enable" in virsh("dominfo", agent)
+    from deploy import inventory
+    port = inventory.load(None, [site["overlay"]]).agent(A).ssh_port
+    assert results[A]["ssh"] == {"host": "127.0.0.1", "port": port, "user": "agent"}
+    assert results[B]["ssh"]["port"] != port
+    assert any("ssh-ed25519" in line for line in results[A]["known_hosts"])
+
+
+def test_golden_image_is_never_written(site, cloned):
+    for version, digest in site["golden_sha"].items():
+        assert sha256(site["images"] / f"agent-{version}.qcow2") == digest
+    root = site["work"] / "storage" / f"{A}-root-v1.qcow2"
+    from deploy.disks import backing_file
+    assert root.exists(), sorted(p.name for p in root.parent.iterdir())
+    assert backing_file(root) == str(site["images"] / "agent-v1.qcow2")
+
+
+@pytest.fixture(scope="module")
+def guest_files(site, cloned):
+    storage = site["work"] / "storage"
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", B], capture_output=True)  # free its locks
+    disks = [(storage / f"{a}-root-v1.qcow2", storage / f"{a}-data.qcow2") for a in AGENTS]
+    files = dict(zip(AGENTS, read_guest(disks, INJECTED)))
+    subprocess.run(["virsh", "-c", "qemu:///system", "start", B], capture_output=True)
+    return files
+
+
+def test_every_injected_file_has_its_content_mode_and_owner_inside_the_disk(site, guest_files):
+    f = guest_files[A]
+    assert f["/etc/hostname"][0] == f"{A}\n".encode()
+    assert f"10.0.2.15 {A}".encode() in f["/etc/hosts"][0]
+    assert len(f["/etc/machine-id"][0].strip()) == 32 and f["/etc/machine-id"][0] != guest_files[B][
+        "/etc/machine-id"][0]
+    assert b"10.0.2.15/24" in f["/etc/netplan/01-agentfleet.yaml"][0] and f["/etc/netplan/01-agentfleet.yaml"][1] == 0o600
+    assert b"/home/agent ext4" in f["/etc/fstab"][0] and b"LABEL=cloudimg-rootfs /" in f["/etc/fstab"][0]
+    identity = json.loads(f["/etc/agentfleet/identity.json"][0])
+    assert (identity["agent"], identity["host"], identity["ip"], identity["image_version"]) == \
+        (A, "local", "10.220.1.200", "v1")
+    assert f"agent: {A}".encode() in f["/etc/agentfleet/agentd.yaml"][0]
+    assert f"collector_url: http://10.0.2.100:{site['stub'].port}".encode() in f["/etc/agentfleet/agentd.yaml"][0]
+    from agentd.protocol import agent_token
+    assert f["/etc/agentfleet/agentd.token"] == (
+        (agent_token(b"collector-secret-for-tests", A) + "\n").encode(), 0o600, 0, 0)
+    assert f["/etc/ssh/ssh_host_ed25519_key"][1:] == (0o600, 0, 0)
+    pub = (site["work"] / f"state/{A}/ssh/ssh_host_ed25519_key.pub").read_bytes()
+    assert f["/etc/ssh/ssh_host_ed25519_key.pub"][0] == pub
+    assert f["/home/agent/.ssh/authorized_keys"][1:] == (0o600, 1000, 1000)
+    assert f["/home/agent/.ssh/authorized_keys"][0].startswith(b"ssh-ed25519 ")
+    config = json.loads(f["/home/agent/.openclaw/openclaw.json"][0])
+    assert config["channels"]["mattermost"]["botToken"] == {"source": "env", "provider": "default",
+                                                           "id": "MATTERMOST_BOT_TOKEN"}
+    assert f["/home/agent/.openclaw/.env"][1:] == (0o600, 1000, 1000)
+    assert f"MATTERMOST_BOT_TOKEN=mm-{A}-{CANARY}\n".encode() in f["/home/agent/.openclaw/.env"][0]
+    assert f["/home/agent/.bashrc"][0] == b"# agent skeleton\n"               # data disk seeded from the skeleton
+    assert f["/home/agent"][1:] == (0o750, 1000, 1000)
+    baseline = json.loads(f["/etc/agentfleet/injected.json"][0])["baseline"]
+    assert baseline["/home/agent/.openclaw/.env"]["mode"] == "0600"
+    assert baseline["/home/agent/.openclaw/.env"]["owner"] == "agent:agent"
+    import hashlib
+    assert baseline["/etc/hostname"]["sha256"] == hashlib.sha256(f"{A}\n".encode()).hexdigest()
+
+
+def test_secret_canary_is_in_the_guest_env_and_nowhere_else(site, cloned, guest_files):
+    assert CANARY.encode() in guest_files[A]["/home/agent/.openclaw/.env"][0]
+    assert CANARY.encode() not in guest_files[A]["/etc/agentfleet/injected.json"][0]
+    assert "libguestfs: trace" in cloned.stderr                              # the trace was really on
+    assert CANARY not in cloned.stdout + cloned.stderr                       # --json output, logs, trace
+    for agent in AGENTS:
+        assert CANARY not in virsh("dumpxml", agent)
+    for path in (site["work"] / "state").rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
+    assert CANARY.encode() not in (site["work"] / "storage" / f"{A}-root-v1.qcow2").read_bytes()
+    dry = cli(site, A, "--image", "v1", "--dry-run")
+    assert dry.returncode == 0 and CANARY not in dry.stdout + dry.stderr
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout   # qemu's argv among them
+    assert A in ps and CANARY not in ps
+
+
+def test_rerunning_with_the_same_image_is_a_no_op(site, cloned):
+    before = virsh("domid", A)
+    proc = cli(site, A, "--image", "v1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["action"] == "noop"
+    assert "appliance" not in proc.stderr and virsh("domid", A) == before
+
+
+def test_a_different_image_without_replace_is_refused_while_the_vm_runs(site, cloned):
+    proc = cli(site, A, "--image", "v2")
+    assert proc.returncode == 2
+    assert f"{A}: runs image v1; v2 differs (use --replace to upgrade)" in proc.stderr
+    assert virsh("domstate", A).strip() == "running"
+
+
+def test_replace_keeps_identity_and_data_disk_and_snapshots_it(site, cloned):
+    before = state(site, A)
+    site["stub"].report(A, "v2", healthy=True)
+    proc = cli(site, A, "--image", "v2", "--replace", "--stop-timeout", "2", "--health-timeout", "60",
+               "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)[0]
+    assert (result["action"], result["image_version"], result["snapshots"]) == ("replace", "v2", ["pre-v2"])
+    after = state(site, A)
+    assert (after["uuid"], after["mac"], after["machine_id"], after["data_disk"]) == \
+        (before["uuid"], before["mac"], before["machine_id"], before["data_disk"])
+    assert after["current"]["root_disk"].endswith(f"{A}-root-v2.qcow2") and after["previous"]["image_version"] == "v1"
+    assert after["pending"] is None
+    xml = virsh("dumpxml", A)
+    assert f"{A}-root-v2.qcow2" in xml and before["uuid"] in xml and virsh("domstate", A).strip() == "running"
+    assert sha256(site["images"] / "agent-v2.qcow2") == site["golden_sha"]["v2"]
+
+
+def test_replace_without_a_healthy_report_rolls_back_with_exit_code_3(site, cloned):
+    write_secrets(site["secrets"], AGENTS, canary="ROTATED")                 # v3's injection writes a new .env
+    site["stub"].report(A, "v2", healthy=True)                        # the collector never sees v3
+    proc = cli(site, A, "--image", "v3", "--replace", "--stop-timeout", "2", "--health-timeout", "8",
+               "--json")
+    write_secrets(site["secrets"], AGENTS, canary=CANARY)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "rolled back to v2 (health deadline" in proc.stderr
+    st = state(site, A)
+    assert (st["current"]["image_version"], st["previous"]["image_version"], st["pending"]) == ("v2", "v3", None)
+    assert st["snapshots"] == ["pre-v2", "pre-v3"]
+    assert f"{A}-root-v2.qcow2" in virsh("dumpxml", A) and virsh("domstate", A).strip() == "running"
+
+
+def test_manual_rollback_returns_to_the_previous_image(site, cloned):
+    proc = cli(site, A, "--rollback", "--stop-timeout", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["image_version"] == "v3"   # the previous slot was the rolled-back v3
+    proc = cli(site, A, "--rollback", "--stop-timeout", "2", "--json")
+    assert json.loads(proc.stdout)[0]["image_version"] == "v2"
+
+
+def test_destroy_removes_domain_and_root_disks_but_keeps_the_data_disk(site, cloned):
+    proc = cli(site, A, "--destroy")
+    assert proc.returncode == 0, proc.stderr
+    storage = site["work"] / "storage"
+    assert A not in virsh("list", "--all", "--name").split()
+    assert not list(storage.glob(f"{A}-root-*")) and (storage / f"{A}-data.qcow2").exists()
+    assert (site["work"] / f"state/{A}/ssh/ssh_host_ed25519_key").exists()    # identity survives for a re-clone
+
+
+def test_rollback_restored_the_data_disk_as_the_old_version_left_it(site, cloned):
+    # v3's replace wrote a .env with the ROTATED token before rolling back; the snapshot must have undone it
+    storage = site["work"] / "storage"
+    overlay = storage / "probe-root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(site["images"] / "agent-v1.qcow2"), str(overlay)], check=True)
+    files = read_guest([(overlay, storage / f"{A}-data.qcow2")], ["/home/agent/.openclaw/.env"])[0]
+    assert CANARY.encode() in files["/home/agent/.openclaw/.env"][0]
+    assert b"ROTATED" not in files["/home/agent/.openclaw/.env"][0]
