@@ -43,8 +43,8 @@ def wait_healthy(api_url: str, agent: str, version: str, since: float, *, deadli
         if not domain_alive():
             return Verdict(False, "domain crash", f"{agent}'s domain stopped while waiting for its first report")
         info = fetch_agent(api_url, agent)
+        last = info or last
         if info and info.get("image_version") == version and float(info.get("last_seen") or 0) >= since:
-            last = info
             if info.get("healthy") is True:
                 return Verdict(True, "healthy", f"seq {info.get('last_seq')}")
             first_unhealthy = first_unhealthy or time.monotonic()
@@ -52,6 +52,6 @@ def wait_healthy(api_url: str, agent: str, version: str, since: float, *, deadli
                 return Verdict(False, "failed report",
                                f"{agent} on {version} reported unhealthy for {unhealthy_grace_s:.0f}s")
         if time.monotonic() >= end:
-            seen = f"last seen {last.get('image_version')}" if last else "no report of the new version"
+            seen = f"last seen {last.get('image_version')}, healthy={last.get('healthy')}" if last else "no report at all"
             return Verdict(False, "health deadline", f"{agent}: no healthy report within {deadline_s:.0f}s ({seen})")
         time.sleep(poll_s)

@@ -4,6 +4,7 @@ build on each other (clone -> no-op -> refuse -> replace -> rolled-back replace 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clone_support import (TEST_SCHEMA, CollectorStub, clone_cli, ensure_libvirtd, libvirt_workdir,
+from tests.clone_support import (REPO, TEST_SCHEMA, CollectorStub, clone_cli, ensure_libvirtd, libvirt_workdir,
                                  make_synthetic_image,
                                  publish, sha256, write_overlay, write_secrets)
 
@@ -236,6 +237,28 @@ def test_manual_rollback_returns_to_the_previous_image(site, cloned):
     assert json.loads(proc.stdout)[0]["image_version"] == "v3"   # the previous slot was the rolled-back v3
     proc = cli(site, A, "--rollback", "--stop-timeout", "2", "--json")
     assert json.loads(proc.stdout)[0]["image_version"] == "v2"
+
+
+def test_a_replace_killed_midway_converges_when_run_again(site, cloned):
+    import signal
+    import time
+    site["stub"].report(B, "v2", healthy=True)
+    args = [str(REPO / ".venv/bin/python"), str(REPO / "deploy/clone.py"), "--overlay", str(site["overlay"]), B,
+            "--image", "v2", "--replace", "--stop-timeout", "2", "--health-timeout", "60"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state(site, B).get("pending") and proc.poll() is None):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)                                      # mid-swap: the old VM is stopping
+    proc.wait()
+    assert state(site, B)["pending"]["image_version"] == "v2"
+    again = subprocess.run(args + ["--json"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    st = state(site, B)
+    assert (st["current"]["image_version"], st["previous"]["image_version"], st["pending"]) == ("v2", "v1", None)
+    assert st["snapshots"] == ["pre-v2"] and virsh("domstate", B).strip() == "running"
+    assert not list((site["work"] / "storage").glob("*.partial"))
 
 
 def test_destroy_removes_domain_and_root_disks_but_keeps_the_data_disk(site, cloned):
