@@ -64,17 +64,20 @@ class Hypervisor:
         log.warning("libvirt: %s ignored shutdown for %.0fs; forcing it off", name, timeout_s)
         try:
             dom.destroy()
-        except self._libvirt.libvirtError:
+        except self._libvirt.libvirtError as e:
             if dom.isActive():
-                raise
+                raise CloneError(f"{name}: could not stop the domain: {e.get_error_message()}") from None
 
     def undefine(self, name: str) -> None:
         dom = self.domain(name)
         if dom is None:
             return
-        if dom.isActive():
-            dom.destroy()
-        dom.undefine()
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except self._libvirt.libvirtError as e:
+            raise CloneError(f"{name}: libvirt could not remove the domain: {e.get_error_message()}") from None
 
     def xml_of(self, name: str) -> Optional[str]:
         dom = self.domain(name)

@@ -104,12 +104,17 @@ def inject(batch: list[AgentDisks]) -> dict[str, dict]:
         validate_ops(item.ops, item.agent)
     drives = [(p, False) for item in batch for p in (item.root_disk, item.data_disk)]
     baselines = {}
-    with appliance(drives) as g:
-        devices = g.list_devices()
-        for i, item in enumerate(batch):
-            root_dev, data_dev = devices[2 * i], devices[2 * i + 1]
-            baselines[item.agent] = _inject_one(g, item, root_dev + "1" if _has_partitions(g, root_dev) else root_dev,
-                                                data_dev)
+    current = "(launch)"
+    try:
+        with appliance(drives) as g:
+            devices = g.list_devices()
+            for i, item in enumerate(batch):
+                current = item.agent
+                root_dev, data_dev = devices[2 * i], devices[2 * i + 1]
+                root_part = root_dev + "1" if _has_partitions(g, root_dev) else root_dev
+                baselines[item.agent] = _inject_one(g, item, root_part, data_dev)
+    except RuntimeError as e:  # libguestfs reports every failure as RuntimeError
+        raise CloneError(f"libguestfs ({current}): {str(e).splitlines()[0][:300]}") from None
     return baselines
 
 

@@ -91,3 +91,28 @@ def test_plan_json_lists_every_host():
     proc = clone_cli("--plan", "--json")
     rows = json.loads(proc.stdout)
     assert [r["host"] for r in rows] == ["r420", "r710", "r8202", "r720xd", "r820"]
+
+
+def test_an_image_without_its_manifest_is_not_published(tmp_path):
+    from deploy.images import find_image
+    (tmp_path / "agent-v5.qcow2").write_bytes(b"")
+    with pytest.raises(CloneError, match="no published image"):
+        find_image(tmp_path)
+    with pytest.raises(CloneError, match="not published"):
+        find_image(tmp_path, str(tmp_path / "agent-v5.qcow2"))
+
+
+def test_injection_refuses_duplicate_or_relative_paths_before_the_launch():
+    from deploy.inject import WriteFile, validate_ops
+    with pytest.raises(CloneError, match="/etc/x injected twice"):
+        validate_ops((WriteFile("/etc/x", b"a"), WriteFile("/etc/x", b"b")), "athena")
+    with pytest.raises(CloneError, match="must be absolute"):
+        validate_ops((WriteFile("etc/x", b"a"),), "athena")
+
+
+def test_env_file_maps_keys_to_variables_and_keeps_the_collector_secret_out():
+    from deploy.secrets import AgentSecrets, Secret
+    env = openclaw_config.build_env(AgentSecrets("athena", {"collector_secret": Secret("c"),
+                                                            "gateway_token": Secret("g"),
+                                                            "mattermost_bot_token": Secret("m")}))
+    assert env == "OPENCLAW_GATEWAY_TOKEN=g\nMATTERMOST_BOT_TOKEN=m\n"
