@@ -1,13 +1,13 @@
 """The image's manifest (/etc/agentfleet/image.json): versions, package lists and the file-hash baseline.
 
-Computed on the host by streaming the finished tree's tar once, so no tool needs to run inside the chroot for it.
+Computed on the host from the unpacked tree, so no tool needs to run inside the chroot for it.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -18,63 +18,65 @@ MANAGED_PREFIXES = ("etc/", "usr/local/bin/", "opt/agentd/", "opt/node")
 UNMANAGED = ("etc/machine-id", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "etc/ld.so.cache",
              "etc/.pwd.lock", "etc/fstab", "etc/agentfleet/", "etc/netplan/", "etc/ssh/ssh_host_",
              "etc/systemd/network/", "etc/udev/rules.d/70-persistent")
-SCHEMA_MEMBER = "opt/openclaw/config-schema.json"
-NPM_LOCK_MEMBER = "opt/openclaw/package-lock.json"
+WALKED = ("etc", "opt", "usr/local/bin")  # the dirs that hold every managed prefix
+SCHEMA_FILE = "opt/openclaw/config-schema.json"
+NPM_LOCK_FILE = "opt/openclaw/package-lock.json"
 
 
 def managed(name: str) -> bool:
     return name.startswith(MANAGED_PREFIXES) and not name.startswith(UNMANAGED)
 
 
-class _HashingReader:
-    """Hashes what tarfile copies through it, so one read both hashes a file and rewrites it."""
-
-    def __init__(self, f):
-        self.f, self.h = f, hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        block = self.f.read(n)
-        self.h.update(block)
-        return block
-
-
-def scan_tree_tar(tar_path: Path, schema_out: Path, numeric_out: Path) -> dict:
-    """One pass over the tree: baseline of managed files, dpkg and npm versions, OpenClaw's exported schema.
-
-    It also rewrites the tar with owner names dropped (numbers only): libguestfs 1.48's tar_in has no
-    --numeric-owner, and the appliance's /etc/passwd (the host's) maps names like messagebus to other uids.
-    """
+def scan_tree(root: Path) -> dict:
+    """Baseline of managed files (sha256, mode, owner by the image's own names), dpkg and npm versions."""
+    users = _names(root / "etc" / "passwd")
+    groups = _names(root / "etc" / "group")
     baseline: dict[str, dict] = {}
-    dpkg: dict[str, str] = {}
-    npm: dict[str, str] = {}
-    found_schema = False
-    with tarfile.open(tar_path, "r|*") as tf, tarfile.open(numeric_out, "w", format=tarfile.PAX_FORMAT) as out:
-        for m in tf:
-            owner = f"{m.uname or m.uid}:{m.gname or m.gid}"
-            m.uname = m.gname = ""
-            m.pax_headers.pop("uname", None)
-            m.pax_headers.pop("gname", None)
-            name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
-            if name in ("var/lib/dpkg/status", NPM_LOCK_MEMBER, SCHEMA_MEMBER):
-                data = tf.extractfile(m).read()
-                if name == SCHEMA_MEMBER:
-                    schema_out.write_bytes(data)
-                    found_schema = True
-                elif name == NPM_LOCK_MEMBER:
-                    npm = parse_package_lock(data.decode())
+    for top in WALKED:
+        for dirpath, dirnames, filenames in os.walk(root / top):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                rel = path.relative_to(root).as_posix()
+                if not managed(rel):
+                    continue
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    sha = hashlib.sha256(f"symlink:{os.readlink(path)}".encode()).hexdigest()
+                elif stat.S_ISREG(st.st_mode):
+                    sha = _sha256(path)
                 else:
-                    dpkg = parse_dpkg_status(data.decode())
-                reader = _HashingReader(io.BytesIO(data))
-            elif m.isfile():
-                reader = _HashingReader(tf.extractfile(m))
-            else:
-                reader = None
-            out.addfile(m, reader)
-            if not managed(name) or not (m.isfile() or m.issym()):
-                continue
-            sha = reader.h.hexdigest() if m.isfile() else hashlib.sha256(f"symlink:{m.linkname}".encode()).hexdigest()
-            baseline["/" + name] = {"sha256": sha, "mode": f"{m.mode & 0o7777:04o}", "owner": owner}
-    return {"baseline": baseline, "packages": {"dpkg": dpkg, "npm": npm}, "schema_found": found_schema}
+                    continue
+                baseline["/" + rel] = {"sha256": sha, "mode": f"{st.st_mode & 0o7777:04o}",
+                                       "owner": f"{users.get(st.st_uid, st.st_uid)}:{groups.get(st.st_gid, st.st_gid)}"}
+    dpkg_status = root / "var" / "lib" / "dpkg" / "status"
+    npm_lock = root / NPM_LOCK_FILE
+    return {
+        "baseline": baseline,
+        "packages": {
+            "dpkg": parse_dpkg_status(dpkg_status.read_text()) if dpkg_status.exists() else {},
+            "npm": parse_package_lock(npm_lock.read_text()) if npm_lock.exists() else {},
+        },
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _names(path: Path) -> dict[int, str]:
+    """uid/gid -> name from the image's own passwd/group (the host's would name them wrongly)."""
+    names = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split(":")
+            if len(parts) > 2 and parts[2].isdigit():
+                names.setdefault(int(parts[2]), parts[0])
+    return names
 
 
 def parse_dpkg_status(text: str) -> dict[str, str]:

@@ -111,20 +111,25 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
             (work / "base.tar").rename(base_tar)
     with progress.phase("app tree (diskimage-builder)"):
         run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
-    tree = work / "tree.tar"
+    tree, root = work / "app.tar", work / "root"
     schema = work / "openclaw-schema.json"
-    with progress.phase("manifest: baseline, packages"):
-        scanned = manifest.scan_tree_tar(work / "app.tar", schema, tree)
-        (work / "app.tar").unlink()
-        if not scanned["schema_found"]:
-            raise BakeError(f"manifest: the tree has no {manifest.SCHEMA_MEMBER} (openclaw element)")
-        pins = {"node": spec.node.version, "npm": spec.npm.version, "openclaw": spec.openclaw.version}
-        image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key, scanned, pins)
-    raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
-    with progress.phase("assemble: partition, ext4, tree, grub (libguestfs)"):
-        assemble.assemble(tree, raw, spec.disk.size_gb, image_json, log)
+    with progress.phase("unpack tree, manifest: baseline, packages"):
         tree_size = tree.stat().st_size
+        assemble.unpack(tree, root, log)
         tree.unlink()
+        if not (root / manifest.SCHEMA_FILE).exists():
+            raise BakeError(f"manifest: the tree has no /{manifest.SCHEMA_FILE} (openclaw element)")
+        shutil.copy2(root / manifest.SCHEMA_FILE, schema)
+        pins = {"node": spec.node.version, "npm": spec.npm.version, "openclaw": spec.openclaw.version}
+        image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key,
+                                         manifest.scan_tree(root), pins)
+        assemble.finish_tree(root, image_json)
+    raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
+    with progress.phase("filesystem: MBR + ext4 from the tree (mke2fs -d)"):
+        assemble.make_disk(root, raw, spec.disk.size_gb, log)
+        shutil.rmtree(root)
+    with progress.phase("bootloader: grub-install, update-grub (libguestfs)"):
+        assemble.install_bootloader(raw, log)
     with progress.phase("compress: sparse zstd qcow2"):
         assemble.compress(raw, qcow2, log)
         raw.unlink()

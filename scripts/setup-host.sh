@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   # bake: diskimage-builder's host needs, the libguestfs appliance and its kernel
-  debootstrap sudo qemu-utils libguestfs-tools python3-guestfs linux-image-amd64
+  debootstrap sudo qemu-utils libguestfs-tools python3-guestfs linux-image-amd64 fdisk e2fsprogs
   squashfs-tools xz-utils curl ca-certificates git gdisk
   # clone: libvirt and QEMU
   qemu-system-x86 libvirt-daemon-system libvirt-clients python3-libvirt openssh-client netcat-openbsd
