@@ -1,20 +1,22 @@
 """Offline injection with libguestfs: one appliance launch serves every agent of a run.
 
 Operations are data (Mkdir, WriteFile) built and validated before the launch; the runner only applies them.
-Files whose content is secret are uploaded from an in-memory fd, never passed as an API argument, so libguestfs's
-trace (LIBGUESTFS_TRACE=1) shows a path, not the value."""
+Each agent's files go in as one tar streamed from an in-memory fd, never as API arguments, so libguestfs's trace
+(LIBGUESTFS_TRACE=1) shows a path, not a value."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Union
 
 from deploy import accel
 from deploy.errors import CloneError
@@ -143,12 +145,13 @@ def _inject_one(g, item: AgentDisks, root_dev: str, data_dev: str) -> dict:
             g.chmod(0o750, HOME)
             g.rm_rf(HOME + "/lost+found")
         ops = item.ops + (_fstab_op(g, data_dev),)
-        for op in ops:
-            _apply(g, op, ids)
         baseline = baseline_of(ops)
         meta = dict(item.meta)
         record = json.dumps({**meta, "injected_at": int(time.time()), "baseline": baseline}, indent=2, sort_keys=True)
-        _apply(g, WriteFile(INJECTED_JSON, record.encode() + b"\n", 0o644), ids)
+        ops += (WriteFile(INJECTED_JSON, record.encode() + b"\n", 0o644),)
+        # One tar_in per agent instead of write+chmod+chown per file: each appliance call is a round trip, slow
+        # under TCG, and the launch plus these few calls is the whole cost of a clone.
+        _upload_from_memory(g, _tar_of(ops, ids), "/", tar=True)
         g.sync()
     finally:
         g.umount_all()
@@ -187,29 +190,38 @@ def _owner(ids: dict, owner: str, path: str) -> tuple[int, int]:
     return ids[owner]
 
 
-def _apply(g, op: Op, ids: dict) -> None:
-    uid, gid = _owner(ids, op.owner, op.path)
-    if isinstance(op, Mkdir):
-        g.mkdir_p(op.path)
-    else:
-        parent = os.path.dirname(op.path)
-        if not g.is_dir(parent):
-            g.mkdir_p(parent)
-        if op.secret:
-            _upload_from_memory(g, op.data(), op.path)
-        else:
-            g.write(op.path, op.data())
-    g.chmod(op.mode, op.path)
-    g.chown(uid, gid, op.path)
+def _tar_of(ops: tuple[Op, ...], ids: dict) -> bytes:
+    """The operations as one tar (paths relative to /, numeric owners, exact modes); parents of files must exist or
+    be created by an earlier Mkdir op, as tar creates missing parents root-owned 0755."""
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for op in ops:
+            info = tarfile.TarInfo(op.path.lstrip("/"))
+            info.uid, info.gid = _owner(ids, op.owner, op.path)
+            info.uname = info.gname = ""
+            info.mode, info.mtime = op.mode, now
+            if isinstance(op, Mkdir):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                data = op.data()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
-def _upload_from_memory(g, data: bytes, path: str) -> None:
-    """Upload bytes through a memfd: no file on disk, and the trace names only /proc/self/fd/N."""
-    fd = os.memfd_create("agentfleet-secret", os.MFD_CLOEXEC)
+def _upload_from_memory(g, data: bytes, path: str, tar: bool = False) -> None:
+    """Upload bytes (or extract a tar at path) through a memfd: no file on disk, and libguestfs's trace names only
+    /proc/self/fd/N, never the content."""
+    fd = os.memfd_create("agentfleet-inject", os.MFD_CLOEXEC)
     try:
         os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
-        g.upload(f"/proc/self/fd/{fd}", path)
+        if tar:
+            g.tar_in(f"/proc/self/fd/{fd}", path)
+        else:
+            g.upload(f"/proc/self/fd/{fd}", path)
     finally:
         os.close(fd)
 

@@ -16,7 +16,7 @@ from deploy.errors import CloneError, RolledBack
 from deploy.health import wait_healthy
 from deploy.hostkeys import HostKey, ensure_host_keys, known_hosts_lines
 from deploy.images import Image, find_image
-from deploy.inject import AgentDisks, Mkdir, WriteFile, inject
+from deploy.inject import AgentDisks, Mkdir, inject
 from deploy.inventory import Agent, Inventory
 from deploy.payload import agent_ops
 from deploy.secrets import AgentSecrets, load_secrets

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 import uuid as uuidlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 

@@ -34,8 +34,18 @@ def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
     g.part_disk("/dev/sda", "mbr")
     g.mkfs("ext4", "/dev/sda1")
     g.mount("/dev/sda1", "/")
-    for d in ("/etc/ssh", "/etc/netplan", "/etc/agentfleet", "/home/agent", "/root", "/tmp"):
+    for d in ("/etc/ssh", "/etc/netplan", "/etc/agentfleet", "/home/agent", "/root", "/tmp", "/usr/bin", "/var/log",
+              "/var/lib/dpkg"):
         g.mkdir_p(d)
+    # enough of Ubuntu for libguestfs inspection (virt-sysprep and virt-customize refuse a disk without an OS)
+    g.ln_s("usr/bin", "/bin")
+    g.upload("/bin/ls", "/usr/bin/ls")
+    g.chmod(0o755, "/usr/bin/ls")
+    g.write("/etc/os-release", b'NAME="Ubuntu"\nVERSION_ID="22.04"\nID=ubuntu\nVERSION_CODENAME=jammy\n'
+                               b'PRETTY_NAME="Ubuntu 22.04 LTS (synthetic)"\n')
+    g.write("/var/lib/dpkg/status", b"Package: base-files\nStatus: install ok installed\nArchitecture: amd64\n"
+                                    b"Version: 12ubuntu4\nDescription: synthetic\n\n")
+    g.write("/etc/lsb-release", b"DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=22.04\nDISTRIB_CODENAME=jammy\n")
     g.write("/etc/passwd", b"root:x:0:0:root:/root:/bin/bash\nagent:x:1000:1000:agent:/home/agent:/bin/bash\n")
     g.write("/etc/group", b"root:x:0:\nsudo:x:27:agent\nagent:x:1000:\n")
     g.write("/etc/fstab", b"LABEL=cloudimg-rootfs / ext4 defaults 0 1\n")
