@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="bake even if the version is already published")
     b.add_argument("--quiet", action="store_true", help="no progress lines (the log still has everything)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.add_argument("--keep-work", action="store_true", help="keep a failed bake's work dir (build/work/<version>)")
     lk = sub.add_parser("lock", help="re-resolve the lock and OpenClaw's package-lock from the registry")
     lk.add_argument("spec", type=Path)
     v = sub.add_parser("verify", help="verify a published image offline (OS, pins, identity-free)")
@@ -46,7 +47,8 @@ def _bake(args, layout) -> int:
     if args.dry_run:
         print("\n".join(pipeline.dry_run(args.spec, layout)))
         return 0
-    outcome = pipeline.bake(args.spec, layout, verify_checksum=args.verify, force=args.force, quiet=args.quiet)
+    outcome = pipeline.bake(args.spec, layout, verify_checksum=args.verify, force=args.force, quiet=args.quiet,
+                             keep_work=args.keep_work)
     if args.json:
         print(json.dumps({"image": str(outcome.image.qcow2), "version": outcome.image.version,
                           "cache_hit": outcome.cache_hit, "base_cache_hit": outcome.base_cache_hit,

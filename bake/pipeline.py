@@ -61,7 +61,7 @@ def plan(spec_path: Path) -> tuple[Spec, Inputs]:
 
 
 def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: bool = False,
-         quiet: bool = False) -> Outcome:
+         quiet: bool = False, keep_work: bool = False) -> Outcome:
     spec, inputs = plan(spec_path)
     version = inputs.version
     existing = publish.find(layout.images, spec.name, version)
@@ -77,8 +77,10 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
     work = layout.work(version)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    ok = False
     try:
         image, base_hit = _build(spec, inputs, layout, work, progress)
+        ok = True
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
@@ -86,7 +88,10 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
     except BakeError as e:
         raise BakeError(f"{e} (log: {progress.log_path})") from None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if ok or not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            progress.say(f"kept the failed bake's work dir for inspection: {work}")
         progress.close()
     return Outcome(image, cache_hit=False, changed=changed, phases=progress.phases, base_cache_hit=base_hit)
 

@@ -54,10 +54,9 @@ def _check_versions(g, node_version: str, openclaw_version: str) -> list[str]:
         return [f"node does not run: {e}"]
     if node != f"v{node_version}":
         problems.append(f"node --version is {node}, pinned v{node_version}")
-    try:
-        openclaw = g.command(["/bin/sh", "-c", "HOME=/tmp /usr/local/bin/openclaw --version 2>&1"]).strip()
-    except RuntimeError as e:
-        return problems + [f"openclaw does not run: {e}"]
+    # guestfsd's PATH lacks /usr/local/bin, and openclaw is a `#!/usr/bin/env node` script
+    openclaw = g.command(["/bin/sh", "-c", "PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp "
+                          "openclaw --version 2>&1 || echo \"(exit status $?)\""]).strip()
     if openclaw_version not in openclaw:
         problems.append(f"openclaw --version says {openclaw!r}, pinned {openclaw_version}")
     return problems

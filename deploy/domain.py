@@ -35,9 +35,14 @@ def user_netdev(inv: Inventory, agent: Agent) -> str:
     port = urlparse(inv.services.collector_url).port or 80
     api_port = urlparse(inv.services.collector_api_url).port or 80
     api_host = urlparse(inv.services.collector_api_url).hostname or "127.0.0.1"
-    return (f"user,id=n0,net=10.0.2.0/24,restrict=on,"
-            f"hostfwd=tcp:127.0.0.1:{agent.ssh_port}-{USER_GUEST_IP}:22,"
-            f"guestfwd=tcp:{inv.network.collector_forward}:{port}-cmd:nc {api_host} {api_port}")
+    netdev = (f"user,id=n0,net=10.0.2.0/24,restrict=on,"
+              f"hostfwd=tcp:127.0.0.1:{agent.ssh_port}-{USER_GUEST_IP}:22,"
+              f"guestfwd=tcp:{inv.network.collector_forward}:{port}-cmd:nc {api_host} {api_port}")
+    # A Mattermost URL at the forward address (a test stand-in on the hypervisor) is forwarded the same way.
+    mm = urlparse(inv.services.mattermost_url)
+    if mm.hostname == inv.network.collector_forward and (mm.port or 80) != port:
+        netdev += f",guestfwd=tcp:{mm.hostname}:{mm.port or 80}-cmd:nc 127.0.0.1 {mm.port or 80}"
+    return netdev
 
 
 def spec_for(inv: Inventory, agent: Agent, *, uuid: str, mac: str, root_disk: Path, data_disk: Path,
