@@ -43,6 +43,7 @@ def build_config(inv: Inventory, agent: Agent) -> dict:
                 "baseUrl": inv.services.mattermost_url,
                 "botToken": secret_ref("mattermost_bot_token"),
                 "dmPolicy": "pairing",
+                "groupPolicy": "allowlist",  # required by OpenClaw 2026.9's schema; its documented default
             },
         },
     }

@@ -100,7 +100,9 @@ TEST_SCHEMA = {
         "channels": {"type": "object", "properties": {"mattermost": {
             "type": "object", "additionalProperties": False, "properties": {
                 "enabled": {"type": "boolean"}, "baseUrl": {"type": "string"}, "botToken": SECRET_INPUT,
-                "dmPolicy": {"enum": ["pairing", "allowlist", "open", "disabled"]}}}}},
+                "dmPolicy": {"enum": ["pairing", "allowlist", "open", "disabled"]},
+                "groupPolicy": {"enum": ["open", "disabled", "allowlist"]}},
+                "required": ["dmPolicy", "groupPolicy"]}}},
     },
 }
 
