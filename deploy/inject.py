@@ -156,8 +156,9 @@ def _inject_one(g, item: AgentDisks, data_dev: str, facts: ImageFacts) -> dict:
         g.mkdir_p(HOME)
     g.mount(data_dev, HOME)
     try:
-        fstab = WriteFile("/etc/fstab", ("\n".join(facts.fstab + (f"LABEL={DATA_LABEL} {HOME} ext4 defaults,nofail 0 2",))
-                                         + "\n").encode(), 0o644)
+        # a long device timeout: under TCG on a busy host udev can take longer than systemd's default 90 s
+        mount = f"LABEL={DATA_LABEL} {HOME} ext4 defaults,nofail,x-systemd.device-timeout=10min 0 2"
+        fstab = WriteFile("/etc/fstab", ("\n".join(facts.fstab + (mount,)) + "\n").encode(), 0o644)
         ops = (Mkdir(HOME, 0o750, "agent:agent"),) + item.ops + (fstab,)
         baseline = baseline_of(ops)
         record = json.dumps({**dict(item.meta), "injected_at": int(time.time()), "baseline": baseline}, indent=2,
