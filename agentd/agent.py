@@ -103,8 +103,12 @@ class Agent:
     def run(self) -> None:
         cfg = self.config
         self.watcher.start()  # before the scan: a change during the scan is then an event, not a miss
+        # Ready before the first scan: on a slow (TCG) boot it takes minutes, and units ordered after agentd
+        # should not wait for it; the scan pings the watchdog as it goes.
+        self.notifier.ready("first full scan")
+        self.tracker.on_progress = self.notifier.watchdog
         self.tracker.full_scan()
-        self.notifier.ready(self._status())
+        self.notifier.status(self._status())
         log.info("agentd %s: watching %s, reporting to %s every %gs", cfg.agent, ", ".join(cfg.watched_paths),
                  cfg.collector_url, cfg.interval_s)
         now = time.monotonic()

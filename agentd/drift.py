@@ -7,7 +7,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import threading
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .baseline import Baseline, FileState
 from .filestate import FileStateReader
@@ -48,6 +48,8 @@ class DriftTracker:
         self._lock = threading.Lock()
         self._cache: Optional[List[DriftEntry]] = None
         self.full_scans = 0
+        self._visited = 0
+        self.on_progress: Optional[Callable[[], None]] = None  # called every few hundred files during a scan
 
     # --- path mapping -------------------------------------------------------------------------------
     def to_vm(self, host_path: str) -> Optional[str]:
@@ -81,6 +83,9 @@ class DriftTracker:
 
     def _walk(self, host_top: str, into: Dict[str, FileState]) -> None:
         def visit(host_path: str) -> None:
+            self._visited += 1
+            if self.on_progress is not None and self._visited % 256 == 0:
+                self.on_progress()  # a first scan on a slow VM can outlast the systemd watchdog
             vm = self.to_vm(host_path)
             if vm is None or self._ignored(vm):
                 return

@@ -1,0 +1,279 @@
+"""End to end on real VMs: bake, clone two agents, boot, report, drift, replace, roll back, destroy.
+
+The README's demo is this test's output (`make e2e`; `-s` shows the step log as it goes). Test VMs sit on QEMU user
+networking with restrict=on: they reach the host's collector and Mattermost stand-in through explicit forwards and
+nothing else.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bake import fetch, lock
+from bake.pipeline import Layout, bake
+from bake.spec import load_spec
+from tests.clone_support import clone_cli, ensure_libvirtd, libvirt_workdir, world_traversable, write_overlay
+from tests.collector_server import SECRET, free_port, start_collector
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+AGENTS = ("athena", "apollo")
+BOOT_DEADLINE = 900       # boot to the first healthy report, under TCG on 2 shared cores
+DRIFT_DEADLINE = 60
+REPLACE_TIMEOUT = 1500
+PIN_BUMP = ("version: 2026.9.2", "version: 2026.9.1")  # one OpenClaw release back: still accepts Node 22
+BREAK_AGENTD = """#!/bin/bash
+# e2e only: an image whose agentd cannot start, to prove that a replace rolls back by itself
+set -eu
+set -o pipefail
+mkdir -p /etc/systemd/system/agentd.service.d
+printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > /etc/systemd/system/agentd.service.d/broken.conf
+"""
+
+
+class Steps:
+    """Named, timed steps; a failure says which step and shows the VMs' serial console tails."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir, self.times = state_dir, []
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        t0 = time.monotonic()
+        print(f"\n== {name}", flush=True)
+        try:
+            yield
+        except BaseException as e:
+            raise AssertionError(f"e2e step '{name}' failed: {e}\n{self.consoles()}") from e
+        self.times.append((name, time.monotonic() - t0))
+        print(f"   done in {self.times[-1][1]:.0f} s", flush=True)
+
+    def consoles(self) -> str:
+        tails = []
+        for agent in AGENTS:
+            log = self.state_dir / agent / "console.log"
+            text = log.read_text(errors="replace") if log.exists() else "(no console log)"
+            tails.append(f"--- {agent} serial console (tail) ---\n" + "\n".join(text.splitlines()[-25:]))
+        return "\n".join(tails)
+
+    def summary(self) -> str:
+        return "\n".join(f"{seconds:7.0f} s  {name}" for name, seconds in self.times)
+
+
+class MattermostStandIn:
+    """Answers /api/v4/system/ping like Mattermost, on loopback, so agentd's Mattermost check has a real peer."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b'{"status":"OK"}' if self.path.startswith("/api/v4/system/ping") else b"{}"
+                self.send_response(200 if body != b"{}" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def bake_variant(tmp: Path, name: str, edit=None, break_agentd: bool = False):
+    """Bake a variant of the real spec through the same pipeline, into the same build dir (shared caches)."""
+    images = tmp / name
+    shutil.copytree(REPO / "images", images)
+    spec_path = images / "agent.yaml"
+    if edit:
+        spec_path.write_text(spec_path.read_text().replace(*edit))
+        spec = load_spec(spec_path)
+        layout = Layout(REPO / "build")
+        lock.resolve(spec, fetch.host_npm(spec, layout.downloads, layout.tools))
+    if break_agentd:
+        element = images / "elements" / "e2e-break-agentd"
+        (element / "post-install.d").mkdir(parents=True)
+        hook = element / "post-install.d" / "90-break-agentd"
+        hook.write_text(BREAK_AGENTD)
+        hook.chmod(0o755)
+        (element / "README.rst").write_text("e2e only: makes agentd fail to start.\n")
+        spec_path.write_text(spec_path.read_text().replace("elements: [nodejs, openclaw, agentd,",
+                                                           "elements: [nodejs, openclaw, agentd, e2e-break-agentd,"))
+    return bake(spec_path, Layout(REPO / "build"), quiet=True).image
+
+
+class ReportWatch:
+    """Polls the collector during a replace: when did the old version last report, the new one first?"""
+
+    def __init__(self, collector, agent: str):
+        self.collector, self.agent = collector, agent
+        self.seen: dict[str, tuple[float, float]] = {}  # version -> (first, last) time a new seq arrived
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        last_seq = None
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(Exception):
+                s = agent_state(self.collector, self.agent)
+                if s.get("last_seq") != last_seq:
+                    last_seq, now = s.get("last_seq"), time.monotonic()
+                    first, _ = self.seen.get(s["image_version"], (now, now))
+                    self.seen[s["image_version"]] = (first, now)
+
+    def downtime(self, old: str, new: str) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.seen[new][0] - self.seen[old][1]
+
+
+def agent_state(collector, agent: str) -> dict:
+    status, body = collector.get(f"/api/v1/agents/{agent}")
+    return body if status == 200 else {}
+
+
+def wait_for(what: str, predicate, deadline_s: float, interval: float = 3.0):
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+
+
+def test_fleet_end_to_end(baked_image, tmp_path):
+    ensure_libvirtd()
+    work = libvirt_workdir("e2e-")
+    world_traversable(baked_image.qcow2.parent)
+    steps = Steps(work / "state")
+    mattermost = MattermostStandIn()
+    collector = start_collector(work / "collector", "--interval-s", "5")
+    key = work / "admin_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e-admin", "-f", str(key)], check=True)
+    secrets = work / "secrets.yaml"
+    secrets.write_text(json.dumps({
+        "shared": {"collector_secret": SECRET.decode(), "anthropic_api_key": "sk-ant-e2e-dummy",
+                   "openai_api_key": "sk-e2e-dummy", "google_api_key": "e2e-dummy"},
+        "agents": {a: {"mattermost_bot_token": f"mm-{a}-e2e", "gateway_token": f"gw-{a}-e2e"} for a in AGENTS}}))
+    secrets.chmod(0o600)
+    ssh_base = free_port()
+    overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=baked_image.qcow2.parent,
+                            secrets_file=secrets, collector_port=int(collector.url.rsplit(":", 1)[1]),
+                            ssh_port_base=ssh_base, agents=AGENTS, admin_key=key.with_suffix(".pub").read_text().strip(),
+                            ram_gb=2)
+    text = overlay.read_text().replace("services:\n", f"services:\n  mattermost_url: http://10.0.2.100:{mattermost.port}\n")
+    overlay.write_text(text)
+
+    def clone(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return clone_cli(*args, "--overlay", str(overlay), timeout=timeout)
+
+    def ssh(agent: str, command: str) -> str:
+        port = ssh_base + AGENTS.index(agent)
+        out = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                              "-o", f"UserKnownHostsFile={work / 'known_hosts'}", "-o", "ConnectTimeout=10",
+                              "-o", "BatchMode=yes", "agent@127.0.0.1", command],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"ssh {agent} {command!r}: {out.stderr.strip()}"
+        return out.stdout.strip()
+
+    def host_key(agent: str) -> str:
+        port = ssh_base + AGENTS.index(agent)
+        out = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+                             capture_output=True, text=True, timeout=60)
+        return out.stdout.split()[-1] if out.stdout.strip() else ""
+
+    def healthy_on(agent: str, version: str, after_seq: int = 0):
+        def check():
+            s = agent_state(collector, agent)
+            return s if (s.get("image_version") == version and s.get("healthy")
+                         and s.get("last_seq", 0) > after_seq) else None
+        return check
+
+    v1 = baked_image.version
+    figures: dict[str, float] = {}
+    try:
+        with steps.step(f"1. image {v1} (baked by the pipeline, or the cached one)"):
+            assert baked_image.qcow2.exists()
+        with steps.step("2-3. clone athena and apollo, boot, first healthy report of each"):
+            t0 = time.monotonic()
+            out = clone(*AGENTS)
+            assert out.returncode == 0, out.stderr
+            for agent in AGENTS:
+                s = wait_for(f"{agent} healthy on {v1}", healthy_on(agent, v1), BOOT_DEADLINE)
+                assert (s["agent"], s["role"]) == (agent, "test")
+                figures[f"clone + boot to first healthy report, {agent}"] = time.monotonic() - t0
+            for agent in AGENTS:
+                assert ssh(agent, "hostname") == agent
+                assert ssh(agent, "stat -c '%a %U' ~/.openclaw/.env") == "600 agent"
+                assert ssh(agent, "systemctl show -p User --value openclaw-gateway") == "agent"
+                assert ssh(agent, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18789/") == "200"
+                identity = json.loads(ssh(agent, "cat /etc/agentfleet/identity.json"))
+                assert identity["agent"] == agent and identity["image_version"] == v1
+        with steps.step("4. change a managed file in athena: drift at the collector and on the page"):
+            seq0 = agent_state(collector, "athena")["last_seq"]
+            ssh("athena", "echo e2e-drift | sudo tee -a /etc/issue >/dev/null")
+            wait_for("drift of /etc/issue", lambda: any(
+                d["path"] == "/etc/issue" and d["kind"] == "modified"
+                for d in agent_state(collector, "athena").get("drift", [])), DRIFT_DEADLINE, interval=0.5)
+            assert agent_state(collector, "athena")["last_seq"] > seq0
+            status, page = collector.get("/agents/athena")
+            assert status == 200 and "/etc/issue" in str(page)
+        with steps.step("5a. bake a second image that differs by one pin (OpenClaw 2026.9.1)"):
+            v2_image = bake_variant(tmp_path, "bump", edit=PIN_BUMP)
+            v2 = v2_image.version
+            assert v2 != v1
+        with steps.step(f"5b. athena: write to /home/agent, --replace with {v2}"):
+            ssh("athena", "echo precious > ~/e2e-keep.txt")
+            key_before = host_key("athena")
+            watch = ReportWatch(collector, "athena")
+            out = clone("athena", "--image", v2, "--replace", "--unhealthy-grace", "600",
+                        "--health-timeout", str(BOOT_DEADLINE), timeout=REPLACE_TIMEOUT)
+            assert out.returncode == 0, out.stderr
+            wait_for(f"athena healthy on {v2}", healthy_on("athena", v2), 60)
+            figures["replace downtime (last report of the old VM to the first of the new)"] = watch.downtime(v1, v2)
+            assert ssh("athena", "cat ~/e2e-keep.txt") == "precious"
+            assert host_key("athena") == key_before
+            assert "2026.9.1" in ssh("athena", "openclaw --version")
+        with steps.step("6. --replace with an image whose agentd cannot start: rolls back by itself"):
+            broken = bake_variant(tmp_path, "broken", edit=PIN_BUMP, break_agentd=True)
+            seq_before = agent_state(collector, "athena")["last_seq"]
+            out = clone("athena", "--image", broken.version, "--replace", "--health-timeout", "420",
+                        "--unhealthy-grace", "120", timeout=REPLACE_TIMEOUT)
+            assert out.returncode == 3, f"expected the rollback exit code 3, got {out.returncode}: {out.stderr}"
+            assert "rolled back" in out.stderr.lower() or "roll" in out.stderr.lower()
+            wait_for(f"athena reporting again on {v2}", healthy_on("athena", v2, after_seq=seq_before),
+                     BOOT_DEADLINE)
+            assert ssh("athena", "cat ~/e2e-keep.txt") == "precious"
+        with steps.step("7. destroy both; the data disks remain"):
+            out = clone(*AGENTS, "--destroy")
+            assert out.returncode == 0, out.stderr
+            for agent in AGENTS:
+                assert (work / "storage" / f"{agent}-data.qcow2").exists()
+                assert not list((work / "storage").glob(f"{agent}-root-*.qcow2"))
+    finally:
+        figure_lines = "\n".join(f"{v:7.0f} s  {k}" for k, v in figures.items())
+        print("\n== e2e step times\n" + steps.summary() + "\n== figures\n" + figure_lines, flush=True)
+        (REPO / "build").mkdir(exist_ok=True)
+        (REPO / "build" / "e2e-times.txt").write_text(steps.summary() + "\n" + figure_lines + "\n")
+        with contextlib.suppress(Exception):
+            clone(*AGENTS, "--destroy", "--purge-data", timeout=300)
+        collector.stop()
+        mattermost.close()
+        shutil.rmtree(work, ignore_errors=True)
