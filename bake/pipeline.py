@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import shutil
+import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -68,10 +72,33 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
     if existing and not force:
         publish.check_published(existing, full=verify_checksum)
         return Outcome(existing, cache_hit=True)
+    with _exclusive(layout.build, quiet):
+        existing = publish.find(layout.images, spec.name, version)  # another bake may have just published it
+        if existing and not force:
+            publish.check_published(existing, full=verify_checksum)
+            return Outcome(existing, cache_hit=True)
+        return _bake_locked(spec, inputs, layout, quiet, keep_work)
+
+
+@contextmanager
+def _exclusive(build: Path, quiet: bool):
+    """One bake at a time per build dir: bakes share the work dirs, DIB's apt cache and the base-tree cache."""
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / "bake.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not quiet:
+                print(f"waiting for another bake in {build} to finish ...", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_work: bool) -> Outcome:
+    version = inputs.version
     previous = publish.newest(layout.images, spec.name)
     changed = explain_miss(inputs.hashes, previous.manifest.get("inputs", {})) if previous else ["no image yet"]
     _check_free_space(layout.build)
-    import time
     progress = Progress(layout.logs / f"{spec.name}-{version}-{time.strftime('%Y%m%dT%H%M%S')}.log", quiet=quiet)
     progress.say(f"baking {spec.name}-{version}; cache miss because: " + "; ".join(changed))
     work = layout.work(version)
