@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -156,10 +157,30 @@ def world_traversable(path: Path) -> Path:
     return path
 
 
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+def allow_guestfwd_commands() -> bool:
+    """Test VMs reach the host's collector through `guestfwd=...-cmd:nc ...`, which makes QEMU spawn a process per
+    connection; libvirt's default QEMU seccomp sandbox (spawn=deny) kills QEMU for that (SIGSYS on clone). So a test
+    host turns the sandbox off. Production VMs (bridge networking) use no guestfwd and keep it. True if changed."""
+    text = QEMU_CONF.read_text() if QEMU_CONF.exists() else ""
+    if re.search(r"^\s*seccomp_sandbox\s*=\s*0\s*$", text, re.M):
+        return False
+    QEMU_CONF.write_text(text + "\n# agentfleet tests: guestfwd cmd: forwards need QEMU to spawn nc\nseccomp_sandbox = 0\n")
+    return True
+
+
 def ensure_libvirtd() -> list[int]:
     """Start virtlogd and libvirtd (daemonized) unless they run; returns nothing to stop (they stay for the session)."""
     def running(name: str) -> bool:
         return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+    if allow_guestfwd_commands() and running("libvirtd"):
+        subprocess.run(["pkill", "-x", "libvirtd"], check=False)
+        for _ in range(100):
+            if not running("libvirtd"):
+                break
+            time.sleep(0.1)
     for daemon in ("virtlogd", "libvirtd"):
         if not running(daemon):
             subprocess.run([daemon, "-d"], check=True)
