@@ -15,16 +15,18 @@ from pathlib import Path
 MANAGED_PREFIXES = ("etc/", "usr/local/bin/", "opt/agentd/", "opt/node")
 # Files under those prefixes that legitimately differ per VM or change at run time; the clone owns some of them
 # (and records its own baseline in /etc/agentfleet/injected.json).
-UNMANAGED = ("etc/machine-id", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "etc/ld.so.cache",
-             "etc/.pwd.lock", "etc/fstab", "etc/agentfleet/", "etc/netplan/", "etc/ssh/ssh_host_",
-             "etc/systemd/network/", "etc/udev/rules.d/70-persistent")
+UNMANAGED_FILES = {"etc/machine-id", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "etc/ld.so.cache",
+                   "etc/.pwd.lock", "etc/fstab", "etc/agentfleet/image.json", "etc/agentfleet/identity.json",
+                   "etc/agentfleet/injected.json", "etc/agentfleet/agentd.yaml", "etc/agentfleet/agentd.token"}
+UNMANAGED_PREFIXES = ("etc/netplan/", "etc/ssh/ssh_host_", "etc/systemd/network/", "etc/udev/rules.d/70-persistent")
 WALKED = ("etc", "opt", "usr/local/bin")  # the dirs that hold every managed prefix
 SCHEMA_FILE = "opt/openclaw/config-schema.json"
 NPM_LOCK_FILE = "opt/openclaw/package-lock.json"
 
 
 def managed(name: str) -> bool:
-    return name.startswith(MANAGED_PREFIXES) and not name.startswith(UNMANAGED)
+    return (name.startswith(MANAGED_PREFIXES) and name not in UNMANAGED_FILES
+            and not name.startswith(UNMANAGED_PREFIXES))
 
 
 def scan_tree(root: Path) -> dict:
@@ -35,7 +37,9 @@ def scan_tree(root: Path) -> dict:
     for top in WALKED:
         for dirpath, dirnames, filenames in os.walk(root / top):
             dirnames.sort()
-            for name in sorted(filenames):
+            # a symlink to a directory is a file for drift (agentd hashes its target), and os.walk lists it as a dir
+            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            for name in sorted(filenames + links):
                 path = Path(dirpath) / name
                 rel = path.relative_to(root).as_posix()
                 if not managed(rel):

@@ -36,7 +36,8 @@ def agentd_config(inv: Inventory, agent: Agent) -> dict:
             "disk_percent": {"warn": 80, "fail": 95},
             "memory_percent": {"warn": 90, "fail": 97},
             "load_per_cpu": {"warn": 2.0, "fail": 4.0},
-            "cpu_percent": {"warn": 90, "fail": 99},
+            # a busy CPU alone only warns: agents compile and test; the load check fails a starved VM
+            "cpu_percent": {"warn": 90, "fail": 101},
         },
     }
 
