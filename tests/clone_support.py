@@ -191,19 +191,17 @@ def ensure_libvirtd() -> list[int]:
     raise RuntimeError("libvirtd did not come up")
 
 
-class CollectorStub:
-    """A loopback stand-in for the collector's GET /api/v1/agents/{name}: tests set what it answers."""
+class JsonStub:
+    """A loopback JSON server for GETs: subclasses say what each path answers (status, body)."""
 
     def __init__(self):
-        self.agents: dict[str, dict] = {}
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                name = self.path.rstrip("/").rsplit("/", 1)[-1]
-                info = stub.agents.get(name)
-                body = json.dumps(info).encode() if info else b'{"detail": "unknown agent"}'
-                self.send_response(200 if info else 404)
+                status, data = stub.answer(self.path)
+                body = json.dumps(data).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -217,14 +215,28 @@ class CollectorStub:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def report(self, agent: str, version: str, healthy: bool, seq: int = 1) -> None:
-        self.agents[agent] = {"image_version": version, "healthy": healthy, "last_seen": time.time() + 3600,
-                              "last_seq": seq}
+    def answer(self, path: str) -> tuple[int, dict]:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
+
+class CollectorStub(JsonStub):
+    """A loopback stand-in for the collector's GET /api/v1/agents/{name}: tests set what it answers."""
+
+    def __init__(self):
+        self.agents: dict[str, dict] = {}
+        super().__init__()
+
+    def answer(self, path: str) -> tuple[int, dict]:
+        info = self.agents.get(path.rstrip("/").rsplit("/", 1)[-1])
+        return (200, info) if info else (404, {"detail": "unknown agent"})
+
+    def report(self, agent: str, version: str, healthy: bool, seq: int = 1) -> None:
+        self.agents[agent] = {"image_version": version, "healthy": healthy, "last_seen": time.time() + 3600,
+                              "last_seq": seq}
 
 def clone_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run deploy/clone.py as a real process (its argv and output are what the canary test inspects)."""

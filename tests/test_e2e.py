@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from bake import fetch, lock
 from bake.pipeline import Layout, bake
 from bake.spec import load_spec
-from tests.clone_support import clone_cli, ensure_libvirtd, libvirt_workdir, world_traversable, write_overlay
+from tests.clone_support import JsonStub, clone_cli, ensure_libvirtd, libvirt_workdir, world_traversable, write_overlay
 from tests.collector_server import SECRET, free_port, start_collector
 from tests.conftest import REPO
 
@@ -69,29 +68,11 @@ class Steps:
         return "\n".join(f"{seconds:7.0f} s  {name}" for name, seconds in self.times)
 
 
-class MattermostStandIn:
+class MattermostStandIn(JsonStub):
     """Answers /api/v4/system/ping like Mattermost, on loopback, so agentd's Mattermost check has a real peer."""
 
-    def __init__(self):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = b'{"status":"OK"}' if self.path.startswith("/api/v4/system/ping") else b"{}"
-                self.send_response(200 if body != b"{}" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, path: str) -> tuple[int, dict]:
+        return (200, {"status": "OK"}) if path.startswith("/api/v4/system/ping") else (404, {})
 
 
 def bake_variant(tmp: Path, name: str, edit=None, break_agentd: bool = False):
