@@ -82,7 +82,9 @@ def _verify(args, layout) -> int:
     manifest = json.loads(manifest_path.read_text())
     check_published(Published(args.image, manifest_path, manifest), full=True)
     layout.build.mkdir(parents=True, exist_ok=True)
-    problems = verify_image(args.image, manifest["pins"]["node"], manifest["pins"]["openclaw"], layout.build)
+    pins = manifest["pins"]
+    plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if name.startswith("@openclaw/"))
+    problems = verify_image(args.image, pins["node"], pins["openclaw"], layout.build, plugins=plugins)
     for p in problems:
         print(f"problem: {p}")
     print("ok" if not problems else f"{len(problems)} problems")

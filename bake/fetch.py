@@ -95,7 +95,7 @@ def fill_npm_cache(spec: Spec, npm_cmd: list[str], cache: Path, scratch: Path, l
     return engines
 
 
-def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: Path,
+def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: Path, plugin_cache: Path,
           log: Optional[TextIO] = None) -> None:
     """Lay out the staging dir that the agentfleet-common element copies into the chroot (docs/contracts.md)."""
     shutil.rmtree(staging, ignore_errors=True)
@@ -112,6 +112,8 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
     for name in ("package.json", "package-lock.json"):
         shutil.copy2(spec.openclaw_dir / name, oc / name)
     shutil.copytree(npm_cache, oc / "npm-cache", copy_function=_link_or_copy)
+    shutil.copytree(plugin_cache, oc / "plugin-cache", copy_function=_link_or_copy,
+                    ignore=shutil.ignore_patterns(".verified-*", "_logs"))
     unit = AGENTD_SOURCE / "systemd" / "agentd.service"
     if not unit.exists():
         raise BakeError(f"agentd: {unit} missing; the image needs agentd's unit")
@@ -127,6 +129,7 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
         "AGENTFLEET_NPM_VERSION": spec.npm.version,
         "AGENTFLEET_OPENCLAW_VERSION": spec.openclaw.version,
         "AGENTFLEET_OPENCLAW_ALLOW_SCRIPTS": " ".join(spec.openclaw.allow_scripts),
+        "AGENTFLEET_OPENCLAW_PLUGINS": " ".join(spec.openclaw.plugin_specs),
     }
     (staging / "image.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
 

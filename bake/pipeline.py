@@ -9,9 +9,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
-from bake import assemble, dib, fetch, manifest, publish
+from bake import assemble, dib, fetch, manifest, plugin_cache, publish
 from bake.errors import BakeError
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
@@ -38,6 +37,8 @@ class Layout:
     def tools(self) -> Path: return self.cache / "tools"
     @property
     def npm_cache(self) -> Path: return self.cache / "npm"
+    @property
+    def plugin_cache(self) -> Path: return self.cache / "npm-plugins"
     @property
     def dib_cache(self) -> Path: return self.cache / "dib"
     @property
@@ -130,7 +131,8 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     with progress.phase("fetch: downloads verified, npm tree cached"):
         npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools, log)
         fetch.fill_npm_cache(spec, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
-        fetch.stage(spec, version, staging, layout.downloads, layout.npm_cache, log)
+        plugin_cache.fill_plugin_cache(spec, npm_cmd, layout.plugin_cache, work / "plugin-scratch", log)
+        fetch.stage(spec, version, staging, layout.downloads, layout.npm_cache, layout.plugin_cache, log)
         dib.write_package_element(spec, generated)
     base_tar = layout.base_trees / f"{inputs.base_key}.tar"
     base_hit = base_tar.exists()
@@ -152,7 +154,8 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         if not (root / manifest.SCHEMA_FILE).exists():
             raise BakeError(f"manifest: the tree has no /{manifest.SCHEMA_FILE} (openclaw element)")
         shutil.copy2(root / manifest.SCHEMA_FILE, schema)
-        pins = {"node": spec.node.version, "npm": spec.npm.version, "openclaw": spec.openclaw.version}
+        pins = {"node": spec.node.version, "npm": spec.npm.version, "openclaw": spec.openclaw.version,
+                **dict(spec.openclaw.plugins)}
         image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key,
                                          manifest.scan_tree(root), pins)
         assemble.finish_tree(root, image_json)
@@ -166,7 +169,8 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         assemble.compress(raw, qcow2, log)
         raw.unlink()
     with progress.phase("verify offline (libguestfs)"):
-        problems = verify_image(qcow2, spec.node.version, spec.openclaw.version, work, log)
+        problems = verify_image(qcow2, spec.node.version, spec.openclaw.version, work, log,
+                                    plugins=spec.openclaw.plugin_specs)
         if problems:
             raise BakeError("verify: refusing to publish: " + "; ".join(problems))
     with progress.phase("publish"):

@@ -13,6 +13,7 @@ from bake.errors import BakeError
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+PLUGIN = re.compile(r"^@openclaw/[a-z0-9][a-z0-9._-]*$")  # official plugins only: the ones OpenClaw trusts
 UPSTREAM = ("dart", "starship")  # optional artifacts from upstream sites, off unless url+sha256 are given
 
 
@@ -50,6 +51,13 @@ class Artifact:
 class OpenClaw:
     version: str
     allow_scripts: tuple[str, ...] = ()
+    # npm name -> version of the official plugins the gateway needs (the Mattermost channel is one); the
+    # guest installs them offline at boot, because OpenClaw trusts only plugins it installed from npm itself
+    plugins: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def plugin_specs(self) -> tuple[str, ...]:
+        return tuple(f"{name}@{version}" for name, version in self.plugins)
 
 
 @dataclass(frozen=True)
@@ -126,10 +134,15 @@ def _parse(path: Path, data: Any) -> Spec:
         raise _EntryError("stages", "needs exactly the stages 'base' and 'app'")
     stages = tuple(_stage(name, stages_raw[name]) for name in ("base", "app"))
     arts = _mapping(top.get("artifacts"), "artifacts", {"node", "npm", "openclaw", *UPSTREAM})
-    oc = _mapping(arts.get("openclaw"), "artifacts.openclaw", {"version", "allow_scripts"})
+    oc = _mapping(arts.get("openclaw"), "artifacts.openclaw", {"version", "allow_scripts", "plugins"})
     allow = oc.get("allow_scripts", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
         raise _EntryError("artifacts.openclaw.allow_scripts", "must be a list of package names")
+    plugins = oc.get("plugins", {}) or {}
+    if not isinstance(plugins, dict) or not all(isinstance(n, str) and PLUGIN.match(n) for n in plugins):
+        raise _EntryError("artifacts.openclaw.plugins", "must map npm package names (@openclaw/...) to versions")
+    plugin_pins = tuple(sorted((name, _match(plugins, name, VERSION, f"artifacts.openclaw.plugins.{name}"))
+                               for name in plugins))
     upstream = []
     for name in UPSTREAM:
         raw = arts.get(name) or {"enabled": False}
@@ -151,7 +164,7 @@ def _parse(path: Path, data: Any) -> Spec:
         stages=stages,
         node=_artifact("node", _mapping(arts.get("node"), "artifacts.node", {"version", "url", "sha256"})),
         npm=_artifact("npm", _mapping(arts.get("npm"), "artifacts.npm", {"version", "url", "sha256"})),
-        openclaw=OpenClaw(_match(oc, "version", VERSION, "artifacts.openclaw.version"), tuple(allow)),
+        openclaw=OpenClaw(_match(oc, "version", VERSION, "artifacts.openclaw.version"), tuple(allow), plugin_pins),
         upstream=tuple(upstream),
         files=dict(files),
     )

@@ -11,6 +11,9 @@ from bake.appliance import appliance
 from bake.run import run
 
 AGENTD_WANTS = "/etc/systemd/system/multi-user.target.wants/agentd.service"
+PLUGINS_WANTS = "/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service"
+PLUGINS_ENV = "/opt/openclaw/plugins.env"
+PLUGIN_CACHE = "/opt/openclaw/plugin-cache/_cacache"
 SECRET_PATTERN = r"BEGIN [A-Z ]*PRIVATE KEY|sk-ant-[A-Za-z0-9]|xox[bp]-[0-9]"
 SECRET_FILES = ("/etc/agentfleet/agentd.token", "/etc/agentfleet/identity.json", "/home/agent/.openclaw/.env",
                 "/home/agent/.openclaw/openclaw.json", "/root/.ssh/authorized_keys", "/home/agent/.ssh/authorized_keys")
@@ -19,7 +22,7 @@ HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.pyt
 
 
 def verify_image(qcow2: Path, node_version: str, openclaw_version: str, scratch: Path,
-                 log: Optional[TextIO] = None) -> list[str]:
+                 log: Optional[TextIO] = None, plugins: tuple[str, ...] = ()) -> list[str]:
     overlay = scratch / "verify-overlay.qcow2"
     overlay.unlink(missing_ok=True)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(qcow2.resolve()), str(overlay)], log=log)
@@ -36,6 +39,7 @@ def verify_image(qcow2: Path, node_version: str, openclaw_version: str, scratch:
                 problems.append(f"inspection says {distro} {release}, not ubuntu 22.04")
             g.mount(root, "/")
             problems += _check_versions(g, node_version, openclaw_version)
+            problems += _check_plugins(g, plugins)
             if not g.is_symlink(AGENTD_WANTS):
                 problems.append(f"agentd.service is not enabled ({AGENTD_WANTS} missing)")
             problems += identity_problems(g)
@@ -59,6 +63,23 @@ def _check_versions(g, node_version: str, openclaw_version: str) -> list[str]:
                           "openclaw --version 2>&1 || echo \"(exit status $?)\""]).strip()
     if openclaw_version not in openclaw:
         problems.append(f"openclaw --version says {openclaw!r}, pinned {openclaw_version}")
+    return problems
+
+
+def _check_plugins(g, plugins: tuple[str, ...]) -> list[str]:
+    """The pinned plugins are installed at boot from the baked cache: the list, the cache and the unit must be there."""
+    if not plugins:
+        return []
+    if not g.is_file(PLUGINS_ENV):
+        return [f"{PLUGINS_ENV} missing: the image cannot install its plugins {' '.join(plugins)}"]
+    baked = g.cat(PLUGINS_ENV).strip().partition("=")[2].strip("'\"").replace("\\", "").split()
+    problems = []
+    if sorted(baked) != sorted(plugins):
+        problems.append(f"{PLUGINS_ENV} lists {' '.join(baked) or 'nothing'}, pinned {' '.join(plugins)}")
+    if not g.is_dir(PLUGIN_CACHE):
+        problems.append(f"{PLUGIN_CACHE} missing: the plugins cannot be installed offline")
+    if not g.is_symlink(PLUGINS_WANTS):
+        problems.append(f"openclaw-plugins.service is not enabled ({PLUGINS_WANTS} missing)")
     return problems
 
 

@@ -4,9 +4,11 @@ The config holds secret *references* only ({"source": "env", ...}); values live 
 at start. The config is validated against the JSON Schema of the OpenClaw version baked into the image."""
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Mapping, Optional
+from urllib.parse import urlsplit
 
 import jsonschema
 
@@ -15,6 +17,7 @@ from deploy.inventory import Agent, Inventory
 from deploy.secrets import AgentSecrets
 
 GATEWAY_PORT = 18789
+LOCAL_SUFFIXES = (".lan", ".local", ".internal", ".home.arpa")
 NOT_IN_ENV = ("collector_secret",)  # hypervisor-side secrets: used to mint agentd's token, never given to OpenClaw
 
 
@@ -28,8 +31,32 @@ def secret_ref(key: str) -> dict:
     return {"source": "env", "provider": "default", "id": env_name(key)}
 
 
+def on_private_network(url: str) -> bool:
+    """True for a URL on the fleet's own network: a private, loopback or link-local address, or a name that is not
+    a public DNS name (no dot, or .lan/.local/.internal/.home.arpa)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+        return address.is_private or address.is_loopback or address.is_link_local
+    except ValueError:
+        return "." not in host or host.endswith(LOCAL_SUFFIXES)
+
+
 def build_config(inv: Inventory, agent: Agent) -> dict:
-    """Gateway on the LAN with token auth, and the Mattermost channel; secrets as references."""
+    """Gateway on the LAN with token auth, and the Mattermost channel; secrets as references.
+
+    Mattermost is an official plugin: enabled here explicitly (the image installs it at boot, see the openclaw
+    element). OpenClaw refuses private addresses for channel APIs unless told the server is a trusted one; a
+    self-hosted Mattermost on the home lab's network is exactly that."""
+    mattermost = {
+        "enabled": True,
+        "baseUrl": inv.services.mattermost_url,
+        "botToken": secret_ref("mattermost_bot_token"),
+        "dmPolicy": "pairing",
+        "groupPolicy": "allowlist",  # required by OpenClaw 2026.9's schema; its documented default
+    }
+    if on_private_network(inv.services.mattermost_url):
+        mattermost["network"] = {"dangerouslyAllowPrivateNetwork": True}
     return {
         "gateway": {
             "mode": "local",
@@ -37,15 +64,8 @@ def build_config(inv: Inventory, agent: Agent) -> dict:
             "bind": "lan",
             "auth": {"mode": "token", "token": secret_ref("gateway_token")},
         },
-        "channels": {
-            "mattermost": {
-                "enabled": True,
-                "baseUrl": inv.services.mattermost_url,
-                "botToken": secret_ref("mattermost_bot_token"),
-                "dmPolicy": "pairing",
-                "groupPolicy": "allowlist",  # required by OpenClaw 2026.9's schema; its documented default
-            },
-        },
+        "channels": {"mattermost": mattermost},
+        "plugins": {"entries": {"mattermost": {"enabled": True}}},
     }
 
 

@@ -102,8 +102,12 @@ TEST_SCHEMA = {
             "type": "object", "additionalProperties": False, "properties": {
                 "enabled": {"type": "boolean"}, "baseUrl": {"type": "string"}, "botToken": SECRET_INPUT,
                 "dmPolicy": {"enum": ["pairing", "allowlist", "open", "disabled"]},
-                "groupPolicy": {"enum": ["open", "disabled", "allowlist"]}},
+                "groupPolicy": {"enum": ["open", "disabled", "allowlist"]},
+                "network": {"type": "object", "additionalProperties": False, "properties": {
+                    "dangerouslyAllowPrivateNetwork": {"type": "boolean"}}}},
                 "required": ["dmPolicy", "groupPolicy"]}}},
+        "plugins": {"type": "object", "properties": {"entries": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"enabled": {"type": "boolean"}}}}}},
     },
 }
 
@@ -196,9 +200,11 @@ class JsonStub:
 
     def __init__(self):
         stub = self
+        self.requests: list[tuple[str, str]] = []  # (path, Authorization header) of every GET, in order
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                stub.requests.append((self.path.split("?")[0], self.headers.get("Authorization", "")))
                 status, data = stub.answer(self.path)
                 body = json.dumps(data).encode()
                 self.send_response(status)

@@ -1,13 +1,15 @@
 """The fetch phase against the real npm registry: a download is used only when its sha256 matches the pin."""
+import json
 import shutil
 
 import pytest
 
-from bake import pipeline
+from bake import fetch, pipeline
 from bake.errors import BakeError
 from bake.fetch import download
-from bake.spec import Artifact
-from tests.bake_fixtures import copy_images, edit
+from bake.plugin_cache import fill_plugin_cache
+from bake.spec import Artifact, load_spec
+from tests.bake_fixtures import REPO, copy_images, edit
 
 NPM_URL = "https://registry.npmjs.org/npm/-/npm-10.9.8.tgz"
 NPM_SHA = "3e68f9b5fcaf1a94ba0e37e6a565c920b2be6bd98998c50970385d6a692af780"
@@ -61,3 +63,20 @@ def test_dry_run_prints_both_dib_runs_and_touches_nothing(tmp_path):
     assert any("disk-image-create" in l and "ubuntu-minimal" in l for l in lines)
     assert any("agentfleet-base-tree" in l for l in lines)
     assert not (tmp_path / "build").exists()
+
+
+def test_plugin_tarball_the_package_lock_does_not_pin_is_refused_and_nothing_is_kept(tmp_path):
+    """The plugin cache comes from the real registry; its tarball must have the package-lock's integrity."""
+    path = copy_images(tmp_path)
+    package_lock = path.parent / "openclaw" / "package-lock.json"
+    data = json.loads(package_lock.read_text())
+    data["packages"]["node_modules/@openclaw/mattermost"]["integrity"] = "sha512-" + "A" * 86 + "=="
+    package_lock.write_text(json.dumps(data))
+    layout = pipeline.Layout(REPO / "build")
+    spec = load_spec(path)
+    npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools)
+    cache = tmp_path / "plugin-cache"
+    with pytest.raises(BakeError, match=r"plugins.@openclaw/mattermost: the registry's @openclaw/mattermost@2026.9.2 "
+                                        r"has integrity sha512-dyIV.* package-lock.json pins sha512-AAA"):
+        fill_plugin_cache(spec, npm_cmd, cache, tmp_path / "scratch")
+    assert not list(cache.glob(".verified-*"))

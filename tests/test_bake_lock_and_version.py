@@ -23,6 +23,14 @@ def test_pin_bump_without_relock_is_refused(tmp_path):
         check_lock(spec, Lock.load(spec))
 
 
+def test_plugin_pin_change_without_relock_is_refused(tmp_path):
+    path = copy_images(tmp_path)
+    edit(path, '"@openclaw/mattermost": 2026.9.2', '"@openclaw/mattermost": 2026.9.6')
+    spec = load_spec(path)
+    with pytest.raises(BakeError, match=r"artifacts.openclaw.plugins: spec pins .*2026.9.6.* but agent.lock.json"):
+        check_lock(spec, Lock.load(spec))
+
+
 def test_engine_mismatch_recorded_in_lock_is_refused(tmp_path):
     path = copy_images(tmp_path)
     lock_path = path.with_suffix(".lock.json")

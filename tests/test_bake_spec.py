@@ -63,3 +63,15 @@ def test_enabled_upstream_artifact_needs_a_checksum(tmp_path):
     edit(spec, "dart: {enabled: false}", "dart: {version: 3.5.0, url: https://example.invalid/dart.zip}")
     with pytest.raises(BakeError, match=r"artifacts.dart.sha256"):
         load_spec(spec)
+
+
+def test_only_official_openclaw_plugins_may_be_pinned(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, '"@openclaw/mattermost": 2026.9.2', '"openclaw-mattermost-fork": 1.0.0')
+    with pytest.raises(BakeError, match=r"artifacts.openclaw.plugins: must map npm package names \(@openclaw/"):
+        load_spec(spec)
+
+
+def test_plugin_pins_are_read_as_name_at_version(tmp_path):
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    assert spec.openclaw.plugin_specs == ("@openclaw/mattermost@2026.9.2",)

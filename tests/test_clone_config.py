@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy import inventory, openclaw_config
 from deploy.domain import domain_xml, spec_for
@@ -32,6 +33,28 @@ def test_openclaw_config_holds_references_and_validates_against_the_schema():
     assert config["channels"]["mattermost"]["botToken"] == {"source": "env", "provider": "default",
                                                            "id": "MATTERMOST_BOT_TOKEN"}
     openclaw_config.validate_config(config, TEST_SCHEMA, "athena")
+
+
+def test_mattermost_plugin_is_enabled_and_a_lab_server_is_trusted_but_a_public_one_is_not(tmp_path):
+    inv = inventory.load()  # the fleet's Mattermost is at 10.220.1.10
+    config = openclaw_config.build_config(inv, inv.agent("athena"))
+    assert config["plugins"]["entries"]["mattermost"] == {"enabled": True}
+    assert config["channels"]["mattermost"]["network"] == {"dangerouslyAllowPrivateNetwork": True}
+    public = write_overlay(tmp_path / "o.yaml", work=tmp_path, images_dir=tmp_path, secrets_file=tmp_path / "s",
+                           collector_port=1)
+    data = yaml.safe_load(public.read_text())
+    data["services"]["mattermost_url"] = "https://chat.example.com"
+    public.write_text(yaml.safe_dump(data))
+    inv = inventory.load(overlays=[public])
+    assert "network" not in openclaw_config.build_config(inv, inv.agent("athena"))["channels"]["mattermost"]
+
+
+@pytest.mark.parametrize("url,private", [
+    ("http://10.0.2.100:8065", True), ("http://127.0.0.1:8065", True), ("http://[fe80::1]:8065", True),
+    ("http://mattermost:8065", True), ("https://chat.home.arpa", True), ("https://mm.lab.lan", True),
+    ("https://chat.example.com", False), ("http://8.8.8.8", False)])
+def test_which_mattermost_urls_count_as_the_fleets_own_network(url, private):
+    assert openclaw_config.on_private_network(url) is private
 
 
 def test_config_the_schema_rejects_is_refused_naming_the_field():

@@ -29,7 +29,13 @@ AGENTS = ("athena", "apollo")
 BOOT_DEADLINE = 900       # boot to the first healthy report, under TCG on 2 shared cores
 DRIFT_DEADLINE = 60
 REPLACE_TIMEOUT = 1500
-PIN_BUMP = ("version: 2026.9.2", "version: 2026.9.1")  # one OpenClaw release back: still accepts Node 22
+# One pin: npm one patch release back (OpenClaw cannot move: 2026.9.2 is the newest for Node 22, and its
+# Mattermost plugin has no 2026.9.1 release).
+PIN_BUMP = ("""    version: 10.9.8
+    url: https://registry.npmjs.org/npm/-/npm-10.9.8.tgz
+    sha256: 3e68f9b5fcaf1a94ba0e37e6a565c920b2be6bd98998c50970385d6a692af780""", """    version: 10.9.7
+    url: https://registry.npmjs.org/npm/-/npm-10.9.7.tgz
+    sha256: 15b45313dd6ca1c2c3da89e12f789d78b16fc174bd0e711cac399af6e457a670""")
 BREAK_AGENTD = """#!/bin/bash
 # e2e only: an image whose agentd cannot start, to prove that a replace rolls back by itself
 set -eu
@@ -69,10 +75,18 @@ class Steps:
 
 
 class MattermostStandIn(JsonStub):
-    """Answers /api/v4/system/ping like Mattermost, on loopback, so agentd's Mattermost check has a real peer."""
+    """Answers like Mattermost on loopback: /api/v4/system/ping for agentd's check, and /api/v4/users/me for the
+    bot token OpenClaw's Mattermost channel logs in with (it has no websocket: the channel then retries)."""
 
     def answer(self, path: str) -> tuple[int, dict]:
-        return (200, {"status": "OK"}) if path.startswith("/api/v4/system/ping") else (404, {})
+        if path.startswith("/api/v4/system/ping"):
+            return 200, {"status": "OK"}
+        if path.startswith("/api/v4/users/me"):
+            return 200, {"id": "bot", "username": "e2e-bot", "is_bot": True}
+        return 404, {}
+
+    def logged_in(self, token: str) -> bool:
+        return ("/api/v4/users/me", f"Bearer {token}") in self.requests
 
 
 def bake_variant(tmp: Path, name: str, edit=None, break_agentd: bool = False):
@@ -207,6 +221,10 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                 assert ssh(agent, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18789/") == "200"
                 identity = json.loads(ssh(agent, "cat /etc/agentfleet/identity.json"))
                 assert identity["agent"] == agent and identity["image_version"] == v1
+                # the Mattermost channel (an official plugin, installed at first boot) logged in with the bot
+                # token that reached the gateway only through ~/.openclaw/.env
+                wait_for(f"{agent}'s Mattermost channel to log in", lambda: mattermost.logged_in(f"mm-{agent}-e2e"),
+                         120)
         with steps.step("4. change a managed file in athena: drift at the collector and on the page"):
             seq0 = agent_state(collector, "athena")["last_seq"]
             ssh("athena", "echo e2e-drift | sudo tee -a /etc/issue >/dev/null")
@@ -216,7 +234,7 @@ def test_fleet_end_to_end(baked_image, tmp_path):
             assert agent_state(collector, "athena")["last_seq"] > seq0
             status, page = collector.get("/agents/athena")
             assert status == 200 and "/etc/issue" in str(page)
-        with steps.step("5a. bake a second image that differs by one pin (OpenClaw 2026.9.1)"):
+        with steps.step("5a. bake a second image that differs by one pin (npm 10.9.7)"):
             v2_image = bake_variant(tmp_path, "bump", edit=PIN_BUMP)
             v2 = v2_image.version
             assert v2 != v1
@@ -231,7 +249,7 @@ def test_fleet_end_to_end(baked_image, tmp_path):
             figures["replace downtime (last report of the old VM to the first of the new)"] = watch.downtime(v1, v2)
             assert ssh("athena", "cat ~/e2e-keep.txt") == "precious"
             assert host_key("athena") == key_before
-            assert "2026.9.1" in ssh("athena", "openclaw --version")
+            assert ssh("athena", "npm --version") == "10.9.7"
         with steps.step("6. --replace with an image whose agentd cannot start: rolls back by itself"):
             broken = bake_variant(tmp_path, "broken", edit=PIN_BUMP, break_agentd=True)
             seq_before = agent_state(collector, "athena")["last_seq"]

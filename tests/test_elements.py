@@ -153,6 +153,68 @@ def test_gateway_unit_runs_as_agent_on_18789_only_when_configured():
     assert "WantedBy=multi-user.target" in unit
 
 
+def test_gateway_starts_after_the_plugins_are_installed():
+    units = ELEMENTS / "openclaw" / "openclaw-units"
+    gateway = (units / "openclaw-gateway.service").read_text()
+    plugins = (units / "openclaw-plugins.service").read_text()
+    assert re.search(r"^After=.*openclaw-plugins.service", gateway, re.M)
+    assert re.search(r"^Wants=.*openclaw-plugins.service", gateway, re.M)
+    assert "User=agent" in plugins and "Type=oneshot" in plugins
+    assert "ConditionPathExists=/home/agent/.openclaw/openclaw.json" in plugins
+
+
+FAKE_OPENCLAW = """#!/bin/bash
+# Stands in for the OpenClaw CLI: records how it was called; fails when told to.
+echo "$* offline=$npm_config_offline cache=$npm_config_cache" >> "$HOME/calls"
+test -d "$npm_config_cache/_cacache" && test -w "$npm_config_cache"
+[ -z "${FAIL_ON:-}" ] || [ "$3" != "$FAIL_ON" ]
+"""
+
+
+@pytest.fixture
+def plugin_box(tmp_path: Path):
+    """The boot-time plugin installer with a fake `openclaw` on PATH and a fake baked cache."""
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "openclaw"
+    fake.write_text(FAKE_OPENCLAW)
+    fake.chmod(0o755)
+    (tmp_path / "cache" / "_cacache").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "plugins.env").write_text("AGENTFLEET_OPENCLAW_PLUGINS='@openclaw/mattermost@2026.9.2 @openclaw/x@1.0.0'\n")
+
+    def install(**env: str) -> subprocess.CompletedProcess:
+        return run_hook(ELEMENTS / "openclaw" / "openclaw-units" / "openclaw-plugins",
+                        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", HOME=str(tmp_path / "home"),
+                        TMPDIR=str(tmp_path), AGENTFLEET_OPENCLAW_PLUGINS_ENV=str(tmp_path / "plugins.env"),
+                        AGENTFLEET_OPENCLAW_PLUGIN_CACHE=str(tmp_path / "cache"), **env)
+    return tmp_path, install
+
+
+def test_boot_plugin_install_is_offline_pinned_once_and_cleans_up(plugin_box):
+    box, install = plugin_box
+    first = install()
+    assert first.returncode == 0, first.stderr
+    calls = (box / "home" / "calls").read_text().splitlines()
+    assert [c.split(" offline=")[0] for c in calls] == [
+        "plugins install @openclaw/mattermost@2026.9.2 --pin --force", "plugins install @openclaw/x@1.0.0 --pin --force"]
+    assert all("offline=true" in c and f"cache={box}/openclaw-plugins." in c for c in calls)
+    assert (box / "home" / ".openclaw" / "agentfleet-plugins").read_text() == \
+        "@openclaw/mattermost@2026.9.2 @openclaw/x@1.0.0"
+    assert not list(box.glob("openclaw-plugins.*")), "the writable cache copy is removed"
+    again = install()
+    assert again.returncode == 0 and "already installed" in again.stdout
+    assert len((box / "home" / "calls").read_text().splitlines()) == 2
+
+
+def test_a_failed_plugin_install_fails_the_unit_and_is_retried_next_boot(plugin_box):
+    box, install = plugin_box
+    failed = install(FAIL_ON="@openclaw/x@1.0.0")
+    assert failed.returncode != 0
+    assert not (box / "home" / ".openclaw" / "agentfleet-plugins").exists()
+    assert install().returncode == 0
+    assert (box / "home" / ".openclaw" / "agentfleet-plugins").exists()
+
+
 # --- host-side hooks run for real against temporary trees ---
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("sudo"), reason="needs root and sudo")
