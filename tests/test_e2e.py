@@ -23,7 +23,7 @@ from tests.clone_support import JsonStub, clone_cli, ensure_libvirtd, libvirt_wo
 from tests.collector_server import SECRET, free_port, start_collector
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 
 AGENTS = ("athena", "apollo")
 BOOT_DEADLINE = 900       # boot to the first healthy report, under TCG on 2 shared cores
