@@ -50,6 +50,7 @@ class Agent:
         self.watcher = Watcher([rooted(root, p) for p in config.watched_paths], self.wake, self.request_rescan)
         self.last_checks: List[CheckResult] = []
         self.reports_made = 0
+        self.seq_synced = False
 
     # --- building blocks (also used by --once and the benchmark) -------------------------------------
     def request_rescan(self, reason: str) -> None:
@@ -57,6 +58,20 @@ class Agent:
         log.info("full rescan requested: %s", reason)
         self._rescan.set()
         self.wake.set()
+
+    def sync_seq(self) -> None:
+        """Once per start, before reporting: number reports above what the collector already holds from this agent.
+        Its state (/var/lib/agentd) lives on the root disk, which a replace or rollback swaps; restarting from a
+        lower seq would make the collector drop every report as a duplicate. Retried until the collector answers."""
+        if self.seq_synced:
+            return
+        last = self.sender.collector_last_seq(self.config.agent_url)
+        if last is None:
+            return
+        self.seq_synced = True
+        if self.spool.raise_floor(last):
+            log.warning("the collector holds reports up to seq %d from %s (a newer or replaced VM): numbering "
+                        "continues above it", last, self.config.agent)
 
     def make_report(self, run_checks_now: bool = True) -> dict:
         """Build the next report and put it in the spool (durably) before anything is sent."""
@@ -92,6 +107,7 @@ class Agent:
     def run_once(self) -> FlushResult:
         """`agentd --once`: scan, check, spool one report, try to deliver the spool once."""
         self.tracker.full_scan()
+        self.sync_seq()
         self.make_report()
         return self.flush(force=True, limit=None)
 
@@ -133,6 +149,7 @@ class Agent:
                     urgent |= self._full_scan()
                     next_scan = now + cfg.scan_interval_s
                 if now >= next_report or urgent:
+                    self.sync_seq()
                     self.make_report(run_checks_now=now >= next_report)
                     if now >= next_report:
                         next_report = now + cfg.interval_s

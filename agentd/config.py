@@ -87,6 +87,11 @@ class Config:
         return self.collector_url.rstrip("/") + REPORTS_PATH
 
     @property
+    def agent_url(self) -> str:
+        """The collector's record of this agent (its latest state, with `last_seq`)."""
+        return self.collector_url.rstrip("/") + "/api/v1/agents/" + self.agent
+
+    @property
     def canary_path(self) -> str:
         return self.canary_file or (self.watched_paths[0].rstrip("/") + "/.agentd-canary")
 

@@ -64,6 +64,19 @@ class Sender:
     def ready(self) -> bool:
         return self.clock() >= self.not_before
 
+    def collector_last_seq(self, agents_url: str) -> Optional[int]:
+        """The highest seq the collector holds for this agent (0 for an agent it has never seen); None when it
+        cannot say right now."""
+        try:
+            r = self._session.get(agents_url, timeout=self.timeout_s)
+            if r.status_code == 404:
+                return 0
+            r.raise_for_status()
+            return int(r.json()["last_seq"])
+        except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+            log.info("could not ask the collector for the last seq yet (%s)", e)
+            return None
+
     def flush(self, spool: Spool, limit: Optional[int] = None, force: bool = False) -> FlushResult:
         """Send the spool oldest first until it is empty, `limit` is reached or the collector fails."""
         result = FlushResult()

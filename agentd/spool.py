@@ -134,5 +134,16 @@ class Spool:
     def last_seq(self) -> int:
         return self._last_seq
 
+    def raise_floor(self, seq: int) -> bool:
+        """Continue numbering above `seq` (what the collector already holds from this agent), durably. Needed when
+        this state is younger than the agent: a replaced or rolled-back VM must not reuse seqs, which the collector
+        would answer as duplicates and ignore. Returns True when the counter moved."""
+        with self._lock:
+            if seq <= self._last_seq:
+                return False
+            atomic_write(self._seq_path, b"%d\n" % seq)
+            self._last_seq = self._persisted_seq = seq
+            return True
+
     def __len__(self) -> int:
         return len(self._entries)
