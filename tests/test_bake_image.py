@@ -64,7 +64,7 @@ def test_cache_hit_notices_a_modified_image(baked_image, tmp_path):
         check_published(image, full=False)
 
 
-def test_verify_refuses_an_image_that_carries_identity(baked_image, tmp_path):
+def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plugins(baked_image, tmp_path):
     import guestfs
     dirty = tmp_path / "dirty.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(dirty)])
@@ -77,10 +77,14 @@ def test_verify_refuses_an_image_that_carries_identity(baked_image, tmp_path):
     g.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
     g.write("/etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
     g.write("/root/.bash_history", "ls\n")
+    g.rm_rf("/opt/openclaw/plugin-cache")
+    g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
     g.shutdown()
     g.close()
-    problems = verify_image(dirty, "22.23.3", "2026.9.2", tmp_path)
+    problems = verify_image(dirty, "22.23.3", "2026.9.2", tmp_path, plugins=("@openclaw/mattermost@2026.9.2",))
     text = "; ".join(problems)
+    assert "/opt/openclaw/plugin-cache/_cacache missing" in text
+    assert "openclaw-plugins.service is not enabled" in text
     assert "/etc/machine-id is not empty" in text
     assert "SSH host keys present: /etc/ssh/ssh_host_ed25519_key" in text
     assert "/root/.bash_history must not be in the golden image" in text
