@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 def test_published_image_carries_a_manifest_that_matches_it(baked_image):
     m = baked_image.manifest
     assert m["version"] == baked_image.version and len(m["version"]) == 12
-    assert m["pins"] == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2"}
+    assert m["pins"] == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2",
+                         "@openclaw/mattermost": "2026.9.2"}
     assert m["qcow2"]["sha256"] == file_sha256(baked_image.qcow2)
     assert m["qcow2"]["size"] == baked_image.qcow2.stat().st_size
     assert baked_image.qcow2.stat().st_mode & 0o222 == 0, "published images are read-only"
