@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bake.errors import BakeError
+from bake.spec import PLUGIN
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,7 +84,7 @@ def _verify(args, layout) -> int:
     check_published(Published(args.image, manifest_path, manifest), full=True)
     layout.build.mkdir(parents=True, exist_ok=True)
     pins = manifest["pins"]
-    plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if name.startswith("@openclaw/"))
+    plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if PLUGIN.match(name))
     problems = verify_image(args.image, pins["node"], pins["openclaw"], layout.build, plugins=plugins)
     for p in problems:
         print(f"problem: {p}")

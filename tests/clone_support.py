@@ -244,6 +244,7 @@ class CollectorStub(JsonStub):
         self.agents[agent] = {"image_version": version, "healthy": healthy, "last_seen": time.time() + 3600,
                               "last_seq": seq}
 
+
 def clone_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run deploy/clone.py as a real process (its argv and output are what the canary test inspects)."""
     full_env = {**os.environ, **(env or {})}
