@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    reason: str      # "healthy", "health deadline", "failed report", "domain crash"
+    reason: str      # "healthy", "health deadline", "failed report", "domain crash", "agentd failed"
     detail: str = ""
 
 
@@ -33,15 +33,20 @@ def fetch_agent(api_url: str, agent: str, timeout: float = 5) -> Optional[dict]:
 
 
 def wait_healthy(api_url: str, agent: str, version: str, since: float, *, deadline_s: float,
-                 unhealthy_grace_s: float, domain_alive: Callable[[], bool], poll_s: float = 2.0) -> Verdict:
+                 unhealthy_grace_s: float, domain_alive: Callable[[], bool],
+                 early_failure: Callable[[], Optional[str]] = lambda: None, poll_s: float = 2.0) -> Verdict:
     """Healthy = a report of `version` seen after `since` with healthy true. Unhealthy reports of the new version
-    are tolerated for unhealthy_grace_s (services still starting), then the replace fails."""
+    are tolerated for unhealthy_grace_s (services still starting), then the replace fails. `early_failure` says why
+    no report can ever come (agentd failing on the console), so the replace need not wait out the deadline."""
     end = time.monotonic() + deadline_s
     first_unhealthy: Optional[float] = None
     last = None
     while True:
         if not domain_alive():
             return Verdict(False, "domain crash", f"{agent}'s domain stopped while waiting for its first report")
+        failed = early_failure()
+        if failed:
+            return Verdict(False, "agentd failed", failed)
         info = fetch_agent(api_url, agent)
         last = info or last
         if info and info.get("image_version") == version and float(info.get("last_seen") or 0) >= since:

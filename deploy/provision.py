@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploy import accel, disks, openclaw_config
+from deploy.console import ConsoleWatch, console_log
 from deploy.domain import domain_xml, spec_for
 from deploy.errors import CloneError, RolledBack
 from deploy.health import wait_healthy
@@ -167,6 +168,7 @@ def _execute(inv, work: list[Work], image: Image, secrets, dtype: str, opts: Opt
                                      pending=pending)
             save_state(w.state_dir, w.state)
     started = time.time()
+    consoles = {w.agent.name: ConsoleWatch(console_log(w.state_dir)) for w in work}  # only what these boots print
     for w in work:
         if w.action != "noop":
             _define_and_start(inv, w, dtype, conns, image.version)
@@ -176,7 +178,7 @@ def _execute(inv, work: list[Work], image: Image, secrets, dtype: str, opts: Opt
     failures = []
     for w in work:
         if w.action in ("replace", "resume"):
-            res, why = _await_replace(inv, w, image, dtype, opts, conns, started)
+            res, why = _await_replace(inv, w, image, dtype, opts, conns, started, consoles[w.agent.name])
             results[w.agent.name] = res
             if why:
                 failures.append(why)
@@ -188,11 +190,11 @@ def _execute(inv, work: list[Work], image: Image, secrets, dtype: str, opts: Opt
     return ordered
 
 
-def _await_replace(inv, w: Work, image: Image, dtype, opts: Options, conns, since: float):
+def _await_replace(inv, w: Work, image: Image, dtype, opts: Options, conns, since: float, console: ConsoleWatch):
     hv = conns.get(inv, w.agent)
     verdict = wait_healthy(inv.services.collector_api_url, w.agent.name, image.version, since,
                            deadline_s=opts.health_timeout_s, unhealthy_grace_s=opts.unhealthy_grace_s,
-                           domain_alive=lambda: hv.is_running(w.agent.name))
+                           domain_alive=lambda: hv.is_running(w.agent.name), early_failure=console.agentd_failed)
     if verdict.ok:
         w.state = w.state.evolve(pending=None)
         save_state(w.state_dir, w.state)
@@ -206,7 +208,7 @@ def _await_replace(inv, w: Work, image: Image, dtype, opts: Options, conns, sinc
 
 def _define_and_start(inv, w: Work, dtype: str, conns, version: str) -> None:
     spec = spec_for(inv, w.agent, uuid=w.state.uuid, mac=w.state.mac, root_disk=Path(w.state.current.root_disk),
-                    data_disk=Path(w.state.data_disk), console_log=w.state_dir / "console.log", domain_type=dtype,
+                    data_disk=Path(w.state.data_disk), console_log=console_log(w.state_dir), domain_type=dtype,
                     image_version=w.state.current.image_version)
     conns.get(inv, w.agent).define_and_start(domain_xml(spec), w.agent.name)
 
@@ -334,6 +336,6 @@ def _dry_run(inv: Inventory, agent: Agent, image: Image, secrets: AgentSecrets, 
                 "    " + ln for ln in op.data().decode(errors="replace").splitlines())
             out(body)
     spec = spec_for(inv, agent, uuid=w.state.uuid, mac=w.state.mac, root_disk=w.root_disk, data_disk=w.data_disk,
-                    console_log=w.state_dir / "console.log", domain_type=dtype, image_version=image.version)
+                    console_log=console_log(w.state_dir), domain_type=dtype, image_version=image.version)
     out(domain_xml(spec))
     return _result(inv, w, image, dtype, "dry-run", w.action)

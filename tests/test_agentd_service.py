@@ -114,7 +114,7 @@ def test_a_dead_watcher_is_restarted_and_the_canary_shows_how_late_it_was(tmp_pa
 
 def test_reports_are_periodic_without_any_change(tmp_path, collector, running_agent):
     running_agent(interval_s=0.3)
-    collector.wait_for(lambda r: r["seq"] >= 3, timeout=5)
+    collector.wait_for(lambda r: r["seq"] >= 3, timeout=20)  # startup (imports, first scan) is slow on a loaded machine
 
 
 def test_service_notifies_systemd_and_stops_cleanly_on_sigterm(tmp_path, collector):

@@ -92,7 +92,12 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
     assert baked_image.manifest["qcow2"]["sha256"] == file_sha256(baked_image.qcow2), "the golden image was written"
 
 
-def test_golden_image_boots_to_a_login_prompt_on_the_serial_console(baked_image, tmp_path):
+def test_golden_image_boots_to_a_login_prompt_and_its_unconfigured_agentd_says_so_on_the_console(baked_image,
+                                                                                                  tmp_path):
+    """The image boots by itself; agentd, which has no identity or config before a clone, fails and its unit writes
+    the line a --replace watches for on the serial console (deploy/console.py)."""
+    from deploy.console import ConsoleWatch
+
     overlay, console = tmp_path / "boot.qcow2", tmp_path / "console.log"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(overlay)])
     accel = "kvm" if kvm_works() else "tcg"
@@ -100,17 +105,20 @@ def test_golden_image_boots_to_a_login_prompt_on_the_serial_console(baked_image,
         ["qemu-system-x86_64", "-accel", accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none",
          "-drive", f"file={overlay},if=virtio,format=qcow2", "-nic", "none", "-serial", f"file:{console}",
          "-no-reboot"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    watch = ConsoleWatch(console, failures=2)
     try:
-        deadline = time.monotonic() + 420
+        deadline = time.monotonic() + 600
+        text = ""
         while time.monotonic() < deadline:
             text = console.read_text(errors="replace") if console.exists() else ""
-            if "login:" in text:
+            if "login:" in text and watch.agentd_failed():
                 break
             assert qemu.poll() is None, f"qemu exited: {qemu.stderr.read().decode()[-500:]}\n{text[-2000:]}"
             time.sleep(2)
         else:
-            pytest.fail("no login prompt within 420 s; console tail:\n" + text[-3000:])
+            pytest.fail("no login prompt and no 'agentd failed' line within 600 s; console tail:\n" + text[-3000:])
         assert "Ubuntu 22.04" in text
+        assert "agentfleet: agentd failed (exit-code, exited 2)" in text
     finally:
         qemu.kill()
         qemu.wait()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bake import fetch, lock
+from bake.hashing import file_sha256
 from bake.pipeline import Layout, bake
 from bake.spec import load_spec
 from tests.clone_support import JsonStub, clone_cli, ensure_libvirtd, libvirt_workdir, world_traversable, write_overlay
@@ -36,13 +37,8 @@ PIN_BUMP = ("""    version: 10.9.8
     sha256: 3e68f9b5fcaf1a94ba0e37e6a565c920b2be6bd98998c50970385d6a692af780""", """    version: 10.9.7
     url: https://registry.npmjs.org/npm/-/npm-10.9.7.tgz
     sha256: 15b45313dd6ca1c2c3da89e12f789d78b16fc174bd0e711cac399af6e457a670""")
-BREAK_AGENTD = """#!/bin/bash
-# e2e only: an image whose agentd cannot start, to prove that a replace rolls back by itself
-set -eu
-set -o pipefail
-mkdir -p /etc/systemd/system/agentd.service.d
-printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > /etc/systemd/system/agentd.service.d/broken.conf
-"""
+# e2e only: agentd's unit overridden so that it cannot start, to prove that a replace rolls back by itself
+BREAK_AGENTD = "[Service]\nExecStart=\nExecStart=/bin/false\n"
 
 
 class Steps:
@@ -96,26 +92,52 @@ class MattermostStandIn(JsonStub):
         return ("/api/v4/users/me", f"Bearer {token}") in self.requests
 
 
-def bake_variant(tmp: Path, name: str, edit=None, break_agentd: bool = False):
-    """Bake a variant of the real spec through the same pipeline, into the same build dir (shared caches)."""
+class VariantLayout(Layout):
+    """The build dir's caches, but its own images dir: a variant must not become the newest published image, which
+    a later `deploy/clone.py athena` without --image would take."""
+
+    @property
+    def images(self) -> Path:
+        return world_traversable(self.build / "e2e-images")
+
+
+def bake_variant(tmp: Path, name: str, edit):
+    """Bake a variant of the real spec through the same pipeline and caches as production."""
     images = tmp / name
     shutil.copytree(REPO / "images", images)
     spec_path = images / "agent.yaml"
-    if edit:
-        spec_path.write_text(spec_path.read_text().replace(*edit))
-        spec = load_spec(spec_path)
-        layout = Layout(REPO / "build")
-        lock.resolve(spec, fetch.host_npm(spec, layout.downloads, layout.tools))
-    if break_agentd:
-        element = images / "elements" / "e2e-break-agentd"
-        (element / "post-install.d").mkdir(parents=True)
-        hook = element / "post-install.d" / "90-break-agentd"
-        hook.write_text(BREAK_AGENTD)
-        hook.chmod(0o755)
-        (element / "README.rst").write_text("e2e only: makes agentd fail to start.\n")
-        spec_path.write_text(spec_path.read_text().replace("elements: [nodejs, openclaw, agentd,",
-                                                           "elements: [nodejs, openclaw, agentd, e2e-break-agentd,"))
-    return bake(spec_path, Layout(REPO / "build"), quiet=True).image
+    spec_path.write_text(spec_path.read_text().replace(*edit))
+    layout = VariantLayout(REPO / "build")
+    lock.resolve(load_spec(spec_path), fetch.host_npm(load_spec(spec_path), layout.downloads, layout.tools))
+    return bake(spec_path, layout, quiet=True).image
+
+
+def derive_broken_image(good, dest: Path) -> Path:
+    """`good` with agentd's unit overridden to /bin/false, published under its own version in `dest` (not in the
+    build's images dir, where a later clone could take it for the newest). A copy and one file written with
+    libguestfs, not a third bake: what the replace must survive is an agentd that does not start."""
+    import guestfs
+    from deploy import accel
+
+    version = f"{good.version}-broken"
+    qcow2 = dest / f"agent-{version}.qcow2"
+    shutil.copyfile(good.qcow2, qcow2)
+    accel.apply_guestfs_env()
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.add_drive_opts(str(qcow2), format="qcow2")
+    g.launch()
+    g.mount("/dev/sda1", "/")
+    g.mkdir_p("/etc/systemd/system/agentd.service.d")
+    g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
+    g.umount_all()
+    g.shutdown()
+    g.close()
+    shutil.copyfile(good.qcow2.with_name(f"agent-{good.version}.openclaw-schema.json"),
+                    dest / f"agent-{version}.openclaw-schema.json")
+    manifest = {**good.manifest, "version": version,
+                "qcow2": {"size": qcow2.stat().st_size, "sha256": file_sha256(qcow2)}}
+    (dest / f"agent-{version}.manifest.json").write_text(json.dumps(manifest))
+    return qcow2
 
 
 class ReportWatch:
@@ -183,13 +205,16 @@ def test_fleet_end_to_end(baked_image, tmp_path):
     text = overlay.read_text().replace("services:\n", f"services:\n  mattermost_url: http://10.0.2.100:{mattermost.port}\n")
     overlay.write_text(text)
 
+    known_hosts = work / "known_hosts"
+
     def clone(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
         return clone_cli(*args, "--overlay", str(overlay), timeout=timeout)
 
     def ssh(agent: str, command: str) -> str:
+        """As the admin, checking the host key against the one the clone printed (so also after a replace)."""
         port = ssh_base + AGENTS.index(agent)
-        out = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-                              "-o", f"UserKnownHostsFile={work / 'known_hosts'}", "-o", "ConnectTimeout=10",
+        out = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=yes",
+                              "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=10",
                               "-o", "BatchMode=yes", "agent@127.0.0.1", command],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"ssh {agent} {command!r}: {out.stderr.strip()}"
@@ -228,16 +253,25 @@ def test_fleet_end_to_end(baked_image, tmp_path):
     try:
         with steps.step(f"1. image {v1} (baked by the pipeline, or the cached one)"):
             assert baked_image.qcow2.exists()
+        with steps.step("1b. bake a second image that differs by one pin (npm 10.9.7), before any VM runs"):
+            v2_image = bake_variant(tmp_path, "bump", PIN_BUMP)
+            v2 = v2_image.version
+            assert v2 != v1
         with steps.step("2-3. clone athena and apollo, boot, first healthy report of each"):
             t0 = time.monotonic()
-            out = clone(*AGENTS)
+            out = clone(*AGENTS, "--image", v1, "--json")
             assert out.returncode == 0, out.stderr
+            cloned = json.loads(out.stdout)
+            known_hosts.write_text("".join(line + "\n" for r in cloned for line in r["known_hosts"]))
             for agent in AGENTS:
                 s = wait_for(f"{agent} healthy on {v1}", healthy_on(agent, v1), BOOT_DEADLINE)
                 assert (s["agent"], s["role"]) == (agent, "test")
                 figures[f"clone + boot to first healthy report, {agent}"] = time.monotonic() - t0
             for agent in AGENTS:
                 assert ssh(agent, "hostname") == agent
+                assert len(ssh(agent, "cat /etc/machine-id")) == 32
+                assert ssh(agent, "findmnt -n -o TARGET /home/agent") == "/home/agent"
+                assert "login:" in (work / "state" / agent / "console.log").read_text(errors="replace")
                 assert ssh(agent, "stat -c '%a %U' ~/.openclaw/.env") == "600 agent"
                 assert ssh(agent, "systemctl show -p User --value openclaw-gateway") == "agent"
                 assert ssh(agent, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18789/") == "200"
@@ -256,15 +290,11 @@ def test_fleet_end_to_end(baked_image, tmp_path):
             assert agent_state(collector, "athena")["last_seq"] > seq0
             status, page = collector.get("/agents/athena")
             assert status == 200 and "/etc/issue" in str(page)
-        with steps.step("5a. bake a second image that differs by one pin (npm 10.9.7)"):
-            v2_image = bake_variant(tmp_path, "bump", edit=PIN_BUMP)
-            v2 = v2_image.version
-            assert v2 != v1
-        with steps.step(f"5b. athena: write to /home/agent, --replace with {v2}"):
+        with steps.step(f"5. athena: write to /home/agent, --replace with {v2}"):
             ssh("athena", "echo precious > ~/e2e-keep.txt")
             key_before = host_key("athena")
             watch = ReportWatch(collector, "athena")
-            out = clone("athena", "--image", v2, "--replace", "--unhealthy-grace", "600",
+            out = clone("athena", "--image", str(v2_image.qcow2), "--replace", "--unhealthy-grace", "600",
                         "--health-timeout", str(BOOT_DEADLINE), timeout=REPLACE_TIMEOUT)
             assert out.returncode == 0, out.stderr
             wait_for(f"athena healthy on {v2}", healthy_on("athena", v2), 60)
@@ -273,12 +303,14 @@ def test_fleet_end_to_end(baked_image, tmp_path):
             assert host_key("athena") == key_before
             assert ssh("athena", "npm --version") == "10.9.7"
         with steps.step("6. --replace with an image whose agentd cannot start: rolls back by itself"):
-            broken = bake_variant(tmp_path, "broken", edit=PIN_BUMP, break_agentd=True)
+            broken = derive_broken_image(v2_image, work)
             seq_before = agent_state(collector, "athena")["last_seq"]
-            out = clone("athena", "--image", broken.version, "--replace", "--health-timeout", "420",
-                        "--unhealthy-grace", "120", timeout=REPLACE_TIMEOUT)
+            t_replace = time.monotonic()
+            out = clone("athena", "--image", str(broken), "--replace", "--health-timeout", str(BOOT_DEADLINE),
+                        timeout=REPLACE_TIMEOUT)
             assert out.returncode == 3, f"expected the rollback exit code 3, got {out.returncode}: {out.stderr}"
-            assert "rolled back" in out.stderr.lower() or "roll" in out.stderr.lower()
+            assert "rolled back" in out.stderr and "agentd failed to start" in out.stderr, out.stderr[-2000:]
+            figures["broken replace to rollback (agentd failing on the console)"] = time.monotonic() - t_replace
             wait_for(f"athena reporting again on {v2}", healthy_on("athena", v2, after_seq=seq_before),
                      BOOT_DEADLINE)
             assert ssh("athena", "cat ~/e2e-keep.txt") == "precious"
