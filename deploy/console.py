@@ -1,4 +1,4 @@
-"""An early failure signal for a replace: systemd's status lines on the VM's serial console log.
+"""An early failure signal for a replace: agentd failing, as its unit says on the VM's serial console log.
 
 A VM whose agentd cannot start never reports, so a replace would wait out its whole health deadline (15 minutes by
 default) before rolling back. agentd's unit writes "agentfleet: agentd failed (<result>, ...)" to the console after
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# agentd.service's ExecStopPost line; systemd 249 (jammy) prints the unit's Description, later ones may print its name
-AGENTD_FAILED = re.compile(r"agentfleet: agentd failed\b|\[FAILED\] Failed to start (?:agentfleet agentd\b|agentd\.service)")
+# agentd.service's ExecStopPost line, or systemd's own (jammy's prints the Description, later ones the unit name)
+AGENTD_FAILED = re.compile(r"agentfleet: agentd failed\b"
+                           r"|\[FAILED\] Failed to start (?:agentfleet agentd\b|agentd\.service)")
 
 
 def console_log(state_dir: Path) -> Path:
