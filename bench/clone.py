@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deploy import accel  # noqa: E402
-from tests.clone_support import (SEED_AGENTS, ensure_libvirtd, libvirt_workdir, make_synthetic_image,  # noqa: E402
-                                 publish, write_overlay, write_secrets)
+from tests.clone_support import (SEED_AGENTS, ensure_libvirtd, guest_root, libvirt_workdir,  # noqa: E402
+                                 make_synthetic_image, publish, write_overlay, write_secrets)
 
 FLEET = tuple(f"bench-{a}" for a in SEED_AGENTS)
 
@@ -41,21 +41,12 @@ def timed(label: str, argv: list[str], env: dict | None = None) -> float:
 
 def synthetic_image(work: Path, tree_mb: int) -> Path:
     """The test image plus tree_mb of file data, so copies and sysprep have real bytes to move."""
-    import guestfs
-
     path = work / "synthetic.qcow2"
     make_synthetic_image(path, size_mb=tree_mb + 512)
-    accel.apply_guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(path), format="qcow2")
-    g.launch()
-    g.mount("/dev/sda1", "/")
-    g.mkdir_p("/usr/share/tree")
-    for i in range(0, tree_mb, 64):
-        g.fill(0x5A + (i % 7), min(64, tree_mb - i) * 1024 * 1024, f"/usr/share/tree/blob{i // 64:03d}")
-    g.umount_all()
-    g.shutdown()
-    g.close()
+    with guest_root(path) as g:
+        g.mkdir_p("/usr/share/tree")
+        for i in range(0, tree_mb, 64):
+            g.fill(0x5A + (i % 7), min(64, tree_mb - i) * 1024 * 1024, f"/usr/share/tree/blob{i // 64:03d}")
     return path
 
 

@@ -2,6 +2,7 @@
 an inventory overlay for this machine (QEMU user networking, tmp dirs), a secrets file, libvirtd, a collector stub."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,6 +60,26 @@ def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
     g.umount_all()
     g.shutdown()
     g.close()
+
+
+@contextlib.contextmanager
+def guest_root(image: Path):
+    """A libguestfs handle on a qcow2 with its root file system (/dev/sda1, as the bake lays it out) mounted at /;
+    written back and closed on leaving."""
+    from deploy import accel
+    import guestfs
+
+    accel.apply_guestfs_env()
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.add_drive_opts(str(image), format="qcow2")
+    g.launch()
+    g.mount("/dev/sda1", "/")
+    try:
+        yield g
+    finally:
+        g.umount_all()
+        g.shutdown()
+        g.close()
 
 
 def publish(image: Path, images_dir: Path, version: str, schema: dict | None = None) -> Path:

@@ -20,7 +20,8 @@ from bake import fetch, lock
 from bake.hashing import file_sha256
 from bake.pipeline import Layout, bake
 from bake.spec import load_spec
-from tests.clone_support import JsonStub, clone_cli, ensure_libvirtd, libvirt_workdir, world_traversable, write_overlay
+from tests.clone_support import (JsonStub, clone_cli, ensure_libvirtd, guest_root, libvirt_workdir,
+                                 world_traversable, write_overlay)
 from tests.collector_server import SECRET, free_port, start_collector
 from tests.conftest import REPO
 
@@ -116,22 +117,12 @@ def derive_broken_image(good, dest: Path) -> Path:
     """`good` with agentd's unit overridden to /bin/false, published under its own version in `dest` (not in the
     build's images dir, where a later clone could take it for the newest). A copy and one file written with
     libguestfs, not a third bake: what the replace must survive is an agentd that does not start."""
-    import guestfs
-    from deploy import accel
-
     version = f"{good.version}-broken"
     qcow2 = dest / f"agent-{version}.qcow2"
     shutil.copyfile(good.qcow2, qcow2)
-    accel.apply_guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(qcow2), format="qcow2")
-    g.launch()
-    g.mount("/dev/sda1", "/")
-    g.mkdir_p("/etc/systemd/system/agentd.service.d")
-    g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
-    g.umount_all()
-    g.shutdown()
-    g.close()
+    with guest_root(qcow2) as g:
+        g.mkdir_p("/etc/systemd/system/agentd.service.d")
+        g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
     shutil.copyfile(good.qcow2.with_name(f"agent-{good.version}.openclaw-schema.json"),
                     dest / f"agent-{version}.openclaw-schema.json")
     manifest = {**good.manifest, "version": version,
