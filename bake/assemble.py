@@ -59,7 +59,11 @@ def install_bootloader(raw: Path, log: Optional[TextIO] = None) -> None:
     with appliance([(raw, "raw", False)]) as g:
         g.mount("/dev/sda1", "/")
         try:
-            _log(log, g.command(["grub-install", "--target=i386-pc", "/dev/sda"]))
+            # Inside the appliance the kernel names disks in probe order, which varies: ours is sometimes sdb and
+            # the appliance's own sda. Install to the disk that holds /boot, as grub sees it, not to a fixed name.
+            disk = g.command(["grub-probe", "--target=disk", "/boot"]).strip()
+            _log(log, f"boot disk in the appliance: {disk}")
+            _log(log, g.command(["grub-install", "--target=i386-pc", disk]))
             _log(log, g.command(["update-grub"]))
         except RuntimeError as e:
             raise BakeError(f"assemble: bootloader: {e}") from None
