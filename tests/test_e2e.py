@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 AGENTS = ("athena", "apollo")
 BOOT_DEADLINE = 1500      # boot to the first healthy report, under TCG on 2 shared cores (measured 10-15 min)
 DRIFT_DEADLINE = 60
-REPLACE_TIMEOUT = 1500
+REPLACE_TIMEOUT = 1800     # the clone process: a health deadline of 1500 s plus a rollback
 # One pin: npm one patch release back (OpenClaw cannot move: 2026.9.2 is the newest for Node 22, and its
 # Mattermost plugin has no 2026.9.1 release).
 PIN_BUMP = ("""    version: 10.9.8
@@ -217,11 +217,16 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                              capture_output=True, text=True, timeout=60)
         return out.stdout.split()[-1] if out.stdout.strip() else ""
 
-    def healthy_on(agent: str, version: str, after_seq: int = 0):
+    def healthy_on(agent: str, version: str):
         def check():
             s = agent_state(collector, agent)
-            return s if (s.get("image_version") == version and s.get("healthy")
-                         and s.get("last_seq", 0) > after_seq) else None
+            return s if s.get("image_version") == version and s.get("healthy") else None
+        return check
+
+    def reporting_on(agent: str, version: str, after_seq: int):
+        def check():
+            s = agent_state(collector, agent)
+            return s if s.get("image_version") == version and s.get("last_seq", 0) > after_seq else None
         return check
 
     def diagnose() -> str:
@@ -295,14 +300,15 @@ def test_fleet_end_to_end(baked_image, tmp_path):
             assert ssh("athena", "npm --version") == "10.9.7"
         with steps.step("6. --replace with an image whose agentd cannot start: rolls back by itself"):
             broken = derive_broken_image(v2_image, work)
-            seq_before = agent_state(collector, "athena")["last_seq"]
             t_replace = time.monotonic()
-            out = clone("athena", "--image", str(broken), "--replace", "--health-timeout", str(BOOT_DEADLINE),
+            out = clone("athena", "--image", str(broken), "--replace", "--health-timeout", "900",
                         timeout=REPLACE_TIMEOUT)
             assert out.returncode == 3, f"expected the rollback exit code 3, got {out.returncode}: {out.stderr}"
             assert "rolled back" in out.stderr and "agentd failed to start" in out.stderr, out.stderr[-2000:]
             figures["broken replace to rollback (agentd failing on the console)"] = time.monotonic() - t_replace
-            wait_for(f"athena reporting again on {v2}", healthy_on("athena", v2, after_seq=seq_before),
+            # the clone returns once the previous root is started again: reports from now on are the rolled-back VM's
+            seq_rolled_back = agent_state(collector, "athena")["last_seq"]
+            wait_for(f"athena reporting again on {v2}", reporting_on("athena", v2, after_seq=seq_rolled_back),
                      BOOT_DEADLINE)
             assert ssh("athena", "cat ~/e2e-keep.txt") == "precious"
         with steps.step("7. destroy both; the data disks remain"):
