@@ -17,8 +17,8 @@ bake: setup  ## bake the golden image from images/agent.yaml (cache hit if uncha
 lock: setup  ## re-resolve images/agent.lock.json from the registries
 	$(PY) -m bake.cli lock images/agent.yaml
 
-test: setup  ## what CI runs: the fast and slow tiers (e2e runs alone), slowest tests listed at the end
-	$(PYTEST) --durations=15 -m "not e2e" tests
+test: setup  ## what CI runs: every tier (fast, slow, e2e; about 70 min from a fresh clone), slowest tests listed
+	$(PYTEST) --durations=15 tests
 
 test-fast: setup  ## unit and service tests only (about a minute)
 	$(PYTEST) -m "not slow and not e2e" tests
@@ -26,7 +26,7 @@ test-fast: setup  ## unit and service tests only (about a minute)
 test-slow: setup  ## tests that bake, inject and boot (minutes)
 	$(PYTEST) -m "slow and not e2e" tests
 
-e2e: setup  ## end to end on real VMs (about 45 min here): bake, clone two agents, report, drift, replace, roll back
+e2e: setup  ## end to end on real VMs (about 50 min here): bake, clone two agents, report, drift, replace, roll back
 	$(PYTEST) -m e2e tests
 
 bench: setup  ## print benchmark figures (not a test)
