@@ -168,7 +168,8 @@ def _execute(inv, work: list[Work], image: Image, secrets, dtype: str, opts: Opt
                                      pending=pending)
             save_state(w.state_dir, w.state)
     started = time.time()
-    consoles = {w.agent.name: ConsoleWatch(console_log(w.state_dir)) for w in work}  # only what these boots print
+    # only what these boots print, and only where a replace waits for health
+    consoles = {w.agent.name: ConsoleWatch(console_log(w.state_dir)) for w in work if w.action in ("replace", "resume")}
     for w in work:
         if w.action != "noop":
             _define_and_start(inv, w, dtype, conns, image.version)

@@ -64,22 +64,13 @@ def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
 
 @contextlib.contextmanager
 def guest_root(image: Path):
-    """A libguestfs handle on a qcow2 with its root file system (/dev/sda1, as the bake lays it out) mounted at /;
+    """The bake's appliance on a qcow2 with its root file system (/dev/sda1, as the bake lays it out) mounted at /;
     written back and closed on leaving."""
-    from deploy import accel
-    import guestfs
+    from bake.appliance import appliance
 
-    accel.apply_guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(image), format="qcow2")
-    g.launch()
-    g.mount("/dev/sda1", "/")
-    try:
+    with appliance([(image, "qcow2", False)]) as g:
+        g.mount("/dev/sda1", "/")
         yield g
-    finally:
-        g.umount_all()
-        g.shutdown()
-        g.close()
 
 
 def publish(image: Path, images_dir: Path, version: str, schema: dict | None = None) -> Path:

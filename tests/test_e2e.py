@@ -108,8 +108,8 @@ def bake_variant(tmp: Path, name: str, edit):
     shutil.copytree(REPO / "images", images)
     spec_path = images / "agent.yaml"
     spec_path.write_text(spec_path.read_text().replace(*edit))
-    layout = VariantLayout(REPO / "build")
-    lock.resolve(load_spec(spec_path), fetch.host_npm(load_spec(spec_path), layout.downloads, layout.tools))
+    layout, spec = VariantLayout(REPO / "build"), load_spec(spec_path)
+    lock.resolve(spec, fetch.host_npm(spec, layout.downloads, layout.tools))
     return bake(spec_path, layout, quiet=True).image
 
 
