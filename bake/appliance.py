@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from bake.errors import BakeError
-from deploy.accel import apply_guestfs_env
+from host.accel import apply_guestfs_env
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy import accel  # noqa: E402
+from host import accel  # noqa: E402
 from tests.clone_support import (SEED_AGENTS, ensure_libvirtd, guest_root, libvirt_workdir,  # noqa: E402
                                  make_synthetic_image, publish, write_overlay, write_secrets)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
 
-from deploy import accel
+from host import accel
 from deploy.errors import CloneError
 from deploy.secrets import Secret
 

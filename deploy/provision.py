@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from deploy import accel, disks, openclaw_config
+from deploy import disks, openclaw_config
+from host import accel
 from deploy.console import ConsoleWatch, console_log
 from deploy.domain import domain_xml, spec_for
 from deploy.errors import CloneError, RolledBack

@@ -25,7 +25,7 @@ SEED_AGENTS = ("athena", "apollo", "artemis", "hermes", "perseus", "prometheus",
 def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
     """An identity-free ext4 root on /dev/sda1 with the bits the clone relies on (passwd with agent:1000, /home/agent
     skeleton, /etc/agentfleet/image.json). Not bootable: boot tests use the baked image."""
-    from deploy import accel
+    from host import accel
     import guestfs
 
     accel.apply_guestfs_env()

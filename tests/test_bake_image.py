@@ -14,7 +14,7 @@ from bake.hashing import file_sha256
 from bake.publish import Published, check_published
 from bake.run import run
 from bake.verify import verify_image
-from deploy.accel import kvm_works
+from host.accel import kvm_works
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
     import guestfs
     dirty = tmp_path / "dirty.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(dirty)])
-    from deploy.accel import apply_guestfs_env
+    from host.accel import apply_guestfs_env
     apply_guestfs_env()
     g = guestfs.GuestFS(python_return_dict=True)
     g.add_drive_opts(str(dirty), format="qcow2")

@@ -56,7 +56,7 @@ def state(site, agent):
 
 def read_guest(disks: list[tuple[Path, Path]], paths: list[str]) -> list[dict]:
     """Per (root, data) pair, path -> (bytes, mode, uid, gid), read from inside the disks (read-only, one launch)."""
-    from deploy import accel
+    from host import accel
     import guestfs
 
     accel.apply_guestfs_env()

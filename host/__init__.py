@@ -1,0 +1,1 @@
+"""The host layer shared by the bake and the clone: what runs on the build machine or hypervisor itself."""
