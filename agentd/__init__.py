@@ -1,1 +1,1 @@
-"""agentd: the health and drift reporter on every agent VM, and (in agentd.collector) its central collector."""
+"""agentd: the health and drift reporter on every agent VM (its central collector is the top-level `collector` package)."""

@@ -17,7 +17,7 @@ from typing import Optional, TextIO
 from bake.engine import check_engine
 from bake.errors import BakeError
 from bake.hashing import file_sha256
-from bake.inputs import AGENTD_EXCLUDE, AGENTD_SOURCE
+from bake.inputs import AGENTD_SOURCE
 from bake.run import Command, run
 from bake.spec import Artifact, Spec
 
@@ -118,7 +118,7 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
     if not unit.exists():
         raise BakeError(f"agentd: {unit} missing; the image needs agentd's unit")
     shutil.copytree(AGENTD_SOURCE, staging / "agentd" / "agentd",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *AGENTD_EXCLUDE))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(unit, staging / "agentd" / "agentd.service")
     for key, rel in spec.files.items():
         shutil.copytree(spec.images_dir / rel, staging / Path(rel).name)

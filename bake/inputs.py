@@ -10,7 +10,6 @@ from bake.spec import Spec
 
 REPO = Path(__file__).resolve().parent.parent
 AGENTD_SOURCE = REPO / "agentd"
-AGENTD_EXCLUDE = ("collector",)   # the collector runs centrally, never in the image
 COMMON_ELEMENTS = ("agentfleet-common",)
 
 
@@ -30,7 +29,7 @@ def collect(spec: Spec) -> Inputs:
         "lock": file_sha256(spec.lock_path) if spec.lock_path.exists() else "missing",
         "openclaw/package-lock.json": file_sha256(spec.openclaw_dir / "package-lock.json"),
         "openclaw/package.json": file_sha256(spec.openclaw_dir / "package.json"),
-        "agentd": tree_sha256(AGENTD_SOURCE, AGENTD_EXCLUDE),
+        "agentd": tree_sha256(AGENTD_SOURCE),
         "dib": _dib_version(),
     }
     for element in sorted(p for p in spec.elements_dir.iterdir() if p.is_dir()):

@@ -174,7 +174,7 @@ def measure(kind: str, work: Path, script: Path, args: argparse.Namespace, round
         argv = [sys.executable, str(Path(__file__).resolve()), "--baseline-server", f"127.0.0.1:{port}", "--db", str(db)]
     else:
         secret = work / "secret"
-        argv = [sys.executable, "-m", "agentd.collector", "serve", "--listen", f"127.0.0.1:{port}",
+        argv = [sys.executable, "-m", "collector", "serve", "--listen", f"127.0.0.1:{port}",
                 "--db", f"sqlite:///{db}", "--secret-file", str(secret), "--log-level", "warning"]
     process = start(argv, url, work / f"{kind}.log")
     try:

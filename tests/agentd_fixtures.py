@@ -198,7 +198,7 @@ def free_port() -> int:
 
 
 class Collector:
-    """The real collector (`python -m agentd.collector serve`) in a subprocess, restartable on the same port/db."""
+    """The real collector (`python -m collector serve`) in a subprocess, restartable on the same port/db."""
 
     def __init__(self, tmp_path):
         self.port = free_port()
@@ -212,7 +212,7 @@ class Collector:
 
     def start(self):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentd.collector", "serve", "--listen", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "collector", "serve", "--listen", f"127.0.0.1:{self.port}",
              "--db", f"sqlite:///{self.db}", "--secret-file", str(self.secret), "--log-level", "warning"],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

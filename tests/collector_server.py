@@ -1,4 +1,4 @@
-"""A real collector for tests: `python -m agentd.collector serve` in a subprocess on a free loopback port.
+"""A real collector for tests: `python -m collector serve` in a subprocess on a free loopback port.
 
 Also used by agentd's delivery tests: `with running_collector(tmp_path) as c: ... c.url, c.token("athena")`.
 """
@@ -83,7 +83,7 @@ def start_collector(workdir: Path, *extra: str, db_url: Optional[str] = None, po
     db_url = db_url or f"sqlite:///{workdir / 'collector.db'}"
     port = port or free_port()
     log_path = workdir / f"collector-{port}.log"
-    argv = [sys.executable, "-m", "agentd.collector", "serve", "--listen", f"127.0.0.1:{port}", "--db", db_url,
+    argv = [sys.executable, "-m", "collector", "serve", "--listen", f"127.0.0.1:{port}", "--db", db_url,
             "--secret-file", str(secret_file), *extra]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -135,7 +135,7 @@ def test_state_survives_a_restart(tmp_path):
 
 
 def serve(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agentd.collector", "serve", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "collector", "serve", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

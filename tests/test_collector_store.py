@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from agentd.collector.store import Incident, StoreUnavailable, open_store
+from collector.store import Incident, StoreUnavailable, open_store
 from agentd.protocol import Report
 
 from .collector_server import report

@@ -18,7 +18,7 @@ from agentd.protocol import Report
 
 from .store import AgentState, Incident, Store
 
-log = logging.getLogger("agentd.collector.alerts")
+log = logging.getLogger("collector.alerts")
 
 STALE, CHECK, DRIFT, GAP = "stale", "check", "drift", "gap"
 

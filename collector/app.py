@@ -25,7 +25,7 @@ from .config import CollectorConfig
 from .metrics import CONTENT_TYPE, Counters, render_metrics
 from .store import Store, StoreUnavailable
 
-log = logging.getLogger("agentd.collector")
+log = logging.getLogger("collector")
 
 PRUNE_EVERY_S = 300.0
 HISTORY_LIMIT = 60

@@ -1,4 +1,4 @@
-"""`python -m agentd.collector serve ...`: parse flags, read the secret, open the store, run uvicorn."""
+"""`python -m collector serve ...`: parse flags, read the secret, open the store, run uvicorn."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from .config import CollectorConfig, CollectorError, parse_listen, read_secret
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m agentd.collector",
+    parser = argparse.ArgumentParser(prog="python -m collector",
                                      description="agentfleet collector: stores agentd reports, shows the fleet, alerts.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the collector web service")
