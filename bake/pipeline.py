@@ -14,12 +14,16 @@ from bake import assemble, dib, fetch, manifest, plugin_cache, publish
 from bake.errors import BakeError
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
-from bake.progress import Progress
 from bake.run import run
 from bake.spec import Spec, load_spec
 from bake.verify import verify_image
+from host.progress import PhaseError, Progress
 
 MIN_FREE_GB = 12
+# Generous per-phase deadlines (seconds; AGENTFLEET_DEADLINE_SCALE scales them): about 10x what each phase took on
+# a loaded 2-core CI machine under TCG, so only a hang reaches them.
+DEADLINES_S = {"fetch": 1800, "base": 3600, "app": 2400, "unpack": 900, "filesystem": 900, "bootloader": 1200,
+               "compress": 900, "verify": 1200, "publish": 300}
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
         if e.errno == errno.ENOSPC:
             raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
         raise
-    except BakeError as e:
+    except (BakeError, PhaseError) as e:
         raise BakeError(f"{e} (log: {progress.log_path})") from None
     finally:
         if ok or not keep_work:
@@ -128,7 +132,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     log = progress.log
     version = inputs.version
     staging, generated = work / "staging", work / "elements"
-    with progress.phase("fetch: downloads verified, npm tree cached"):
+    with progress.phase("fetch: downloads verified, npm tree cached", DEADLINES_S["fetch"]):
         npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools, log)
         fetch.fill_npm_cache(spec, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
         plugin_cache.fill_plugin_cache(spec, npm_cmd, layout.plugin_cache, work / "plugin-scratch", log)
@@ -136,18 +140,19 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         dib.write_package_element(spec, generated)
     base_tar = layout.base_trees / f"{inputs.base_key}.tar"
     base_hit = base_tar.exists()
-    with progress.phase(f"base tree ({'cached ' + base_tar.name if base_hit else 'diskimage-builder'})"):
+    base_label = f"base tree ({'cached ' + base_tar.name if base_hit else 'diskimage-builder'})"
+    with progress.phase(base_label, DEADLINES_S["base"]):
         if not base_hit:
             run(dib.base_command(spec, staging, generated, layout.dib_cache, work / "base"), log=log)
             layout.base_trees.mkdir(parents=True, exist_ok=True)
             for old in sorted(layout.base_trees.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-1]:
                 old.unlink()  # keep the newest two base trees: each is GBs
             (work / "base.tar").rename(base_tar)
-    with progress.phase("app tree (diskimage-builder)"):
+    with progress.phase("app tree (diskimage-builder)", DEADLINES_S["app"]):
         run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
     tree, root = work / "app.tar", work / "root"
     schema = work / "openclaw-schema.json"
-    with progress.phase("unpack tree, manifest: baseline, packages"):
+    with progress.phase("unpack tree, manifest: baseline, packages", DEADLINES_S["unpack"]):
         tree_size = tree.stat().st_size
         assemble.unpack(tree, root, log)
         tree.unlink()
@@ -160,20 +165,20 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
                                          manifest.scan_tree(root), pins)
         assemble.finish_tree(root, image_json)
     raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
-    with progress.phase("filesystem: MBR + ext4 from the tree (mke2fs -d)"):
+    with progress.phase("filesystem: MBR + ext4 from the tree (mke2fs -d)", DEADLINES_S["filesystem"]):
         assemble.make_disk(root, raw, spec.disk.size_gb, log)
         shutil.rmtree(root)
-    with progress.phase("bootloader: grub-install, update-grub (libguestfs)"):
+    with progress.phase("bootloader: grub-install, update-grub (libguestfs)", DEADLINES_S["bootloader"]):
         assemble.install_bootloader(raw, log)
-    with progress.phase("compress: sparse zstd qcow2"):
+    with progress.phase("compress: sparse zstd qcow2", DEADLINES_S["compress"]):
         assemble.compress(raw, qcow2, log)
         raw.unlink()
-    with progress.phase("verify offline (libguestfs)"):
+    with progress.phase("verify offline (libguestfs)", DEADLINES_S["verify"]):
         problems = verify_image(qcow2, spec.node.version, spec.openclaw.version, work, log,
                                     plugins=spec.openclaw.plugin_specs)
         if problems:
             raise BakeError("verify: refusing to publish: " + "; ".join(problems))
-    with progress.phase("publish"):
+    with progress.phase("publish", DEADLINES_S["publish"]):
         image_json["tree_size"] = tree_size
         image = publish.publish(layout.images, spec.name, version, qcow2, image_json, schema, progress.log_path)
     progress.say(f"published {image.qcow2} ({image.qcow2.stat().st_size / 1e6:.0f} MB, tree {tree_size / 1e6:.0f} MB)")
