@@ -17,7 +17,7 @@ from bake.lock import Lock, check_lock
 from bake.run import run
 from bake.spec import Spec, load_spec
 from bake.verify import verify_image
-from host.progress import PhaseError, Progress
+from host.progress import PhaseError, Progress, deadline_for
 
 MIN_FREE_GB = 12
 # Generous per-phase deadlines (seconds; AGENTFLEET_DEADLINE_SCALE scales them): about 10x what each phase took on
@@ -132,7 +132,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     log = progress.log
     version = inputs.version
     staging, generated = work / "staging", work / "elements"
-    with progress.phase("fetch: downloads verified, npm tree cached", DEADLINES_S["fetch"]):
+    with _phase(progress, "fetch", "fetch: downloads verified, npm tree cached"):
         npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools, log)
         fetch.fill_npm_cache(spec, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
         plugin_cache.fill_plugin_cache(spec, npm_cmd, layout.plugin_cache, work / "plugin-scratch", log)
@@ -141,18 +141,18 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     base_tar = layout.base_trees / f"{inputs.base_key}.tar"
     base_hit = base_tar.exists()
     base_label = f"base tree ({'cached ' + base_tar.name if base_hit else 'diskimage-builder'})"
-    with progress.phase(base_label, DEADLINES_S["base"]):
+    with _phase(progress, "base", base_label):
         if not base_hit:
             run(dib.base_command(spec, staging, generated, layout.dib_cache, work / "base"), log=log)
             layout.base_trees.mkdir(parents=True, exist_ok=True)
             for old in sorted(layout.base_trees.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-1]:
                 old.unlink()  # keep the newest two base trees: each is GBs
             (work / "base.tar").rename(base_tar)
-    with progress.phase("app tree (diskimage-builder)", DEADLINES_S["app"]):
+    with _phase(progress, "app", "app tree (diskimage-builder)"):
         run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
     tree, root = work / "app.tar", work / "root"
     schema = work / "openclaw-schema.json"
-    with progress.phase("unpack tree, manifest: baseline, packages", DEADLINES_S["unpack"]):
+    with _phase(progress, "unpack", "unpack tree, manifest: baseline, packages"):
         tree_size = tree.stat().st_size
         assemble.unpack(tree, root, log)
         tree.unlink()
@@ -165,24 +165,29 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
                                          manifest.scan_tree(root), pins)
         assemble.finish_tree(root, image_json)
     raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
-    with progress.phase("filesystem: MBR + ext4 from the tree (mke2fs -d)", DEADLINES_S["filesystem"]):
+    with _phase(progress, "filesystem", "filesystem: MBR + ext4 from the tree (mke2fs -d)"):
         assemble.make_disk(root, raw, spec.disk.size_gb, log)
         shutil.rmtree(root)
-    with progress.phase("bootloader: grub-install, update-grub (libguestfs)", DEADLINES_S["bootloader"]):
+    with _phase(progress, "bootloader", "bootloader: grub-install, update-grub (libguestfs)"):
         assemble.install_bootloader(raw, log)
-    with progress.phase("compress: sparse zstd qcow2", DEADLINES_S["compress"]):
+    with _phase(progress, "compress", "compress: sparse zstd qcow2"):
         assemble.compress(raw, qcow2, log)
         raw.unlink()
-    with progress.phase("verify offline (libguestfs)", DEADLINES_S["verify"]):
+    with _phase(progress, "verify", "verify offline (libguestfs)"):
         problems = verify_image(qcow2, spec.node.version, spec.openclaw.version, work, log,
                                     plugins=spec.openclaw.plugin_specs)
         if problems:
             raise BakeError("verify: refusing to publish: " + "; ".join(problems))
-    with progress.phase("publish", DEADLINES_S["publish"]):
+    with _phase(progress, "publish", "publish"):
         image_json["tree_size"] = tree_size
         image = publish.publish(layout.images, spec.name, version, qcow2, image_json, schema, progress.log_path)
     progress.say(f"published {image.qcow2} ({image.qcow2.stat().st_size / 1e6:.0f} MB, tree {tree_size / 1e6:.0f} MB)")
     return image, base_hit
+
+
+def _phase(progress: Progress, key: str, label: str):
+    """A timed phase with its deadline from DEADLINES_S (or AGENTFLEET_DEADLINES)."""
+    return progress.phase(label, deadline_for(key, DEADLINES_S))
 
 
 def _check_free_space(path: Path) -> None:

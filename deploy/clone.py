@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Turn the golden image into named agent VMs on this hypervisor: deploy/clone.py athena [apollo ...].
 
-Exit codes: 0 done; 2 a clone error (bad input, missing secret, refused action; one line on stderr);
-3 a --replace that rolled back (the reason on stderr); 130 interrupted. docs/clone.md has the details."""
+Exit codes: 0 done; 1 a phase that hung past its deadline (named on stderr); 2 a clone error (bad input, missing
+secret, refused action; one line on stderr); 3 a --replace that rolled back (the reason on stderr); 130 interrupted.
+Every phase has a deadline (AGENTFLEET_DEADLINE_SCALE, AGENTFLEET_DEADLINES). docs/clone.md has the details."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
@@ -22,8 +22,16 @@ if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
     sys.path.insert(0, str(_repo))
 
 from deploy import inventory as inventory_mod  # noqa: E402
-from deploy import plan, provision  # noqa: E402
+from deploy import plan  # noqa: E402
+from deploy.action import Action  # noqa: E402
+from deploy.context import Options  # noqa: E402
+from deploy.destroy import destroy  # noqa: E402
 from deploy.errors import CloneError, RolledBack  # noqa: E402
+from deploy.recipe import clone  # noqa: E402
+from deploy.rollback import rollback  # noqa: E402
+from host.progress import PhaseError, Progress  # noqa: E402
+
+EXIT_FAILED = 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,24 +75,28 @@ def main(argv=None) -> int:
             raise CloneError("name at least one agent (or use --plan)")
         if args.purge_data and not args.destroy:
             raise CloneError("--purge-data only goes with --destroy")
-        opts = provision.Options(image=args.image, dry_run=args.dry_run, replace=args.replace, connect=args.connect,
-                                 health_timeout_s=args.health_timeout, unhealthy_grace_s=args.unhealthy_grace,
-                                 stop_timeout_s=args.stop_timeout)
+        opts = Options(image=args.image, dry_run=args.dry_run, replace=args.replace, connect=args.connect,
+                       health_timeout_s=args.health_timeout, unhealthy_grace_s=args.unhealthy_grace,
+                       stop_timeout_s=args.stop_timeout)
+        progress = Progress(quiet=args.json and not args.verbose, prefix="clone: ")
         if args.destroy:
-            results = provision.destroy(inv, args.agents, opts, purge_data=args.purge_data)
+            results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data)
         elif args.rollback:
-            results = provision.rollback(inv, args.agents, opts)
+            results = rollback(inv, args.agents, opts, progress)
         else:
-            results = provision.clone(inv, args.agents, opts, out=print if not args.json else (lambda *_: None))
+            results = clone(inv, args.agents, opts, progress, out=print if not args.json else (lambda *_: None))
         _report(results, args.json)
         return 0
     except RolledBack as e:
-        _report(getattr(e, "results", []), args.json)
+        _report(e.results, args.json)
         print(f"clone: {e}", file=sys.stderr)
         return e.exit_code
     except CloneError as e:
         print(f"clone: {e}", file=sys.stderr)
         return e.exit_code
+    except PhaseError as e:
+        print(f"clone: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("clone: interrupted; run the same command again to converge", file=sys.stderr)
         return 130
@@ -92,11 +104,11 @@ def main(argv=None) -> int:
 
 def _report(results, as_json: bool) -> None:
     if as_json:
-        print(json.dumps([asdict(r) for r in results], indent=2))
+        print(json.dumps([r.to_json() for r in results], indent=2))
         return
     for r in results:
-        print(f"{r.agent}: {r.action} {r.image_version} - {r.message}")
-        if r.ssh and r.action not in ("destroy", "dry-run"):
+        print(f"{r.agent}: {r.action.value} {r.image_version} - {r.message}")
+        if r.ssh and r.action is not Action.DESTROY and not r.dry_run:
             print(f"  ssh -p {r.ssh['port']} {r.ssh['user']}@{r.ssh['host']}")
         for line in r.known_hosts:
             print(f"  known_hosts: {line}")

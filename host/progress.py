@@ -2,12 +2,14 @@
 the same lines in a log file when there is one, and a generous deadline on every phase.
 
 Why deadlines: a hung appliance, DIB step or libvirt call must fail the phase that hung, with one line naming it,
-instead of sitting at 100 % CPU until someone kills it. At the deadline the phase's children (commands, the libguestfs
-appliance's qemu) started during it are killed, which makes the blocked call return and the phase fail with `PhaseTimedOut`. A call that
-stays blocked with no child to kill (a libvirt RPC) gets a grace period, then the process exits with that one line:
+instead of sitting at 100 % CPU until someone kills it. At the deadline the children the phase started (commands,
+the libguestfs appliance's qemu) are killed, which makes the blocked call return and the phase fail with
+`PhaseTimedOut`. A call that stays blocked with no child to kill (a libvirt RPC) gets a grace period, then the process
+exits with that one line:
 the callers' state is written step by step, so an exit is as safe as a kill and a rerun converges.
 
-Deadlines scale with `AGENTFLEET_DEADLINE_SCALE` (e.g. `3` on a slow machine, `0.5` to fail sooner).
+Deadlines scale with `AGENTFLEET_DEADLINE_SCALE` (e.g. `3` on a slow machine, `0.5` to fail sooner), and one phase's
+can be set in seconds with `AGENTFLEET_DEADLINES=inject=900,base=7200` (keys: the callers' DEADLINES_S tables).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, TextIO
+from typing import Iterator, Mapping, Optional, TextIO
 
 CANCEL_GRACE_S = 60.0
 EXIT_PHASE_TIMED_OUT = 1  # host.exit_codes' "operation failed"
@@ -46,6 +48,22 @@ def deadline_scale() -> float:
     if scale <= 0:
         raise PhaseError(f"AGENTFLEET_DEADLINE_SCALE={raw!r} must be above 0")
     return scale
+
+
+def deadline_for(key: str, defaults: Mapping[str, float]) -> float:
+    """The deadline of phase `key` in seconds before scaling: AGENTFLEET_DEADLINES's value, else the default."""
+    raw = os.environ.get("AGENTFLEET_DEADLINES", "")
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            seconds = float(value) if sep else -1.0
+        except ValueError:
+            seconds = -1.0
+        if seconds <= 0:
+            raise PhaseError(f"AGENTFLEET_DEADLINES: {item!r} is not KEY=SECONDS")
+        if name.strip() == key:
+            return seconds
+    return defaults[key]
 
 
 def descendants(pid: int) -> list[int]:

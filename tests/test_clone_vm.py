@@ -199,6 +199,22 @@ def test_a_different_image_without_replace_is_refused_while_the_vm_runs(site, cl
     assert virsh("domstate", A).strip() == "running"
 
 
+def test_a_replace_whose_appliance_hangs_fails_the_inject_phase_and_restarts_the_old_vm(site, cloned):
+    hung_qemu = site["work"] / "hung-qemu"        # a real qemu whose vCPUs never run: the appliance never answers
+    hung_qemu.write_text('#!/bin/sh\nexec qemu-system-x86_64 "$@" -S\n')
+    hung_qemu.chmod(0o755)
+    before = state(site, A)
+    proc = cli(site, A, "--image", "v2", "--replace", "--stop-timeout", "2",
+               env={"LIBGUESTFS_HV": str(hung_qemu), "AGENTFLEET_DEADLINES": "inject=20"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "clone: inject: 1 agent(s) in one libguestfs launch: no end after 20 s (deadline")
+    after = state(site, A)
+    assert (after["current"], after["pending"]) == (before["current"], None)
+    assert not list((site["work"] / "storage").glob("*.partial")), "no half-injected disk is left"
+    assert virsh("domstate", A).strip() == "running" and f"{A}-root-v1.qcow2" in virsh("dumpxml", A)
+
+
 def test_replace_keeps_identity_and_data_disk_and_snapshots_it(site, cloned):
     before = state(site, A)
     site["stub"].report(A, "v2", healthy=True)

@@ -69,3 +69,12 @@ def test_deadlines_scale_with_the_environment(monkeypatch):
     with pytest.raises(progress.PhaseError, match="AGENTFLEET_DEADLINE_SCALE='soon' is not a number"):
         with Progress(quiet=True).phase("app tree", deadline_s=100):
             pass
+
+
+def test_one_phase_deadline_can_be_set_in_the_environment(monkeypatch):
+    defaults = {"inject": 1800, "boot": 600}
+    monkeypatch.setenv("AGENTFLEET_DEADLINES", "inject=5, base=7200")
+    assert (progress.deadline_for("inject", defaults), progress.deadline_for("boot", defaults)) == (5, 600)
+    monkeypatch.setenv("AGENTFLEET_DEADLINES", "inject=soon")
+    with pytest.raises(progress.PhaseError, match="'inject=soon' is not KEY=SECONDS"):
+        progress.deadline_for("boot", defaults)

@@ -1,0 +1,26 @@
+"""What a run does to one agent, decided before anything is written (deploy/decide.py)."""
+from __future__ import annotations
+
+import enum
+
+
+class Action(str, enum.Enum):
+    CLONE = "clone"        # no VM yet: new overlay (and data disk), inject, define, start
+    START = "start"        # current image already in place; the domain is not running
+    RESUME = "resume"      # a replace was swapped in but never proven healthy: boot it and wait again
+    NOOP = "noop"          # already runs this image
+    REPLACE = "replace"    # another image: new overlay beside the old, swap, wait for health, roll back if not
+    ROLLBACK = "rollback"  # back to the previous overlay (by hand or after a failed replace)
+    DESTROY = "destroy"    # domain and root overlays removed; the data disk kept unless purged
+
+    @property
+    def builds_disks(self) -> bool:
+        return self in (Action.CLONE, Action.REPLACE)
+
+    @property
+    def boots(self) -> bool:
+        return self in (Action.CLONE, Action.START, Action.RESUME, Action.REPLACE)
+
+    @property
+    def awaits_health(self) -> bool:
+        return self in (Action.REPLACE, Action.RESUME)

@@ -1,0 +1,57 @@
+"""One clone run's context: the inventory, the image, the secrets, the options and the open hypervisor connections,
+passed as one object instead of seven positional arguments."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from deploy.images import Image
+from deploy.inventory import Agent, Inventory
+from deploy.secrets import AgentSecrets
+from host.progress import Progress
+
+
+@dataclass(frozen=True)
+class Options:
+    image: Optional[str] = None
+    dry_run: bool = False
+    replace: bool = False
+    connect: Optional[str] = None
+    health_timeout_s: float = 900
+    unhealthy_grace_s: float = 120
+    stop_timeout_s: float = 120
+    keep_snapshots: int = 3
+
+
+class Connections:
+    """libvirt connections opened on first use, one per URI, closed together at the end of the run."""
+
+    def __init__(self, override: Optional[str]):
+        self.override, self._open = override, {}
+
+    def get(self, inv: Inventory, agent: Agent):
+        from deploy.hypervisor import Hypervisor
+
+        uri = self.override or inv.host_of(agent).uri
+        if uri not in self._open:
+            self._open[uri] = Hypervisor(uri)
+        return self._open[uri]
+
+    def close(self) -> None:
+        for hv in self._open.values():
+            hv.close()
+
+
+@dataclass(frozen=True)
+class CloneRun:
+    inv: Inventory
+    opts: Options
+    conns: Connections
+    domain_type: str                                # "kvm" or "qemu" (TCG)
+    progress: Progress
+    image: Optional[Image] = None                   # none for rollback and destroy
+    secrets: Optional[dict[str, AgentSecrets]] = None
+    out: Callable[[str], None] = print              # where --dry-run prints
+
+    def hypervisor(self, agent: Agent):
+        return self.conns.get(self.inv, agent)

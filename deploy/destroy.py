@@ -1,0 +1,42 @@
+"""Remove agents' domains and root overlays; the data disk (the agent's work) stays unless purged."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploy import disks
+from deploy.action import Action
+from deploy.context import Connections, Options
+from deploy.inventory import Inventory
+from deploy.result import Result
+from deploy.state import load_state, save_state
+from host.progress import Progress
+
+DEADLINE_S = 300
+
+
+def destroy(inv: Inventory, names: list[str], opts: Options, progress: Progress,
+            purge_data: bool = False) -> list[Result]:
+    conns = Connections(opts.connect)
+    try:
+        results = []
+        for agent in [inv.agent(n) for n in dict.fromkeys(names)]:
+            with progress.phase(f"destroy: {agent.name}", DEADLINE_S):
+                state_dir = inv.state_dir(agent)
+                st = load_state(state_dir)
+                conns.get(inv, agent).undefine(agent.name)
+                for path in inv.host_of(agent).storage_dir.glob(f"{agent.name}-root-*.qcow2*"):
+                    path.unlink()
+                data = Path(st.data_disk) if st else disks.data_disk_path(inv.host_of(agent).storage_dir, agent.name)
+                if purge_data:
+                    data.unlink(missing_ok=True)
+                    disks.partial(data).unlink(missing_ok=True)
+                    if st:
+                        st = st.evolve(snapshots=())
+                if st:
+                    save_state(state_dir, st.evolve(current=None, previous=None, pending=None))
+            kept = "data disk purged" if purge_data else f"data disk kept: {data}"
+            results.append(Result(agent.name, Action.DESTROY, data_disk=str(data),
+                                  message=f"domain and root disks removed; {kept}"))
+        return results
+    finally:
+        conns.close()

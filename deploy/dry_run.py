@@ -1,0 +1,37 @@
+"""`clone.py AGENT --dry-run`: the disks, the files injected (secret values masked) and the domain XML of what the
+run would do, printed; nothing is written and no hypervisor is asked."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from deploy.console import console_log
+from deploy.context import CloneRun
+from deploy.decide import Work
+from deploy.domain import domain_xml, spec_for
+from deploy.inject import Mkdir
+from deploy.payload import agent_ops
+from deploy.result import Result, existing_host_keys, result_for
+
+
+def show(run: CloneRun, w: Work) -> Result:
+    agent, image, out = w.agent, run.image, run.out
+    keys = existing_host_keys(w.state_dir)
+    ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
+    out(f"== {agent.name} ({w.action.value}, image {image.version}, domain type {run.domain_type})")
+    out(f"disk root: {w.root_disk} (qcow2 overlay, backing {image.path})")
+    out(f"disk data: {w.data_disk} ({'exists, kept' if w.data_disk.exists() else f'new, {agent.disk_gb:g} GB'}, "
+        f"mounted at /home/agent)")
+    if not keys:
+        out("ssh host keys: generated on first clone (ed25519, ecdsa, rsa)")
+    for op in ops:
+        if isinstance(op, Mkdir):
+            out(f"mkdir {op.path} {op.mode:04o} {op.owner}")
+            continue
+        out(f"file  {op.path} {op.mode:04o} {op.owner} ({len(op.data())} bytes)")
+        out("    <secret, masked>" if op.secret else "\n".join(
+            "    " + ln for ln in op.data().decode(errors="replace").splitlines()))
+    spec = spec_for(run.inv, agent, uuid=w.state.uuid, mac=w.state.mac, root_disk=w.root_disk, data_disk=w.data_disk,
+                    console_log=console_log(w.state_dir), domain_type=run.domain_type, image_version=image.version)
+    out(domain_xml(spec))
+    planned = result_for(run.inv, agent, w.state, run.domain_type, w.action, f"dry run: would {w.action.value}")
+    return replace(planned, dry_run=True)

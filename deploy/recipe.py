@@ -1,0 +1,202 @@
+"""The clone as a recipe of timed phases, for all the agents named in one run:
+
+    decide (per agent) -> prepare disks -> inject (one libguestfs launch) -> swap -> boot -> await health
+
+Each step is recorded in the agent's state before the next, so a killed run converges when run again. A run that
+fails before the swap removes what it prepared and starts any VM it stopped, so nothing is left half-injected."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Optional
+
+from deploy import disks, dry_run, openclaw_config
+from deploy.action import Action
+from deploy.boot import define_and_start
+from deploy.console import ConsoleWatch, console_log
+from deploy.context import CloneRun, Connections, Options
+from deploy.decide import Work, decide
+from deploy.errors import RolledBack
+from deploy.health import wait_healthy
+from deploy.hostkeys import ensure_host_keys
+from deploy.images import find_image
+from deploy.inject import AgentDisks, inject
+from deploy.inventory import Inventory
+from deploy.payload import agent_ops
+from deploy.result import Result, result_for
+from deploy.rollback import rollback_state
+from deploy.data_snapshots import snapshot_before_swap
+from deploy.secrets import load_secrets
+from deploy.state import Slot, save_state
+from host import accel
+from host.progress import Progress, deadline_for
+
+log = logging.getLogger(__name__)
+
+# Generous phase deadlines (seconds; AGENTFLEET_DEADLINE_SCALE scales them): only a hang reaches them. Awaiting
+# health has its own deadline (--health-timeout); the phase adds a margin for the rollback that may follow.
+DEADLINES_S = {"prepare": 600, "inject": 1800, "swap": 120, "boot": 600}
+AWAIT_MARGIN_S = 600
+
+
+def clone(inv: Inventory, names: list[str], opts: Options, progress: Progress,
+          out: Callable[[str], None] = print) -> list[Result]:
+    """Clone, start, resume or replace the named agents; raises RolledBack (with every result) if a replace failed."""
+    agents = [inv.agent(n) for n in dict.fromkeys(names)]
+    image = find_image(inv.images_dir, opts.image)
+    secrets = load_secrets(inv.secrets, [a.name for a in agents])
+    schema = openclaw_config.load_schema(image.schema_path)
+    for agent in agents:
+        openclaw_config.validate_config(openclaw_config.build_config(inv, agent), schema, agent.name)
+    run = CloneRun(inv, opts, Connections(opts.connect), accel.domain_type(), progress, image, secrets, out)
+    if opts.dry_run:
+        return [dry_run.show(run, decide(run, agent, image, connected=False)) for agent in agents]
+    try:
+        return _run_recipe(run, [decide(run, agent, image) for agent in agents])
+    finally:
+        run.conns.close()
+
+
+def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
+    results: dict[str, Result] = {}
+    for w in works:
+        if w.action is Action.NOOP:
+            results[w.agent.name] = _result(run, w, "already runs this image")
+    building = [w for w in works if w.action.builds_disks]
+    if building:
+        swapped = {w.agent.name: w for w in _build_disks(run, building)}
+        works = [swapped.get(w.agent.name, w) for w in works]
+    since = time.time()
+    # only what these boots print, and only where a replace waits for health
+    consoles = {w.agent.name: ConsoleWatch(console_log(w.state_dir)) for w in works if w.action.awaits_health}
+    booting = [w for w in works if w.action.boots]
+    if booting:
+        with _phase(run, "boot", f"boot: define and start {_names(booting)}"):
+            for w in booting:
+                define_and_start(run, w.agent, w.state)
+    for w in works:
+        if w.action in (Action.CLONE, Action.START):
+            results[w.agent.name] = _result(run, w, "defined and started")
+    failures = []
+    waiting = [w for w in works if w.action.awaits_health]
+    if waiting:
+        deadline = run.opts.health_timeout_s + AWAIT_MARGIN_S
+        with run.progress.phase(f"await health: {_names(waiting)} on {run.image.version}", deadline):
+            for w in waiting:
+                result, why = _await_replace(run, w, since, consoles[w.agent.name])
+                results[w.agent.name] = result
+                if why:
+                    failures.append(why)
+    ordered = [results[w.agent.name] for w in works]
+    if failures:
+        raise RolledBack("; ".join(failures), results=ordered)
+    return ordered
+
+
+def _build_disks(run: CloneRun, building: list[Work]) -> list[Work]:
+    """prepare -> inject -> swap; a failure before the swap removes the partial disks and restarts stopped VMs."""
+    prepared: list[tuple[Work, AgentDisks]] = []
+    try:
+        with _phase(run, "prepare", f"prepare disks: {_names(building)}"):
+            for w in building:
+                prepared.append(_prepare(run, w))
+        with _phase(run, "inject", f"inject: {len(prepared)} agent(s) in one libguestfs launch"):
+            inject([disk for _, disk in prepared])
+    except BaseException:
+        latest = {w.agent.name: w for w, _ in prepared}  # with the states prepare recorded (snapshots, pending)
+        _undo_prepare(run, [latest.get(w.agent.name, w) for w in building])
+        raise
+    with _phase(run, "swap", "swap: overlays in place, state recorded"):
+        return [_swap(run, w) for w, _ in prepared]
+
+
+def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
+    """Host keys, a new root overlay and (first time) a data disk, all as .partial files; a replace stops the VM and
+    snapshots its data disk first."""
+    image, agent = run.image, w.agent
+    keys = ensure_host_keys(w.state_dir, agent.name)
+    save_state(w.state_dir, w.state)              # uuid, MAC, machine-id fixed before any disk exists
+    disks.create_overlay(image.path, disks.partial(w.root_disk))
+    seed = not w.data_disk.exists()
+    if seed:
+        disks.create_data_disk(disks.partial(w.data_disk), agent.disk_gb)
+    if w.action is Action.REPLACE:
+        state = w.state.evolve(pending=Slot(image.version, str(w.root_disk)))
+        save_state(w.state_dir, state)
+        run.hypervisor(agent).stop(agent.name, run.opts.stop_timeout_s)
+        state = snapshot_before_swap(state, w.data_disk, image.version, run.opts.keep_snapshots)
+        save_state(w.state_dir, state)
+        w = w.evolve(state=state)
+    ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
+    disk = AgentDisks(agent.name, disks.partial(w.root_disk), disks.partial(w.data_disk) if seed else w.data_disk,
+                      seed, ops, meta=(("agent", agent.name), ("image_version", image.version)))
+    return w, disk
+
+
+def _undo_prepare(run: CloneRun, works: list[Work]) -> None:
+    """Best effort after a failed prepare or inject: no partial disk stays, a stopped VM runs its old image again."""
+    for w in works:
+        disks.partial(w.root_disk).unlink(missing_ok=True)
+        disks.partial(w.data_disk).unlink(missing_ok=True)
+        if w.action is Action.REPLACE and w.state.current is not None:
+            try:
+                save_state(w.state_dir, w.state.evolve(pending=None))
+                if not run.hypervisor(w.agent).is_running(w.agent.name):
+                    define_and_start(run, w.agent, w.state)
+                    log.warning("%s: replace abandoned; started again on %s", w.agent.name,
+                                w.state.current.image_version)
+            except Exception as e:  # the original failure is the one to report
+                log.warning("%s: could not start the previous VM again: %s", w.agent.name, e)
+
+
+def _swap(run: CloneRun, w: Work) -> Work:
+    os.replace(disks.partial(w.root_disk), w.root_disk)
+    if disks.partial(w.data_disk).exists():
+        os.replace(disks.partial(w.data_disk), w.data_disk)
+    version = run.image.version
+    replacing = w.action is Action.REPLACE
+    state = w.state.evolve(current=Slot(version, str(w.root_disk)),
+                           previous=w.previous if replacing else w.state.previous,
+                           pending=Slot(version, str(w.root_disk)) if replacing else None)
+    save_state(w.state_dir, state)
+    return w.evolve(state=state)
+
+
+def _await_replace(run: CloneRun, w: Work, since: float, console: ConsoleWatch) -> tuple[Result, Optional[str]]:
+    """Keep the new image if the collector sees it healthy; otherwise roll back and say why."""
+    hv = run.hypervisor(w.agent)
+    opts, version = run.opts, run.image.version
+    verdict = wait_healthy(run.inv.services.collector_api_url, w.agent.name, version, since,
+                           deadline_s=opts.health_timeout_s, unhealthy_grace_s=opts.unhealthy_grace_s,
+                           domain_alive=lambda: hv.is_running(w.agent.name), early_failure=console.agentd_failed)
+    if verdict.ok:
+        state = w.state.evolve(pending=None)
+        save_state(w.state_dir, state)
+        w = w.evolve(state=state)
+        _prune_overlays(run, w)
+        return _result(run, w, f"healthy on {version} ({verdict.detail})", Action.REPLACE), None
+    log.warning("%s: replace failed (%s: %s); rolling back", w.agent.name, verdict.reason, verdict.detail)
+    state = rollback_state(run, w.agent, w.state, force=True)
+    why = f"{w.agent.name}: rolled back to {state.current.image_version} ({verdict.reason}: {verdict.detail})"
+    return _result(run, w.evolve(state=state), why, Action.ROLLBACK), why
+
+
+def _prune_overlays(run: CloneRun, w: Work) -> None:
+    keep = {w.state.current.root_disk, w.state.previous.root_disk if w.state.previous else ""}
+    for path in run.inv.host_of(w.agent).storage_dir.glob(f"{w.agent.name}-root-*.qcow2"):
+        if str(path) not in keep:
+            path.unlink()
+
+
+def _result(run: CloneRun, w: Work, message: str, action: Optional[Action] = None) -> Result:
+    return result_for(run.inv, w.agent, w.state, run.domain_type, action or w.action, message)
+
+
+def _phase(run: CloneRun, key: str, label: str):
+    """A timed phase with its deadline from DEADLINES_S (or AGENTFLEET_DEADLINES)."""
+    return run.progress.phase(label, deadline_for(key, DEADLINES_S))
+
+
+def _names(works: list[Work]) -> str:
+    return ", ".join(w.agent.name for w in works)
