@@ -16,9 +16,34 @@ SCHEMA_VERSION = 1
 REPORTS_PATH = "/api/v1/reports"
 MAX_REPORT_BYTES = 256 * 1024
 MAX_INT = 2**63 - 1                # seq and counts must fit a signed 64-bit SQL column
-AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+MAX_JSON_DEPTH = 8                 # a report is 3 levels deep (report > checks > check); room to grow, not to attack
+# \A...\Z, not ^...$: `$` also matches before a trailing newline, which made "athena\n" a second agent.
+# Check names with valid_agent_name() (or AGENT_NAME.fullmatch); agentd's config and deploy's inventory import it.
+AGENT_NAME = re.compile(r"\A[a-z][a-z0-9-]{0,62}\Z")
+AGENT_NAME_RULE = "a lowercase letter, then up to 62 of a-z, 0-9 and -"
 STATUSES = ("ok", "warn", "fail")
 DRIFT_KINDS = ("modified", "missing", "added", "mode", "owner", "package")
+
+
+def valid_agent_name(name: object) -> bool:
+    """True for a name agentd, the clone and the collector all accept: the whole string, no trailing newline."""
+    return isinstance(name, str) and AGENT_NAME.fullmatch(name) is not None
+
+
+def json_depth_within(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when no list or object in `data` is nested deeper than `limit` (iterative: deep input cannot recurse).
+
+    Unknown top-level keys are ignored by the parser, so without this bound one agent could store a document that
+    every later reader would have to parse again at a depth its stack might not have."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return False
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return True
 
 
 def agent_token(collector_secret: bytes, agent: str) -> str:
@@ -87,9 +112,11 @@ class Report:
         """
         if not isinstance(data, dict):
             raise ValueError("report must be a JSON object")
+        if not json_depth_within(data):
+            raise ValueError(f"report: nested deeper than {MAX_JSON_DEPTH} levels")
         agent = data.get("agent")
-        if not isinstance(agent, str) or not AGENT_NAME.match(agent):
-            raise ValueError("agent: must match " + AGENT_NAME.pattern)
+        if not valid_agent_name(agent):
+            raise ValueError("agent: must be " + AGENT_NAME_RULE)
         seq = data.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_INT:
             raise ValueError(f"seq: must be an integer from 1 to {MAX_INT}")

@@ -1,8 +1,9 @@
 """The collector's HTTP routes: the report endpoint, the read API, the pages, /metrics and /healthz.
 
-The report endpoint reads the body itself (bounded while streaming), parses with the shared protocol module and
-hands the report to the group committer (batching.py), the one place the store is used off the event loop. Every
-route is `async`, so the alert state and the counters are only ever touched from the event loop thread.
+Every route is `async` and every store call is awaited on the store's own threads (store.py), so the event loop
+never waits for the database: while the database is locked or slow, /healthz answers at once and says so, and a
+store call that cannot finish in time is a 503 with Retry-After. The alert state and the counters are only ever
+touched from the event loop thread.
 """
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
-from agentd.protocol import AGENT_NAME, MAX_REPORT_BYTES, REPORTS_PATH, Report, token_matches
+from agentd.protocol import MAX_REPORT_BYTES, REPORTS_PATH, Report, token_matches, valid_agent_name
 
 from . import pages
-from .alerts import Alerts, Notifier
+from .alerts import Alerts, Changes
 from .batching import GroupCommitter
 from .config import CollectorConfig
+from .gaps import explain_gap
 from .metrics import CONTENT_TYPE, Counters, render_metrics
+from .notifier import Notifier
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("collector")
@@ -41,12 +45,25 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     counters = Counters()
     committer = GroupCommitter(store)
     notifier = Notifier(config.webhook_url)
-    alerts = Alerts(store, notifier, config.stale_after_s, config.gap_grace_s)
+    alerts = Alerts(config.stale_after_s, config.gap_grace_s)
     refresh_s = int(min(max(config.interval_s, 2), 30))
+    retry_after = {"Retry-After": str(config.retry_after_s)}
+
+    async def settle(changes: Changes) -> None:
+        """Store what the alerts changed, then (and only then) announce it."""
+        if changes.opened or changes.closed:
+            try:
+                await store.record_incidents(changes.opened, changes.closed)
+            except StoreUnavailable:
+                alerts.revert(changes)  # the next report or sweep evaluates again
+                raise
+        for message in changes.messages:
+            notifier.send(message)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_sweeper(config, store, alerts))
+        alerts.load(await store.incidents())
+        task = asyncio.create_task(_sweeper(config, store, alerts, settle))
         try:
             yield
         finally:
@@ -54,99 +71,124 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await asyncio.to_thread(notifier.close)
-            store.close()
+            await asyncio.to_thread(store.close)
 
     app = FastAPI(title="agentfleet collector", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.alerts, app.state.counters = store, alerts, counters
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "storage unavailable, retry later"}, 503, headers=retry_after)
 
     @app.post(REPORTS_PATH)
     async def post_report(request: Request) -> Response:
         counters.received += 1
         try:
-            report, body = await _parse(request, config.secret)
+            report = await _parse(request, config.secret, config.body_timeout_s)
         except _Rejected as rejected:
             counters.reject(rejected.reason)
-            return JSONResponse({"detail": rejected.detail}, rejected.status,
-                                headers={"WWW-Authenticate": "Bearer"} if rejected.status == 401 else None)
+            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else {}
+            if rejected.status in (408, 413):  # the rest of the body is not read: the connection cannot be reused
+                headers["Connection"] = "close"
+            return JSONResponse({"detail": rejected.detail}, rejected.status, headers=headers)
+        except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log loudly
+            counters.reject("disconnected")
+            log.debug("client disconnected while sending a report")
+            return Response(status_code=400)
         now = time.time()
         try:
-            ingested = await committer.ingest(report, body, now)
+            ingested = await committer.ingest(report, now)
         except StoreUnavailable as exc:
             log.error("report %s/%d not stored: %s", report.agent, report.seq, exc)
-            return JSONResponse({"detail": "storage unavailable, retry"}, 503)
+            return JSONResponse({"detail": "storage unavailable, retry later"}, 503, headers=retry_after)
         if not ingested.stored:
             counters.duplicates += 1
             return JSONResponse({"status": "duplicate"})
         counters.stored += 1
+        changes = alerts.on_latest_report(report, now) if ingested.latest else Changes()
+        delivery = alerts.on_delivery(report.agent, ingested.contiguous_seq, ingested.last_seq)
         try:
-            if ingested.latest:
-                alerts.on_latest_report(report, now)
-            alerts.on_delivery(report.agent, ingested.contiguous_seq, ingested.last_seq)
+            await settle(Changes(changes.opened + delivery.opened, changes.closed + delivery.closed,
+                                 changes.messages + delivery.messages))
         except StoreUnavailable as exc:  # the report is stored; alert bookkeeping retries on the next report/sweep
             log.error("alert bookkeeping for %s failed: %s", report.agent, exc)
         return JSONResponse({"status": "stored"})
 
     @app.get("/api/v1/agents")
     async def list_agents() -> list[dict]:
-        return [state.to_json() for state in store.agents()]
+        return [state.to_json() for state in await store.agents()]
 
     @app.get("/api/v1/agents/{name}")
     async def get_agent(name: str) -> Response:
-        state = store.agent(name) if AGENT_NAME.match(name) else None
+        state = await store.agent(name) if valid_agent_name(name) else None
         if state is None:
             return JSONResponse({"detail": f"unknown agent {name!r}"}, 404)
-        return JSONResponse({**state.to_json(), "alerts": [
-            {"kind": i.kind, "key": i.key, "opened_at": i.opened_at, "detail": i.detail}
-            for i in alerts.agent_incidents(name)]})
+        gap, acks = await _gap_facts(store, state)
+        return JSONResponse({**state.to_json(), "gap": gap and gap.to_json(),
+                             "gap_acknowledgements": [vars(a) for a in acks],
+                             "alerts": [{"kind": i.kind, "key": i.key, "opened_at": i.opened_at, "detail": i.detail}
+                                        for i in alerts.agent_incidents(name)]})
 
     @app.get("/api/v1/agents/{name}/history")
     async def get_history(name: str, limit: int = HISTORY_LIMIT) -> Response:
-        if not AGENT_NAME.match(name) or store.agent(name) is None:
+        if not valid_agent_name(name) or await store.agent(name) is None:
             return JSONResponse({"detail": f"unknown agent {name!r}"}, 404)
-        return JSONResponse([vars(p) for p in store.history(name, max(1, min(limit, 1000)))])
+        return JSONResponse([vars(p) for p in await store.history(name, max(1, min(limit, 1000)))])
 
     @app.get("/", response_class=HTMLResponse)
     async def fleet() -> HTMLResponse:
-        return HTMLResponse(pages.fleet_page(store.agents(), config.stale_after_s, refresh_s, alerts.open_counts()))
+        return HTMLResponse(pages.fleet_page(await store.agents(), config.stale_after_s, refresh_s,
+                                             alerts.open_counts()))
 
     @app.get("/agents/{name}", response_class=HTMLResponse)
     async def agent(name: str) -> HTMLResponse:
-        state = store.agent(name) if AGENT_NAME.match(name) else None
+        state = await store.agent(name) if valid_agent_name(name) else None
         if state is None:
             return HTMLResponse(pages.unknown_agent_page(name, refresh_s), 404)
-        return HTMLResponse(pages.agent_page(state, store.history(name, HISTORY_LIMIT), alerts.agent_incidents(name),
+        (gap, acks), history = await asyncio.gather(_gap_facts(store, state), store.history(name, HISTORY_LIMIT))
+        return HTMLResponse(pages.agent_page(state, history, alerts.agent_incidents(name), gap, acks,
                                              config.stale_after_s, refresh_s))
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        text = render_metrics(store.agents(), counters, alerts.open_counts(), notifier.stats.sent,
+        text = render_metrics(await store.agents(), counters, alerts.open_counts(), notifier.stats.sent,
                               notifier.stats.failed, config.stale_after_s, time.time())
         return Response(text, media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        """Whether the collector can store reports now, from the store's last calls: never waits for the database."""
+        health = store.health()
+        if health.ok:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable", "store": health.detail}, 503, headers=retry_after)
 
     return app
 
 
-async def _parse(request: Request, secret: bytes) -> tuple[Report, str]:
-    """Bounded read, strict JSON, strict report, then the token for that report's agent; each failure a 4xx."""
+async def _gap_facts(store: Store, state):
+    acks = await store.gap_acknowledgements(state.agent)
+    if state.contiguous_seq >= state.last_seq:
+        return None, acks
+    return explain_gap(state, await store.stored_above(state.agent, state.contiguous_seq)), acks
+
+
+async def _parse(request: Request, secret: bytes, body_timeout_s: float) -> Report:
+    """Bounded read in bounded time, strict JSON, strict report, then the token for that report's agent; each
+    failure a 4xx."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _Rejected(401, "unauthenticated", "missing bearer token")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_REPORT_BYTES:
         raise _Rejected(413, "oversized", f"report larger than {MAX_REPORT_BYTES} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REPORT_BYTES:
-            raise _Rejected(413, "oversized", f"report larger than {MAX_REPORT_BYTES} bytes")
-        chunks.append(chunk)
     try:
-        body = b"".join(chunks).decode("utf-8")
-        data = json.loads(body, parse_constant=_no_constants)
+        raw = await asyncio.wait_for(_read_body(request), body_timeout_s)
+    except asyncio.TimeoutError:
+        raise _Rejected(408, "slow_body", f"report body not received within {body_timeout_s:g} s") from None
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _Rejected(400, "malformed", f"not a JSON document: {str(exc)[:200]}") from None
     try:
@@ -155,23 +197,33 @@ async def _parse(request: Request, secret: bytes) -> tuple[Report, str]:
         raise _Rejected(422, "invalid", str(exc)[:500]) from None
     if not token_matches(secret, report.agent, token.strip()):
         raise _Rejected(401, "bad_token", f"token does not match agent {report.agent!r}")
-    return report, body
+    return report
+
+
+async def _read_body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REPORT_BYTES:
+            raise _Rejected(413, "oversized", f"report larger than {MAX_REPORT_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _no_constants(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _sweeper(config: CollectorConfig, store: Store, alerts: Alerts) -> None:
+async def _sweeper(config: CollectorConfig, store: Store, alerts: Alerts, settle) -> None:
     """Periodic, time-based work: stale agents and open gaps (alerts), and retention."""
     last_prune = 0.0
     while True:
-        await asyncio.sleep(config.sweep_s)
+        await asyncio.sleep(config.sweep_every_s)
         now = time.time()
         try:
-            alerts.sweep(store.agents(), now)
+            await settle(alerts.sweep(await store.agents(), now))
             if now - last_prune >= min(PRUNE_EVERY_S, config.retention_days * 86400 / 4):
-                pruned = store.prune(now - config.retention_days * 86400)
+                pruned = await store.prune(now - config.retention_days * 86400)
                 last_prune = now
                 if pruned:
                     log.info("retention: pruned %d reports older than %g days", pruned, config.retention_days)

@@ -1,13 +1,21 @@
-"""`python -m collector serve ...`: parse flags, read the secret, open the store, run uvicorn."""
+"""`python -m collector serve ...` runs the web service; `python -m collector ack-gap AGENT ...` accounts for
+reports that will never arrive. Flags are parsed here, once; every CollectorError is one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
-from .config import CollectorConfig, CollectorError, parse_listen, read_secret
+from .config import (WEBHOOK_ENV, CollectorConfig, CollectorError, flag, parse_listen, read_secret,
+                     read_webhook_url, tunables)
+from .inert import one_line
+
+DB_HELP = "sqlite:///PATH (default backend) or postgresql://USER@HOST/DB"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,33 +23,41 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="agentfleet collector: stores agentd reports, shows the fleet, alerts.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the collector web service")
-    serve.add_argument("--listen", default="127.0.0.1:8765", help="HOST:PORT to listen on (default %(default)s)")
-    serve.add_argument("--db", required=True, help="sqlite:///PATH (default backend) or postgresql://USER@HOST/DB")
+    serve.add_argument("--listen", default=f"{CollectorConfig.host}:{CollectorConfig.port}",
+                       help="HOST:PORT to listen on (default %(default)s)")
+    serve.add_argument("--db", required=True, help=DB_HELP)
     serve.add_argument("--secret-file", required=True, type=Path,
                        help="file holding the collector secret (mode 0600): tokens are HMAC(secret, agent name)")
-    serve.add_argument("--webhook-url", help="Mattermost incoming webhook for alerts (default: log only)")
-    serve.add_argument("--interval-s", type=float, default=30.0, help="agents' report interval (default %(default)s)")
-    serve.add_argument("--stale-after", type=float, default=3.0,
-                       help="intervals without a report before an agent is stale (default %(default)s)")
-    serve.add_argument("--gap-grace-s", type=float, default=60.0,
-                       help="seconds a sequence gap may stay open before it alerts (default %(default)s)")
-    serve.add_argument("--retention-days", type=float, default=7.0,
-                       help="prune reports older than this; the latest state per agent is kept (default %(default)s)")
-    serve.add_argument("--sweep-s", type=float, default=None,
-                       help="how often staleness, gaps and retention are checked (default: min(5, interval/2))")
+    serve.add_argument("--webhook-file", type=Path,
+                       help=f"file (mode 0600) holding the Mattermost incoming webhook URL for alerts; or set "
+                            f"${WEBHOOK_ENV} (default: alerts are only logged)")
+    serve.add_argument("--webhook-url", dest="webhook_url_in_argv", help=argparse.SUPPRESS)
+    for setting in tunables():
+        serve.add_argument(flag(setting.name), type=float, default=setting.default,
+                           help=setting.metadata["help"] + (" (default %(default)s)" if setting.default else ""))
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    ack = sub.add_parser("ack-gap", help="acknowledge an agent's sequence gap that can never close",
+                         description="Count the agent's missing reports up to its last seq as accounted for (a "
+                                     "database restored from an older backup, a report the agent dropped): its "
+                                     "contiguous seq moves to its last seq and the gap alert recovers. Works while "
+                                     "the collector runs.")
+    ack.add_argument("agent")
+    ack.add_argument("--db", required=True, help=DB_HELP)
+    ack.add_argument("--reason", default="", help="why, kept with the acknowledgement")
+    ack.add_argument("--dry-run", action="store_true", help="say what would be acknowledged; change nothing")
+    ack.add_argument("--json", action="store_true", help="print the outcome as JSON")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> CollectorConfig:
+    if args.webhook_url_in_argv is not None:
+        raise CollectorError(f"--webhook-url is no longer accepted: any local user can read argv (ps); put the URL "
+                             f"in a file (chmod 600) and pass --webhook-file FILE, or set ${WEBHOOK_ENV}")
     host, port = parse_listen(args.listen)
-    for flag in ("interval_s", "stale_after", "gap_grace_s", "retention_days"):
-        if getattr(args, flag) <= 0:
-            raise CollectorError(f"--{flag.replace('_', '-')}: must be positive")
-    sweep_s = args.sweep_s if args.sweep_s is not None else min(5.0, args.interval_s / 2)
     return CollectorConfig(db_url=args.db, secret=read_secret(args.secret_file), host=host, port=port,
-                           webhook_url=args.webhook_url, interval_s=args.interval_s, stale_after=args.stale_after,
-                           gap_grace_s=args.gap_grace_s, retention_days=args.retention_days, sweep_s=max(sweep_s, 0.05))
+                           webhook_url=read_webhook_url(args.webhook_file),
+                           **{s.name: getattr(args, s.name) for s in tunables()})
 
 
 def serve(config: CollectorConfig, log_level: str = "info") -> None:
@@ -50,17 +66,66 @@ def serve(config: CollectorConfig, log_level: str = "info") -> None:
     from .app import create_app
     from .store import open_store
 
-    store = open_store(config.db_url)
+    store = open_store(config.db_url, config.store_timeout_s)
     app = create_app(config, store)
     # access_log off: one line per report would be the collector's main cost at fleet scale
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=10)
 
 
+def ack_gap(args: argparse.Namespace) -> int:
+    from .gaps import explain_gap
+    from .store import open_store
+
+    async def run() -> dict:
+        store = open_store(args.db)
+        try:
+            state = await store.agent(args.agent)
+            if state is None:
+                raise CollectorError(f"agent {args.agent!r}: no report from it is stored in {args.db.split('://')[0]}")
+            gap = explain_gap(state, await store.stored_above(args.agent, state.contiguous_seq))
+            if gap is None:
+                return {"agent": args.agent, "acknowledged": None, "gap": None,
+                        "contiguous_seq": state.contiguous_seq, "last_seq": state.last_seq}
+            if args.dry_run:
+                return {"agent": args.agent, "acknowledged": None, "gap": gap.to_json(), "dry_run": True,
+                        "contiguous_seq": state.contiguous_seq, "last_seq": state.last_seq}
+            ack = await store.acknowledge_gap(args.agent, time.time(), args.reason)
+            after = await store.agent(args.agent)
+            return {"agent": args.agent, "acknowledged": None if ack is None else vars(ack), "gap": gap.to_json(),
+                    "contiguous_seq": after.contiguous_seq, "last_seq": after.last_seq}
+        finally:
+            store.close()
+
+    outcome = asyncio.run(run())
+    if args.json:
+        print(json.dumps(outcome))
+    elif outcome["gap"] is None:
+        print(f"{args.agent}: no open gap (contiguous seq {outcome['contiguous_seq']} = last seq "
+              f"{outcome['last_seq']}); nothing to acknowledge")
+    else:
+        gap = outcome["gap"]
+        verb = "would acknowledge" if args.dry_run else "acknowledged"
+        print(f"{args.agent}: {verb} seq {gap['from_seq']}..{gap['to_seq']} ({gap['missing']} missing; "
+              f"{gap['reason']}); contiguous seq {outcome['contiguous_seq']}, last seq {outcome['last_seq']}")
+    return 0
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record on one line: a host name or a detail with a newline in it cannot forge a second record."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(), handlers=[handler])
     try:
+        if args.command == "ack-gap":
+            return ack_gap(args)
         serve(config_from_args(args), args.log_level)
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)

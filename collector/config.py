@@ -1,35 +1,68 @@
-"""The collector's settings, parsed once at the CLI edge and then passed around frozen."""
+"""The collector's settings, each declared once here (type, default, help), parsed at the CLI edge (cli.py builds
+its flags from these fields) and then passed around frozen."""
 from __future__ import annotations
 
+import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
+
+WEBHOOK_ENV = "AGENTFLEET_WEBHOOK_URL"
 
 
 class CollectorError(Exception):
     """A user's or operator's mistake (bad flag, unsafe secret file, unreachable database): one line at the CLI."""
 
 
+def tunable(default: Any, help_text: str) -> Any:
+    """A setting that is also a `serve` flag: --NAME-WITH-DASHES."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     db_url: str
-    secret: bytes
+    secret: bytes = field(repr=False)
     host: str = "127.0.0.1"
     port: int = 8765
-    webhook_url: Optional[str] = None
-    interval_s: float = 30.0       # agents' report period
-    stale_after: float = 3.0       # an agent is stale after this many intervals without a report
-    gap_grace_s: float = 60.0      # a sequence gap open this long is an alert
-    retention_days: float = 7.0    # reports older than this are pruned; the latest state per agent is kept
-    sweep_s: float = 5.0           # how often staleness, gaps and retention are evaluated
+    webhook_url: Optional[str] = field(default=None, repr=False)  # a credential: from a file or the environment
+    interval_s: float = tunable(30.0, "agents' report interval in seconds")
+    stale_after: float = tunable(3.0, "intervals without a report before an agent is stale")
+    gap_grace_s: float = tunable(60.0, "seconds a sequence gap may stay open before it alerts")
+    retention_days: float = tunable(7.0, "prune reports older than this; the latest state per agent is kept")
+    sweep_s: Optional[float] = tunable(None, "how often staleness, gaps and retention are checked "
+                                             "(default: min(5, interval/2))")
+    store_timeout_s: float = tunable(5.0, "seconds a database call may take (e.g. waiting for another process's "
+                                          "write lock) before the answer is 503 with Retry-After")
+    body_timeout_s: float = tunable(10.0, "seconds a client may take to send a report's body before a 408")
 
     @property
     def stale_after_s(self) -> float:
         return self.interval_s * self.stale_after
 
-    def __repr__(self) -> str:  # never print the secret
-        return f"CollectorConfig(db_url={self.db_url!r}, listen={self.host}:{self.port})"
+    @property
+    def sweep_every_s(self) -> float:
+        return max(self.sweep_s if self.sweep_s is not None else min(5.0, self.interval_s / 2), 0.05)
+
+    @property
+    def retry_after_s(self) -> int:
+        """What a 503 tells a client to wait: about one store timeout."""
+        return max(1, round(self.store_timeout_s))
+
+    def __post_init__(self) -> None:
+        for f in tunables():
+            value = getattr(self, f.name)
+            if value is not None and not value > 0:
+                raise CollectorError(f"{flag(f.name)}: must be positive")
+
+
+def tunables() -> list:
+    return [f for f in fields(CollectorConfig) if "help" in f.metadata]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -39,19 +72,45 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def read_secret(path: Path) -> bytes:
-    """The collector secret, stripped; refused when group or others could read it (it mints every agent's token)."""
+def read_private_file(path: Path, what: str) -> bytes:
+    """A credential file's content, stripped; refused when group or others could read it."""
     try:
         st = path.stat()
         data = path.read_bytes().strip()
     except OSError as exc:
-        raise CollectorError(f"secret file {path}: {exc.strerror}") from None
+        raise CollectorError(f"{what} {path}: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CollectorError(f"secret file {path}: mode {stat.S_IMODE(st.st_mode):04o} is open to group/others; "
+        raise CollectorError(f"{what} {path}: mode {stat.S_IMODE(st.st_mode):04o} is open to group/others; "
                              f"chmod 600 it")
     if not data:
-        raise CollectorError(f"secret file {path}: empty")
+        raise CollectorError(f"{what} {path}: empty")
     return data
+
+
+def read_secret(path: Path) -> bytes:
+    """The collector secret: it mints every agent's token."""
+    return read_private_file(path, "secret file")
+
+
+def read_webhook_url(path: Optional[Path], environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The Mattermost webhook URL from a 0600 file or $AGENTFLEET_WEBHOOK_URL: never argv, where `ps` shows it to
+    every local user. The URL is a credential (its path is the key), so no message ever repeats it."""
+    from_env = environ.get(WEBHOOK_ENV, "").strip()
+    if path is not None and from_env:
+        raise CollectorError(f"--webhook-file and ${WEBHOOK_ENV} are both set: give the webhook URL once")
+    if path is not None:
+        try:
+            url = read_private_file(path, "webhook file").decode()
+        except UnicodeDecodeError:
+            raise CollectorError(f"webhook file {path}: not UTF-8 text") from None
+        where = f"webhook file {path}"
+    elif from_env:
+        url, where = from_env, f"${WEBHOOK_ENV}"
+    else:
+        return None
+    if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
+        raise CollectorError(f"{where}: expected one http(s):// URL on one line")
+    return url
 
 
 def sqlite_path(db_url: str) -> Optional[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from .store import AgentState
+from .records import AgentState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -52,11 +52,11 @@ def render_metrics(agents: Iterable[AgentState], counters: Counters, open_alerts
               lambda a: a.last_seq - a.contiguous_seq)
     per_agent("agentfleet_agent_canary_lag_seconds", "Last measured canary detection lag reported by the agent.",
               lambda a: a.canary_lag_s)
-    per_agent("agentfleet_agent_spool_depth", "Reports waiting in the agent's spool.", lambda a: a.spool["depth"])
+    per_agent("agentfleet_agent_spool_depth", "Reports waiting in the agent's spool.", lambda a: a.spool.depth)
     per_agent("agentfleet_agent_spool_oldest_age_seconds", "Age of the oldest unsent report in the agent's spool.",
-              lambda a: a.spool["oldest_age_s"])
+              lambda a: a.spool.oldest_age_s)
     per_agent("agentfleet_agent_spool_dropped_reports", "Reports the agent's bounded spool dropped, ever.",
-              lambda a: a.spool["dropped"])
+              lambda a: a.spool.dropped)
     family("agentfleet_collector_agents", "gauge", "Agents known to the collector.", [({}, len(agents))])
     family("agentfleet_collector_reports_received_total", "counter", "Report POSTs received.",
            [({}, counters.received)])

@@ -6,7 +6,8 @@ import time
 from html import escape
 from typing import Iterable, Optional
 
-from .store import AgentState, HistoryPoint, Incident
+from .gaps import GapExplanation
+from .records import AgentState, GapAcknowledgement, HistoryPoint, Incident
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -30,7 +31,7 @@ def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, o
             f'<td class="health">{_health(a, now, stale_after_s)}</td>'
             f'<td class="num drift">{a.drift_count}</td>'
             f'<td class="num">{a.contiguous_seq} / {a.last_seq}</td>'
-            f'<td class="num">{a.spool["depth"]}{_dropped(a)}</td></tr>')
+            f'<td class="num">{a.spool.depth}{_dropped(a)}</td></tr>')
     table = ("<table id=\"fleet\"><thead><tr><th>agent</th><th>host</th><th>role</th><th>image</th><th>last seen</th>"
              "<th>health</th><th>drift</th><th>seq (contiguous / last)</th><th>spool</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>") if rows else '<p class="muted">No agent has reported yet.</p>'
@@ -42,8 +43,9 @@ def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, o
                  f"refreshes every {refresh_s} s &middot; <a href=\"/metrics\">metrics</a></span></p>{table}")
 
 
-def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incident], stale_after_s: float,
-               refresh_s: int, now: Optional[float] = None) -> str:
+def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incident], gap: Optional[GapExplanation],
+               acknowledgements: list[GapAcknowledgement], stale_after_s: float, refresh_s: int,
+               now: Optional[float] = None) -> str:
     now = time.time() if now is None else now
     facts = [
         ("host", escape(a.host)), ("role", escape(a.role)), ("image", f"<code>{escape(a.image_version)}</code>"),
@@ -51,25 +53,24 @@ def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incid
         ("last seen", f"{_ago(now - a.last_seen)} ({_clock(a.last_seen)})"),
         ("sequence", f"last {a.last_seq}, contiguous {a.contiguous_seq}"
                      + (f' <span class="fail">gap since {_clock(a.gap_since)}</span>' if a.gap_since else "")),
-        ("spool", f'{a.spool["depth"]} waiting, oldest {a.spool["oldest_age_s"]:.0f} s, {a.spool["dropped"]} dropped'),
+        ("spool", f'{a.spool.depth} waiting, oldest {a.spool.oldest_age_s:.0f} s, {a.spool.dropped} dropped'),
         ("canary lag", "n/a" if a.canary_lag_s is None else f"{a.canary_lag_s:.3f} s"),
     ]
-    checks = a.latest.get("checks", [])
-    drift = a.latest.get("drift", [])
+    checks, drift = a.checks, a.drift
     body = [f'<p><a href="/">&larr; fleet</a></p><h1>{a.agent}</h1>',
             _table(["", ""], [[k, v] for k, v in facts], "facts", header=False),
             f"<h2>Alerts ({len(incidents)})</h2>",
             _table(["kind", "what", "since"], [[i.kind, escape(i.detail), _clock(i.opened_at)] for i in incidents],
                    "alerts") if incidents else '<p class="muted">None open.</p>',
+            _gap(gap, acknowledgements),
             f"<h2>Checks ({len(checks)})</h2>",
             _table(["check", "status", "detail", "value", "ms"], [
-                [escape(str(c.get("name"))), f'<span class="{_css(c.get("status"))}">{escape(str(c.get("status")))}</span>',
-                 escape(str(c.get("detail", ""))), _num(c.get("value")), _num(c.get("duration_ms")),
-                 ] for c in checks], "checks"),
+                [escape(c.name), f'<span class="{_css(c.status)}">{escape(c.status)}</span>',
+                 escape(c.detail), _num(c.value), _num(c.duration_ms)] for c in checks], "checks"),
             f"<h2>Drift ({len(drift)})</h2>",
             _table(["path", "kind", "expected", "actual"], [
-                [f"<code>{escape(str(d.get('path')))}</code>", escape(str(d.get("kind"))),
-                 escape(str(d.get("expected"))), escape(str(d.get("actual")))] for d in drift], "drift")
+                [f"<code>{escape(d.path)}</code>", escape(d.kind), escape(str(d.expected)), escape(str(d.actual))]
+                for d in drift], "drift")
             if drift else '<p class="muted" id="drift">No drift from the baseline.</p>',
             f"<h2>Metric history (last {len(history)} reports)</h2>",
             _history(history)]
@@ -79,6 +80,20 @@ def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incid
 def unknown_agent_page(name: str, refresh_s: int) -> str:
     return _page("unknown agent - agentfleet", refresh_s, '<p><a href="/">&larr; fleet</a></p><h1>Unknown agent</h1>'
                  f"<p>No report from <code>{escape(name)}</code> has been stored.</p>")
+
+
+def _gap(gap: Optional[GapExplanation], acknowledgements: list[GapAcknowledgement]) -> str:
+    """Why the sequence has a gap (gaps.py), and the gaps an operator acknowledged."""
+    parts = []
+    if gap is not None:
+        parts.append(f'<h2>Sequence gap</h2><p id="gap"><span class="fail">seq {gap.from_seq}..{gap.to_seq}: '
+                     f'{gap.missing} missing</span> since {_clock(gap.since)} ({escape(gap.reason)}): '
+                     f"{escape(gap.explanation)}</p>")
+    if acknowledgements:
+        parts.append("<h2>Acknowledged gaps</h2>" + _table(["seq", "missing", "acknowledged", "reason"], [
+            [f"{k.from_seq}..{k.to_seq}", str(k.missing), _clock(k.acknowledged_at), escape(k.reason)]
+            for k in acknowledgements], "gap-acknowledgements"))
+    return "".join(parts)
 
 
 def _history(history: list[HistoryPoint]) -> str:
@@ -122,12 +137,12 @@ def _health(a: AgentState, now: float, stale_after_s: float) -> str:
         return '<span class="stale">stale</span>'
     if a.healthy:
         return '<span class="ok">ok</span>'
-    failing = [escape(str(c.get("name"))) for c in a.latest.get("checks", []) if c.get("status") == "fail"]
+    failing = [escape(name) for name in a.failing]
     return f'<span class="fail">failing: {", ".join(failing)}</span>'
 
 
 def _dropped(a: AgentState) -> str:
-    return f' <span class="fail">({a.spool["dropped"]} dropped)</span>' if a.spool["dropped"] else ""
+    return f' <span class="fail">({a.spool.dropped} dropped)</span>' if a.spool.dropped else ""
 
 
 def _css(status: object) -> str:

@@ -1,20 +1,19 @@
-"""PostgreSQL backend (psycopg 3) for a fleet that outgrows one box: same SQL, `%s` parameters."""
+"""PostgreSQL backend (psycopg 3) for a fleet that outgrows one box: the same SQL with `%s` parameters."""
 from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-
-from .store import Store
+from .database import Backend
 
 
-class PostgresStore(Store):
-    placeholder = "%s"
-    unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
+def postgres_backend(url: str, timeout_s: float) -> Backend:
+    import psycopg  # only a PostgreSQL collector needs it
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        super().__init__()
+    def connect() -> Any:
+        # A statement or a lock wait longer than the store's timeout fails (QueryCanceled, LockNotAvailable are
+        # OperationalErrors): the caller gets a 503 instead of a request that hangs on a slow network.
+        timeout_ms = max(1, int(timeout_s * 1000))
+        return psycopg.connect(url, connect_timeout=max(1, round(timeout_s)),
+                               options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}")
 
-    def _connect(self) -> Any:
-        return psycopg.connect(self.url, connect_timeout=10)
+    return Backend("postgresql://...", connect, "%s", (psycopg.OperationalError, psycopg.InterfaceError))

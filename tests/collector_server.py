@@ -75,11 +75,17 @@ def _send(request: urllib.request.Request) -> tuple[int, Any]:
 
 
 def start_collector(workdir: Path, *extra: str, db_url: Optional[str] = None, port: Optional[int] = None,
-                    secret: bytes = SECRET) -> Collector:
+                    secret: bytes = SECRET, webhook_url: Optional[str] = None) -> Collector:
+    """`webhook_url` goes into a 0600 file passed as --webhook-file (a URL in argv is readable by every user)."""
     workdir.mkdir(parents=True, exist_ok=True)
     secret_file = workdir / "collector.secret"
     secret_file.write_bytes(secret + b"\n")
     secret_file.chmod(0o600)
+    if webhook_url is not None:
+        webhook_file = workdir / "webhook.url"
+        webhook_file.write_text(webhook_url + "\n")
+        webhook_file.chmod(0o600)
+        extra = ("--webhook-file", str(webhook_file), *extra)
     db_url = db_url or f"sqlite:///{workdir / 'collector.db'}"
     port = port or free_port()
     log_path = workdir / f"collector-{port}.log"

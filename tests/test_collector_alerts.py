@@ -62,7 +62,7 @@ def failing(name="disk", detail="97% used (fail at 95)"):
 
 
 def test_failing_check_alerts_once_then_recovers(tmp_path, webhook):
-    with running_collector(tmp_path, "--webhook-url", webhook.url, "--interval-s", "60") as c:
+    with running_collector(tmp_path, "--interval-s", "60", webhook_url=webhook.url) as c:
         c.post(report("athena", 1, checks=failing()))
         [alert] = webhook.wait_for(1)
         assert "athena" in alert and "disk" in alert and "failing" in alert and "97% used" in alert
@@ -77,7 +77,7 @@ def test_new_drift_alerts_once_per_entry_in_one_message_per_report(tmp_path, web
     passwd = {"path": "/etc/passwd", "kind": "modified", "expected": "aa", "actual": "bb"}
     sudoers = {"path": "/etc/sudoers", "kind": "mode", "expected": "0440", "actual": "0666"}
     tool = {"path": "/usr/local/bin/evil", "kind": "added"}
-    with running_collector(tmp_path, "--webhook-url", webhook.url, "--interval-s", "60") as c:
+    with running_collector(tmp_path, "--interval-s", "60", webhook_url=webhook.url) as c:
         c.post(report("apollo", 1))
         c.post(report("apollo", 2, drift=[passwd, sudoers]))
         [alert] = webhook.wait_for(1)
@@ -92,8 +92,8 @@ def test_new_drift_alerts_once_per_entry_in_one_message_per_report(tmp_path, web
 
 @pytest.mark.slow
 def test_stale_agent_alerts_once_and_recovers_when_it_reports_again(tmp_path, webhook):
-    with running_collector(tmp_path, "--webhook-url", webhook.url, "--interval-s", "0.5", "--stale-after", "2",
-                           "--sweep-s", "0.1") as c:
+    with running_collector(tmp_path, "--interval-s", "0.5", "--stale-after", "2",
+                           "--sweep-s", "0.1", webhook_url=webhook.url) as c:
         c.post(report("hermes", 1))
         [alert] = webhook.wait_for(1, timeout=5)
         assert "hermes" in alert and "stale" in alert
@@ -104,8 +104,8 @@ def test_stale_agent_alerts_once_and_recovers_when_it_reports_again(tmp_path, we
 
 
 def test_sequence_gap_alerts_after_grace_and_recovers_when_filled(tmp_path, webhook):
-    with running_collector(tmp_path, "--webhook-url", webhook.url, "--interval-s", "60", "--gap-grace-s", "0.5",
-                           "--sweep-s", "0.1") as c:
+    with running_collector(tmp_path, "--interval-s", "60", "--gap-grace-s", "0.5",
+                           "--sweep-s", "0.1", webhook_url=webhook.url) as c:
         c.post(report("zeus", 1))
         c.post(report("zeus", 3))
         [alert] = webhook.wait_for(1, timeout=5)
@@ -117,8 +117,8 @@ def test_sequence_gap_alerts_after_grace_and_recovers_when_filled(tmp_path, webh
 
 @pytest.mark.slow
 def test_gap_filled_within_grace_raises_nothing(tmp_path, webhook):
-    with running_collector(tmp_path, "--webhook-url", webhook.url, "--interval-s", "60", "--gap-grace-s", "1",
-                           "--sweep-s", "0.1") as c:
+    with running_collector(tmp_path, "--interval-s", "60", "--gap-grace-s", "1",
+                           "--sweep-s", "0.1", webhook_url=webhook.url) as c:
         c.post(report("hera", 2))
         c.post(report("hera", 1))
         c.post(report("hera", 4))
@@ -129,11 +129,10 @@ def test_gap_filled_within_grace_raises_nothing(tmp_path, webhook):
 
 @pytest.mark.slow
 def test_open_incident_is_not_announced_again_after_a_restart(tmp_path, webhook):
-    args = ("--webhook-url", webhook.url, "--interval-s", "60")
-    with running_collector(tmp_path, *args) as c:
+    with running_collector(tmp_path, "--interval-s", "60", webhook_url=webhook.url) as c:
         c.post(report("athena", 1, checks=failing()))
         webhook.wait_for(1)
-    with running_collector(tmp_path, *args) as c:
+    with running_collector(tmp_path, "--interval-s", "60", webhook_url=webhook.url) as c:
         c.post(report("athena", 2, checks=failing()))
         webhook.quiet_for(0.5)
         c.post(report("athena", 3))
@@ -142,7 +141,7 @@ def test_open_incident_is_not_announced_again_after_a_restart(tmp_path, webhook)
 
 @pytest.mark.slow
 def test_unreachable_webhook_never_blocks_reports(tmp_path):
-    with running_collector(tmp_path, "--webhook-url", "http://127.0.0.1:9/hook", "--interval-s", "60") as c:
+    with running_collector(tmp_path, "--interval-s", "60", webhook_url="http://127.0.0.1:9/hook") as c:
         started = time.monotonic()
         for seq in range(1, 6):
             assert c.post(report("athena", seq, checks=failing(f"check{seq}")))[0] == 200

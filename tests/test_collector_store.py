@@ -1,6 +1,6 @@
 """The store's contract, the same for SQLite and a real PostgreSQL server: idempotent ingest, contiguous seq,
 latest state, retention that keeps the latest state, persistent incidents, and "unavailable" as a clean error."""
-import json
+import asyncio
 import time
 
 import pytest
@@ -33,35 +33,40 @@ def store(request, tmp_path):
     s.close()
 
 
+def run(awaitable):
+    """The store is used from an event loop; each step of these tests is one."""
+    return asyncio.run(awaitable)
+
+
 def ingest(store, seq, received_at=None, **fields):
     data = report(store.test_agent, seq, **fields)
-    return store.ingest(Report.from_json(data), json.dumps(data), time.time() if received_at is None else received_at)
+    return run(store.ingest(Report.from_json(data), time.time() if received_at is None else received_at))
 
 
 def test_ingest_is_idempotent_on_agent_and_seq(store):
     assert ingest(store, 1).stored
     again = ingest(store, 1, image_version="something else")
     assert not again.stored and not again.latest
-    assert store.agent(store.test_agent).image_version == "2024.1-abc"
-    assert store.report_count(store.test_agent) == 1
+    assert run(store.agent(store.test_agent)).image_version == "2024.1-abc"
+    assert run(store.report_count(store.test_agent)) == 1
 
 
 def test_contiguous_seq_walks_over_reports_that_arrived_early(store):
     for seq in (3, 4, 1, 6):
         ingest(store, seq)
-    assert (store.agent(store.test_agent).contiguous_seq, store.agent(store.test_agent).last_seq) == (1, 6)
+    assert (run(store.agent(store.test_agent)).contiguous_seq, run(store.agent(store.test_agent)).last_seq) == (1, 6)
     filled = ingest(store, 2)
     assert (filled.contiguous_seq, filled.last_seq, filled.latest) == (4, 6, False)
-    assert store.agent(store.test_agent).gap_since is not None
+    assert run(store.agent(store.test_agent)).gap_since is not None
     ingest(store, 5)
-    state = store.agent(store.test_agent)
+    state = run(store.agent(store.test_agent))
     assert (state.contiguous_seq, state.gap_since) == (6, None)
 
 
 def test_latest_state_comes_from_the_highest_seq(store):
     ingest(store, 2, checks=[{"name": "disk", "status": "fail"}], drift=[{"path": "/etc/x", "kind": "added"}])
     ingest(store, 1)
-    state = store.agent(store.test_agent)
+    state = run(store.agent(store.test_agent))
     assert (state.healthy, state.drift_count, state.last_seq) == (False, 1, 2)
     assert state.to_json()["checks"][0] == {"name": "disk", "status": "fail", "detail": "", "value": None,
                                             "duration_ms": 0.0}
@@ -72,36 +77,36 @@ def test_prune_drops_old_delivered_reports_but_keeps_the_latest_and_the_undelive
     for seq in (1, 2, 3, 5):
         ingest(store, seq, received_at=old)
     ingest(store, 7, received_at=time.time())
-    pruned = store.prune(time.time() - 7 * 86400)
+    pruned = run(store.prune(time.time() - 7 * 86400))
     assert pruned == 3  # 1, 2, 3: delivered and superseded; 5 is above the gap at 4, 7 is recent and latest
-    assert [p.seq for p in store.history(store.test_agent)] == [5, 7]
+    assert [p.seq for p in run(store.history(store.test_agent))] == [5, 7]
     ingest(store, 4)
     ingest(store, 6)
-    assert store.agent(store.test_agent).contiguous_seq == 7  # the gap closes over what was kept
+    assert run(store.agent(store.test_agent)).contiguous_seq == 7  # the gap closes over what was kept
 
 
 def test_prune_keeps_the_latest_report_however_old(store):
     ingest(store, 1, received_at=0.0)
     ingest(store, 2, received_at=1.0)
-    store.prune(time.time())
-    assert [p.seq for p in store.history(store.test_agent)] == [2]
-    assert store.agent(store.test_agent).last_seq == 2
+    run(store.prune(time.time()))
+    assert [p.seq for p in run(store.history(store.test_agent))] == [2]
+    assert run(store.agent(store.test_agent)).last_seq == 2
 
 
 def test_history_is_oldest_first_with_metrics_and_failing_checks(store):
     ingest(store, 1, metrics={"load1": 1.0})
     ingest(store, 2, metrics={"load1": 2.0}, checks=[{"name": "memory", "status": "fail"}])
-    history = store.history(store.test_agent)
+    history = run(store.history(store.test_agent))
     assert [(p.seq, p.metrics["load1"], p.failing) for p in history] == [(1, 1.0, []), (2, 2.0, ["memory"])]
 
 
 def test_incidents_persist_until_closed(store):
     incident = Incident(store.test_agent, "check", "disk", 123.0, "disk: 97%")
-    store.open_incident(incident)
-    store.open_incident(incident)
-    assert [i for i in store.incidents() if i.agent == store.test_agent] == [incident]
-    store.close_incident(incident)
-    assert [i for i in store.incidents() if i.agent == store.test_agent] == []
+    run(store.record_incidents([incident], []))
+    run(store.record_incidents([incident], []))
+    assert [i for i in run(store.incidents()) if i.agent == store.test_agent] == [incident]
+    run(store.record_incidents([], [incident]))
+    assert [i for i in run(store.incidents()) if i.agent == store.test_agent] == []
 
 
 @pytest.mark.slow
@@ -115,7 +120,7 @@ def test_postgres_outage_is_store_unavailable_and_the_store_reconnects(postgres)
             ingest(store, 2)
         postgres.start()
         assert ingest(store, 2).stored
-        assert store.agent("outage").contiguous_seq == 2
+        assert run(store.agent("outage")).contiguous_seq == 2
     finally:
         store.close()
 

@@ -1,0 +1,104 @@
+"""What the store holds and hands out: typed, frozen and already parsed.
+
+The store writes an agent's latest checks, drift and metrics in a canonical form of its own (`canonical_json`),
+built from a report that `Report.from_json` accepted, so a read only decodes JSON of a known, shallow shape: it
+never parses again, let alone validates again, what an agent sent.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from agentd.protocol import CheckResult, DriftEntry, Report, SpoolState
+
+from .config import CollectorError
+
+
+class StoreUnavailable(CollectorError):
+    """The database refused, dropped or did not answer us in time: nothing was changed; retry later (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """The latest state of one agent: what the read API, the pages and /metrics show."""
+    agent: str
+    host: str
+    role: str
+    image_version: str
+    first_seen: float
+    last_seen: float
+    sent_at: float
+    last_seq: int
+    contiguous_seq: int
+    gap_since: Optional[float]
+    healthy: bool
+    drift_count: int
+    canary_lag_s: Optional[float]
+    spool: SpoolState
+    checks: tuple[CheckResult, ...]
+    drift: tuple[DriftEntry, ...]
+    metrics: dict[str, float]
+
+    @property
+    def failing(self) -> list[str]:
+        return [c.name for c in self.checks if c.status == "fail"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent, "host": self.host, "role": self.role, "image_version": self.image_version,
+            "first_seen": self.first_seen, "last_seen": self.last_seen, "sent_at": self.sent_at,
+            "last_seq": self.last_seq, "contiguous_seq": self.contiguous_seq, "gap_since": self.gap_since,
+            "healthy": self.healthy, "drift_count": self.drift_count, "drift": [asdict(d) for d in self.drift],
+            "checks": [asdict(c) for c in self.checks], "metrics": dict(self.metrics),
+            "canary_lag_s": self.canary_lag_s, "spool": asdict(self.spool),
+        }
+
+
+@dataclass(frozen=True)
+class Ingested:
+    stored: bool           # False: (agent, seq) was already there, nothing changed
+    latest: bool           # this report is now the agent's latest state
+    last_seq: int
+    contiguous_seq: int
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    seq: int
+    sent_at: float
+    received_at: float
+    metrics: dict[str, float]
+    failing: list[str]
+
+
+@dataclass(frozen=True)
+class Incident:
+    agent: str
+    kind: str              # "stale", "check", "drift", "gap"
+    key: str               # check name, drift "kind path", or "" for per-agent incidents
+    opened_at: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class GapAcknowledgement:
+    """An operator's word that the reports from_seq..to_seq not stored by then will never arrive (`ack-gap`)."""
+    agent: str
+    from_seq: int
+    to_seq: int
+    missing: int           # how many of from_seq..to_seq were not stored when acknowledged
+    acknowledged_at: float
+    reason: str
+
+
+def canonical_json(report: Report) -> str:
+    """The report as the collector stores it: only known fields, at most three levels deep."""
+    return json.dumps(report.to_json(), separators=(",", ":"))
+
+
+def latest_from_canonical(text: str) -> tuple[tuple[CheckResult, ...], tuple[DriftEntry, ...], dict[str, float]]:
+    """checks, drift and metrics of a document `canonical_json` wrote (older databases: see the store's upgrade)."""
+    data = json.loads(text)
+    return (tuple(CheckResult(**c) for c in data.get("checks", [])),
+            tuple(DriftEntry(**d) for d in data.get("drift", [])), data.get("metrics", {}))
