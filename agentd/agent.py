@@ -98,7 +98,7 @@ class Agent:
             "agentd_watch_events": float(self.watcher.events),
             "agentd_inotify_overflows": float(self.watcher.overflows),
             "agentd_unwatched_paths": float(len(self.watcher.unwatched)),
-            "agentd_reports_rejected": float(self.sender.rejected_total),
+            "agentd_reports_rejected": float(self.sender.set_aside_total),  # set aside to the quarantine
         }
 
     def flush(self, force: bool = False, limit: Optional[int] = FLUSH_BATCH) -> FlushResult:
@@ -197,5 +197,6 @@ class Agent:
 
     def _status(self) -> str:
         state = self.spool.state()
+        failing = f", delivery failing: {self.sender.last_error}" if self.sender.last_error else ""
         return (f"{self.reports_made} reports, {len(self.tracker.drift())} drift, spool {state.depth} "
-                f"(dropped {state.dropped}){', delivery failing' if self.sender.last_error else ''}")
+                f"(dropped {state.dropped}){failing}")

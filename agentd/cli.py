@@ -22,7 +22,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="run: the service (default); check: print the health table and exit (non-zero on a failure)")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG}, under --root)")
     p.add_argument("--root", default="/", help="file system root every in-VM path is relative to (tests, images)")
-    p.add_argument("--once", action="store_true", help="send one report and exit (0 when delivered or spooled)")
+    p.add_argument("--once", action="store_true",
+                   help="send one report and exit (0 when delivered or spooled; 1 when the collector refuses the "
+                        "token, the report then stays spooled, or a report was set aside)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -64,8 +66,12 @@ def cmd_once(config, root: str) -> int:
     agent = Agent(config, root, read_token(config, root))
     result = agent.run_once()
     agent.sender.close()
-    if result.rejected:
-        log.error("the collector rejected %d report(s); see above", result.rejected)
+    if result.set_aside:
+        log.error("%d report(s) can never be accepted: set aside to %s; see above", result.set_aside,
+                  agent.spool.quarantine_dir)
+        return 1
+    if result.auth_refused:
+        log.error("%s: %d report(s) kept in the spool", result.error, len(agent.spool))
         return 1
     if result.error:
         log.warning("collector unreachable (%s): report spooled (%d waiting)", result.error, len(agent.spool))

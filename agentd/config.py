@@ -118,7 +118,7 @@ def parse_config(data: Any, where: str = "agentd.yaml") -> Config:
     for required in ("agent", "collector_url"):
         if not kwargs.get(required):
             raise AgentdError(f"{where}: {required}: missing")
-    if not AGENT_NAME.match(kwargs["agent"]):
+    if not AGENT_NAME.fullmatch(kwargs["agent"]):  # not .match: "$" also matches before a trailing newline
         raise AgentdError(f"{where}: agent: must match {AGENT_NAME.pattern}")
     if not kwargs["collector_url"].startswith(("http://", "https://")):
         raise AgentdError(f"{where}: collector_url: must start with http:// or https://")

@@ -1,28 +1,41 @@
 """Delivery: POST spooled reports to the collector in seq order, with a bearer token, timeouts and backoff.
 
-200 = stored or duplicate (the collector is idempotent on agent+seq), so resending after a crash is safe.
-4xx other than 408/429 = rejected for good: counted as dropped, logged, never retried forever.
-5xx, 408, 429 and connection errors = retry later with exponential backoff and full jitter.
+What an answer means (docs/contracts.md, "Delivery"); the rule is that a report leaves the spool only when the
+collector stored it, or when the collector itself judged *that report* unacceptable:
+- 200 with the collector's `{"status": "stored"|"duplicate"}`: stored (the collector is idempotent on agent+seq, so
+  resending after a crash is safe). A 200 without that answer is some other web server: keep and retry.
+- 401/403: the collector refuses our token. Far more often its secret is wrong than our report, so nothing is lost:
+  keep the spool, back off, say so in the journal and in systemd's STATUS, and recover once the collector is fixed.
+- 400/413/422 carrying the collector's JSON `{"detail": ...}`: this report can never be accepted. It is set aside to
+  the spool's quarantine (kept, not deleted), counted as dropped, and the next one is sent.
+- Anything else (5xx, 408, 429, 404 from a wrong URL, a proxy's HTML error page, connection errors): keep and retry
+  with exponential backoff and jitter.
+Before sending, a report is checked against the protocol here: one that could never be accepted is set aside
+without asking the collector, so a collector's 400/413/422 for a report we found valid is rare.
 """
 from __future__ import annotations
 
+import enum
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import requests
 
+from .protocol import MAX_REPORT_BYTES, Report
 from .spool import Spool
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_4XX = (408, 429)
+AUTH_REFUSED = (401, 403)
+REPORT_REFUSED = (400, 413, 422)
 
 
 class Backoff:
-    """Exponential backoff with full jitter (AWS architecture blog): sleep U(0, min(cap, base * 2**n))."""
+    """Exponential backoff with jitter: sleep U(c/2, c), c = min(cap, initial * 2**n) after n failures in a row."""
 
     def __init__(self, initial_s: float, max_s: float, rng: Optional[random.Random] = None):
         self.initial_s, self.max_s = initial_s, max_s
@@ -38,12 +51,67 @@ class Backoff:
         self.failures = 0
 
 
+class Verdict(enum.Enum):
+    STORED = "stored"              # remove from the spool
+    SET_ASIDE = "set aside"        # this report can never be accepted: quarantine it, count it as dropped
+    AUTH_REFUSED = "auth refused"  # the collector refuses our token: keep everything, back off, say so
+    RETRY = "retry"                # the collector, or the way to it, is down or misconfigured: keep, back off
+
+
+@dataclass(frozen=True)
+class Answer:
+    verdict: Verdict
+    detail: str  # one line for the journal and STATUS; never the token
+
+
+def judge(status: int, text: str) -> Answer:
+    """What one HTTP answer to a report POST means (pure: tested on literals)."""
+    answer = _json_object(text)
+    if status == 200:
+        if answer.get("status") in ("stored", "duplicate"):
+            return Answer(Verdict.STORED, answer["status"])
+        return Answer(Verdict.RETRY, "HTTP 200 without the collector's answer (is collector_url the collector?)")
+    said = f": {str(answer['detail'])[:200]}" if "detail" in answer else ""
+    if status in AUTH_REFUSED:
+        return Answer(Verdict.AUTH_REFUSED, f"the collector refuses this agent's token (HTTP {status}{said}); "
+                                            f"is its secret the one the token was minted from?")
+    if status in REPORT_REFUSED and "detail" in answer:
+        return Answer(Verdict.SET_ASIDE, f"HTTP {status}{said}")
+    if 400 <= status < 500 and not answer:
+        return Answer(Verdict.RETRY, f"HTTP {status}, not from the collector (is collector_url right?)")
+    return Answer(Verdict.RETRY, f"HTTP {status}{said}")
+
+
+def why_unacceptable(body: bytes) -> Optional[str]:
+    """Why the collector could never accept these spooled bytes (None when it can): checked before sending."""
+    if len(body) > MAX_REPORT_BYTES:
+        return f"{len(body)} bytes, over the protocol's {MAX_REPORT_BYTES}"
+    try:
+        Report.from_json(json.loads(body, parse_constant=_refuse_constant))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"not a valid report: {str(e)[:200]}"
+    return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass
 class FlushResult:
     sent: int = 0
-    rejected: int = 0
+    set_aside: int = 0
     retry_after: Optional[float] = None  # seconds until the next attempt, when delivery failed
-    error: str = ""
+    error: str = ""                      # why delivery failed, when it did
+    auth_refused: bool = False           # ... because the collector refuses our token
 
 
 class Sender:
@@ -58,8 +126,8 @@ class Sender:
         self.clock = clock
         self.not_before = 0.0  # monotonic time before which no attempt is made (backoff)
         self.sent_total = 0
-        self.rejected_total = 0
-        self.last_error = ""
+        self.set_aside_total = 0
+        self.last_error = ""   # the current delivery problem ("" while delivery works): journal and STATUS
 
     def ready(self) -> bool:
         return self.clock() >= self.not_before
@@ -83,44 +151,50 @@ class Sender:
         if not force and not self.ready():
             result.retry_after = self.not_before - self.clock()
             return result
-        while limit is None or result.sent + result.rejected < limit:
+        while limit is None or result.sent + result.set_aside < limit:
             item = spool.oldest()
             if item is None:
                 break
             seq, body = item
-            outcome = self._post(body)
-            if outcome == "stored":
+            unacceptable = why_unacceptable(body)
+            answer = Answer(Verdict.SET_ASIDE, unacceptable) if unacceptable else self._post(body)
+            if answer.verdict is Verdict.STORED:
                 spool.remove(seq)
                 result.sent += 1
                 self.sent_total += 1
-                self.backoff.reset()
-            elif outcome.startswith("rejected"):
-                log.error("collector rejected report seq %d for good (%s): dropped", seq, outcome)
-                spool.remove(seq, dropped=True)
-                result.rejected += 1
-                self.rejected_total += 1
+                self._recovered(len(spool))
+            elif answer.verdict is Verdict.SET_ASIDE:
+                where = spool.set_aside(seq, answer.detail)
+                log.error("report seq %d can never be accepted (%s): set aside to %s, counted as dropped",
+                          seq, answer.detail, where)
+                result.set_aside += 1
+                self.set_aside_total += 1
             else:
                 delay = self.backoff.next_delay()
                 self.not_before = self.clock() + delay
-                result.retry_after, result.error = delay, outcome
-                if outcome != self.last_error:
-                    log.warning("delivery failed (%s); %d reports spooled, retrying in %.1fs", outcome, len(spool), delay)
-                self.last_error = outcome
+                result.retry_after, result.error = delay, answer.detail
+                result.auth_refused = answer.verdict is Verdict.AUTH_REFUSED
+                if answer.detail != self.last_error:  # once per problem, not once per retry
+                    log.log(logging.ERROR if result.auth_refused else logging.WARNING,
+                            "delivery failing: %s; %d report(s) kept in the spool, retrying with backoff "
+                            "(next in %.1fs, at most every %gs)", answer.detail, len(spool), delay, self.backoff.max_s)
+                self.last_error = answer.detail
                 break
-        if not result.error:
-            self.last_error = ""
         return result
 
-    def _post(self, body: bytes) -> str:
+    def _recovered(self, backlog: int) -> None:
+        if self.last_error:
+            log.warning("delivery works again after %d failed attempt(s) (%s); sending the %d report(s) left",
+                        self.backoff.failures, self.last_error, backlog)
+            self.last_error = ""
+        self.backoff.reset()
+
+    def _post(self, body: bytes) -> Answer:
         try:
             r = self._session.post(self.url, data=body, timeout=(self.timeout_s, self.timeout_s))
         except requests.RequestException as e:
-            return f"connection error: {type(e).__name__}"
-        if r.status_code == 200:
-            return "stored"
-        if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
-            return f"rejected: HTTP {r.status_code} {r.text[:200]!r}"
-        return f"HTTP {r.status_code}"
+            return Answer(Verdict.RETRY, f"connection error: {type(e).__name__}")
+        return judge(r.status_code, r.text)
 
     def close(self) -> None:
         self._session.close()

@@ -1,11 +1,12 @@
 """The durable, bounded, ordered on-disk spool of reports, and the sequence counter that goes with it.
 
-Every report is written here before it is sent, and removed only after the collector answered, so a report made
-while the collector is down (or while agentd is killed) is sent later, in seq order. One file per report,
+Every report is written here before it is sent, and removed only after the collector stored it, so a report made
+while the collector is down, misconfigured (a wrong secret) or while agentd is killed is sent later, in seq order.
+A report the collector can never accept is moved to `quarantine/`, never deleted on the spot. One file per report,
 `<seq>.json`, written atomically: a SIGKILL leaves either the whole file or none (the torn temp is discarded).
 
 Sequence numbers: the next seq is max(counter file, highest spooled seq) + 1. The counter file is written only
-when a report file is about to be deleted (sent or dropped), and before that: whatever seq may have reached the
+when a report file is about to leave the spool (sent, set aside or dropped), and before that: whatever seq may have reached the
 collector is always covered by the counter or by a file still in the spool. So a crash never skips a seq (the
 collector would see a gap that never closes) and never hands the same seq to two different reports, and making a
 report costs one atomic write, not two (the drift-to-collector latency is mostly fsync).
@@ -27,11 +28,13 @@ from .protocol import SpoolState
 log = logging.getLogger(__name__)
 
 SUFFIX = ".json"
+QUARANTINE = "quarantine"  # reports the collector can never accept (sender.py), kept for an operator
 
 
 class Spool:
     def __init__(self, spool_dir: str, state_dir: str, max_reports: int, clock: Callable[[], float] = time.time):
         self.dir = spool_dir
+        self.quarantine_dir = os.path.join(spool_dir, QUARANTINE)
         self.max = max_reports
         self.clock = clock
         self._seq_path = os.path.join(state_dir, "seq")
@@ -88,10 +91,13 @@ class Spool:
         self._dropped += n
         atomic_write(self._dropped_path, b"%d\n" % self._dropped)
 
-    def _unlink(self, seq: int) -> None:
-        if seq > self._persisted_seq:  # the file is the seq's only record: persist the counter first
+    def _persist_counter_before_losing(self, seq: int) -> None:
+        if seq > self._persisted_seq:  # the spool file is the seq's only record: persist the counter first
             atomic_write(self._seq_path, b"%d\n" % self._last_seq)
             self._persisted_seq = self._last_seq
+
+    def _unlink(self, seq: int) -> None:
+        self._persist_counter_before_losing(seq)
         try:
             os.unlink(self._path(seq))
         except FileNotFoundError:
@@ -110,16 +116,44 @@ class Spool:
                     del self._entries[seq]
             return None
 
-    def remove(self, seq: int, dropped: bool = False) -> None:
-        """After the collector stored it (or rejected it for good: then it counts as dropped)."""
+    def remove(self, seq: int) -> None:
+        """After the collector stored it."""
         with self._lock:
             if self._entries.pop(seq, None) is None:
                 return
             self._unlink(seq)
-            if dropped:
-                self._count_dropped_locked(1)
         if not self._entries:
             fsync_dir(self.dir)
+
+    def set_aside(self, seq: int, reason: str) -> str:
+        """Move a report the collector can never accept to `<spool_dir>/quarantine/` (byte for byte, with a
+        `.reason` file beside it, so an operator can read and resend it), and count it as dropped. Returns its path.
+        The quarantine is bounded like the spool: beyond `max_reports` files, the oldest are deleted."""
+        with self._lock:
+            target = os.path.join(self.quarantine_dir, os.path.basename(self._path(seq)))
+            if self._entries.pop(seq, None) is None:
+                return target
+            os.makedirs(self.quarantine_dir, mode=0o700, exist_ok=True)
+            self._persist_counter_before_losing(seq)
+            atomic_write(target[: -len(SUFFIX)] + ".reason", reason.encode() + b"\n")
+            try:
+                os.replace(self._path(seq), target)
+            except FileNotFoundError:
+                pass
+            fsync_dir(self.quarantine_dir)
+            fsync_dir(self.dir)
+            self._count_dropped_locked(1)
+            self._bound_quarantine_locked()
+            return target
+
+    def _bound_quarantine_locked(self) -> None:
+        held = sorted(n for n in os.listdir(self.quarantine_dir) if n.endswith(SUFFIX))
+        for name in held[: max(0, len(held) - self.max)]:
+            for path in (name, name[: -len(SUFFIX)] + ".reason"):
+                try:
+                    os.unlink(os.path.join(self.quarantine_dir, path))
+                except FileNotFoundError:
+                    pass
 
     def state(self) -> SpoolState:
         with self._lock:

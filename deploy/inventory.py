@@ -15,7 +15,10 @@ import yaml
 from deploy.errors import CloneError
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parent / "fleet.yaml"
+# Names and key lines are checked with fullmatch, never match: "$" also matches before a trailing newline, so
+# "athena\n" would pass, and a newline inside an admin key would add a line of its own to authorized_keys.
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")  # same rule as agentd.protocol.AGENT_NAME
+SSH_PUBLIC_KEY = re.compile(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\r\n]*)?")  # type, base64, optional comment: one line
 NETWORK_MODES = ("bridge", "user")
 SECRET_SOURCES = ("file", "env", "command")
 # QEMU user networking's fixed addresses (net=10.0.2.0/24)
@@ -188,7 +191,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
 
     admin_keys = tuple(need(data.get("admins") or {}, "ssh_keys", "admins", list, []))
     for i, key in enumerate(admin_keys):
-        if not isinstance(key, str) or not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", key):
+        if not isinstance(key, str) or not SSH_PUBLIC_KEY.fullmatch(key):
             problems.append(f"admins.ssh_keys[{i}]: not an SSH public key line")
 
     sec = data.get("secrets") or {}
@@ -223,7 +226,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     seen_ports: dict[int, str] = {}
     for index, (name, a) in enumerate((need(data, "agents", "inventory", dict, {}) or {}).items()):
         where = f"agents.{name}"
-        if not AGENT_NAME.match(str(name)):
+        if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
             problems.append(f"{where}: name must match {AGENT_NAME.pattern}")
         agent = Agent(name=str(name), host=need(a, "host", where) or "", vcpu=need(a, "vcpu", where, int) or 1,
                       ram_gb=need(a, "ram_gb", where, (int, float)) or 0,

@@ -26,7 +26,9 @@ class Secret:
     __slots__ = ("_value",)
 
     def __init__(self, value: str):
-        self._value = str(value)
+        if not isinstance(value, str):  # str() of a YAML int or bool would be a different secret
+            raise TypeError("a Secret holds a string")
+        self._value = value
 
     def reveal(self) -> str:
         return self._value
@@ -124,8 +126,34 @@ def _from_yaml(raw: str, where: str) -> tuple[dict, dict]:
     if not isinstance(shared, dict) or not isinstance(agents, dict) or \
             not all(isinstance(v, dict) for v in agents.values()):
         raise CloneError(f"secrets ({where}): 'shared' must map keys to values, 'agents' agent names to such maps")
-    return ({k: str(v) for k, v in shared.items() if v is not None},
-            {a: {k: str(v) for k, v in m.items() if v is not None} for a, m in agents.items()})
+    _check_keys(agents, "agents", where)
+    return (_strings(shared, "shared", where),
+            {a: _strings(m, f"agents.{a}", where) for a, m in agents.items()})
+
+
+def _strings(mapping: dict, path: str, where: str) -> dict[str, str]:
+    """The non-empty values, which must be strings: YAML reads unquoted 012345 as the octal int 5349, yes as True,
+    12:30:00 as the sexagesimal int 45000, and str() of those is a different secret (a collector secret mangled
+    so makes every agent's token wrong). The error names the key and the source, never the value."""
+    _check_keys(mapping, path, where)
+    for key, value in mapping.items():
+        if value is not None and not isinstance(value, str):
+            raise CloneError(f"secrets ({where}): {path}.{key}: YAML reads this value as {_yaml_type(value)}, not "
+                             f"a string; quote it so it is used exactly as written")
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+def _check_keys(mapping: dict, path: str, where: str) -> None:
+    """Keys (agent names, secret names) are not secret; YAML turns an unquoted no/on/yes into a bool key."""
+    for key in mapping:
+        if not isinstance(key, str):
+            raise CloneError(f"secrets ({where}): {path}: the key {key!r} is read by YAML as {_yaml_type(key)}, "
+                             f"not a name; quote it")
+
+
+def _yaml_type(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}.get(
+        type(value), f"a {type(value).__name__}")  # date, datetime, bytes (!!binary)
 
 
 def _from_env(spec: SecretsSpec, agents: list[str]) -> tuple[dict, dict]:

@@ -104,12 +104,17 @@ def make_vm_tree(root: Path, agent: str = "athena", collector_url: str = "http:/
 
 
 class StubCollector:
-    """Stores reports by (agent, seq); `fail_with` makes it answer that status instead (e.g. 503)."""
+    """Stores reports by (agent, seq). `fail_with` makes it answer that status instead (e.g. 503), as the collector
+    does (JSON `{"detail": ...}`) or, with `fail_as_html`, as a web server that is not the collector;
+    `refuse` maps seqs to the status the collector answers for that report only (e.g. 422)."""
 
     def __init__(self) -> None:
         self.reports: Dict[Tuple[str, int], dict] = {}
         self.arrivals: List[Tuple[str, int, float]] = []
+        self.attempts: List[int] = []  # the seq of every POST, answered or not
         self.fail_with: Optional[int] = None
+        self.fail_as_html = False
+        self.refuse: Dict[int, int] = {}
         self.lock = threading.Lock()
         stub = self
 
@@ -120,13 +125,23 @@ class StubCollector:
             def do_POST(self):
                 if self.path != REPORTS_PATH:
                     return self._answer(404, {"detail": "not found"})
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    seq = json.loads(body).get("seq")
+                except (ValueError, AttributeError):
+                    seq = None
+                with stub.lock:
+                    stub.attempts.append(seq)
+                if stub.fail_with and stub.fail_as_html:
+                    return self._answer(stub.fail_with, "<html><body>It works!</body></html>")
                 if stub.fail_with:
                     return self._answer(stub.fail_with, {"detail": "failing on purpose"})
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
                     report = Report.from_json(json.loads(body))
                 except ValueError as e:
                     return self._answer(422, {"detail": str(e)})
+                if report.seq in stub.refuse:
+                    return self._answer(stub.refuse[report.seq], {"detail": "refused on purpose"})
                 auth = self.headers.get("Authorization", "")
                 if not auth.startswith("Bearer ") or not token_matches(SECRET, report.agent, auth[7:]):
                     return self._answer(401, {"detail": "bad token"})
@@ -138,9 +153,10 @@ class StubCollector:
                 self._answer(200, {"status": "duplicate" if duplicate else "stored"})
 
             def _answer(self, code, data):
-                raw = json.dumps(data).encode()
+                html = isinstance(data, str)
+                raw = data.encode() if html else json.dumps(data).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if html else "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
@@ -148,7 +164,7 @@ class StubCollector:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)  # quick close
         self.thread.start()
 
     def seqs(self, agent: str = "athena") -> List[int]:

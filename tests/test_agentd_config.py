@@ -26,6 +26,7 @@ def test_thresholds_from_config_override_only_the_named_check():
 @pytest.mark.parametrize("data, key", [
     ({"collector_url": "http://c"}, "agent"),
     ({"agent": "Bad Name", "collector_url": "http://c"}, "agent"),
+    ({"agent": "athena\n", "collector_url": "http://c"}, "agent"),  # "$" matches before a trailing newline
     ({"agent": "athena", "collector_url": "ftp://c"}, "collector_url"),
     ({"agent": "athena", "collector_url": "http://c", "interval_s": "often"}, "interval_s"),
     ({"agent": "athena", "collector_url": "http://c", "interval_s": 0}, "interval_s"),

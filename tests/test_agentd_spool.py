@@ -67,8 +67,24 @@ def test_a_full_spool_drops_the_oldest_and_counts_it_durably(tmp_path):
     assert again.state().dropped == 2 and again.append(report)["spool"]["dropped"] == 2
 
 
-def test_a_report_removed_as_rejected_counts_as_dropped(tmp_path):
+def test_a_report_set_aside_moves_to_the_quarantine_counts_as_dropped_and_its_seq_is_never_reused(tmp_path):
     spool = open_spool(tmp_path)
     spool.append(report)
-    spool.remove(1, dropped=True)
+    body = spool.oldest()[1]
+    where = spool.set_aside(1, "HTTP 422: seq: must be an integer")
+    assert where == str(tmp_path / "spool/quarantine" / ("%020d.json" % 1))
+    assert open(where, "rb").read() == body
+    assert "HTTP 422" in (tmp_path / "spool/quarantine" / ("%020d.reason" % 1)).read_text()
     assert spool.state().dropped == 1 and spool.oldest() is None
+    again = open_spool(tmp_path)  # the quarantine is not the spool: nothing to resend, and seq 1 stays used
+    assert len(again) == 0 and again.state().dropped == 1 and again.append(report)["seq"] == 2
+
+
+def test_the_quarantine_is_bounded_like_the_spool(tmp_path):
+    spool = open_spool(tmp_path, max_reports=2)
+    for seq in range(1, 5):
+        spool.append(report)
+        spool.set_aside(seq, "refused")
+    assert sorted(p.name for p in (tmp_path / "spool/quarantine").iterdir()) == [
+        "%020d.%s" % (seq, ext) for seq in (3, 4) for ext in ("json", "reason")]
+    assert spool.state().dropped == 4

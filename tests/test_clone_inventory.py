@@ -41,6 +41,13 @@ def test_capacity_view_matches_the_seeds_tables():
     ({"agents": {"athena": {"ram_gb": 40}}}, "hosts.r420: agents athena need 40 GB RAM, the host has 32 GB"),
     ({"agents": {"Zeus!": {"host": "r820", "vcpu": 1, "ram_gb": 1, "disk_gb": 1, "ip": "10.220.1.60"}}},
      "agents.Zeus!: name must match"),
+    ({"agents": {"zeus\n": {"host": "r820", "vcpu": 1, "ram_gb": 1, "disk_gb": 1, "ip": "10.220.1.60"}}},
+     "agents.zeus\n: name must match"),   # "$" matches before a trailing newline: names are full-matched
+    ({"agents": {True: {"host": "r820", "vcpu": 1, "ram_gb": 1, "disk_gb": 1, "ip": "10.220.1.60"}}},
+     "agents.True: name must match"),     # an unquoted yes/on in YAML
+    ({"admins": {"ssh_keys": ["ssh-ed25519 AAAAC3Nza admin@lab\nssh-ed25519 AAAAintruder eve@elsewhere"]}},
+     "admins.ssh_keys[0]: not an SSH public key line"),
+    ({"admins": {"ssh_keys": ["ssh-ed25519 AAAAC3Nza\n"]}}, "admins.ssh_keys[0]: not an SSH public key line"),
     ({"network": {"mode": "wifi"}}, "network.mode: 'wifi' is not one of"),
     ({"secrets": {"source": {"file": "/x", "env": "Y_"}}}, "secrets.source: needs exactly one of"),
 ])

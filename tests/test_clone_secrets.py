@@ -62,3 +62,54 @@ def test_failing_command_reports_its_stderr_not_its_stdout(tmp_path):
     with pytest.raises(CloneError, match="Decryption failed") as err:
         load_secrets(SecretsSpec(source="command", command=(sys.executable, str(script)), **SPEC), ["athena"])
     assert "leaked" not in str(err.value)
+
+
+@pytest.mark.parametrize("literal, yaml_type, coerced", [
+    ("012345", "an integer", "5349"),        # YAML 1.1 octal
+    ("yes", "a boolean", "True"),
+    ("12:30:00", "an integer", "45000"),     # YAML 1.1 sexagesimal
+    ("0x1F", "an integer", "31"),
+    ("3.14", "a number", "3.14"),
+    ("2026-11-28", "a date", "2026-11-28"),
+    ("[a, b]", "a list", "['a', 'b']"),
+])
+def test_clone_refuses_a_secret_yaml_reads_as_something_other_than_a_string(tmp_path, literal, yaml_type, coerced):
+    spec = _file(tmp_path, f"shared: {{collector_secret: {literal}, anthropic_api_key: a1}}\n"
+                           f"agents: {{athena: {{mattermost_bot_token: m-athena}}}}\n")
+    with pytest.raises(CloneError) as err:
+        load_secrets(spec, ["athena"])
+    message = str(err.value)
+    assert message == (f"secrets ({spec.file}): shared.collector_secret: YAML reads this value as {yaml_type}, "
+                       f"not a string; quote it so it is used exactly as written")
+    assert literal not in message and coerced not in message and "\n" not in message
+
+
+def test_a_quoted_secret_is_used_exactly_as_written(tmp_path):
+    spec = _file(tmp_path, "shared: {collector_secret: '012345', anthropic_api_key: \"yes\"}\n"
+                           "agents: {athena: {mattermost_bot_token: '12:30:00'}}\n")
+    got = load_secrets(spec, ["athena"])["athena"]
+    assert [got[k].reveal() for k in ("collector_secret", "anthropic_api_key", "mattermost_bot_token")] == [
+        "012345", "yes", "12:30:00"]
+
+
+def test_a_per_agent_secret_of_another_type_is_refused_from_a_command_too(tmp_path):
+    script = tmp_path / "vault.py"
+    script.write_text("print('shared: {collector_secret: c1, anthropic_api_key: a1}')\n"
+                      "print('agents: {athena: {mattermost_bot_token: 0755}}')\n")
+    spec = SecretsSpec(source="command", command=(sys.executable, str(script)), **SPEC)
+    with pytest.raises(CloneError, match=r"^secrets \(command .*python.*\): agents\.athena\.mattermost_bot_token: "
+                                         r"YAML reads this value as an integer") as err:
+        load_secrets(spec, ["athena"])
+    assert "0755" not in str(err.value) and "493" not in str(err.value)
+
+
+def test_an_agent_named_like_a_yaml_boolean_must_be_quoted_in_the_secrets(tmp_path):
+    spec = _file(tmp_path, "shared: {collector_secret: c1, anthropic_api_key: a1}\n"
+                           "agents: {no: {mattermost_bot_token: m-no}}\n")
+    with pytest.raises(CloneError, match=r"agents: the key False is read by YAML as a boolean, not a name; quote it"):
+        load_secrets(spec, ["no"])
+
+
+def test_a_secret_holds_only_a_string():
+    with pytest.raises(TypeError):
+        Secret(12345)
