@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
     sys.path.insert(0, str(_repo))
 
 from deploy import inventory as inventory_mod  # noqa: E402
-from deploy import plan  # noqa: E402
+from deploy import placement, plan  # noqa: E402
 from deploy.action import Action  # noqa: E402
 from deploy.context import Options  # noqa: E402
 from deploy.destroy import destroy  # noqa: E402
@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deploy/clone.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
     p.add_argument("agents", nargs="*", metavar="AGENT", help="agent names from the inventory")
-    p.add_argument("--inventory", type=Path, help="inventory YAML (default $AGENTFLEET_INVENTORY or deploy/fleet.yaml)")
+    p.add_argument("--inventory", type=Path, help="inventory YAML (default $AGENTFLEET_INVENTORY or deploy/fleet.yaml); "
+                   "- : one JSON line on standard input (the fleet tool's form)")
     p.add_argument("--overlay", type=Path, action="append", default=[],
                    help="YAML merged over the inventory (repeatable; default $AGENTFLEET_OVERLAY, colon-separated)")
     p.add_argument("--plan", action="store_true", help="print the capacity view per host and exit")
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
             raise CloneError("name at least one agent (or use --plan)")
         if args.purge_data and not args.destroy:
             raise CloneError("--purge-data only goes with --destroy")
+        if not args.destroy:  # removing a stray copy is allowed anywhere
+            placement.check(inv, args.agents)
         opts = Options(image=args.image, dry_run=args.dry_run, replace=args.replace, connect=args.connect,
                        health_timeout_s=args.health_timeout, unhealthy_grace_s=args.unhealthy_grace,
                        stop_timeout_s=args.stop_timeout)

@@ -3,8 +3,10 @@ dataclasses, and validated as a whole so every problem names its entry."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -20,7 +22,9 @@ DEFAULT_INVENTORY = Path(__file__).resolve().parent / "fleet.yaml"
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")  # same rule as agentd.protocol.AGENT_NAME
 SSH_PUBLIC_KEY = re.compile(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\r\n]*)?")  # type, base64, optional comment: one line
 NETWORK_MODES = ("bridge", "user")
-SECRET_SOURCES = ("file", "env", "command")
+SECRET_SOURCES = ("file", "env", "command", "stdin")  # stdin: the fleet tool sends them over SSH (docs/fleet.md)
+SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_-]*)@(?P<address>[A-Za-z0-9.:-]+)$")
+DEFAULT_AGENTFLEET_DIR = "/opt/agentfleet"
 # QEMU user networking's fixed addresses (net=10.0.2.0/24)
 USER_NET = ipaddress.ip_network("10.0.2.0/24")
 USER_GUEST_IP, USER_GATEWAY, USER_DNS = "10.0.2.15", "10.0.2.2", "10.0.2.3"
@@ -52,6 +56,23 @@ class SecretsSpec:
     command: tuple[str, ...] = ()
     shared: tuple[str, ...] = ()
     per_agent: tuple[str, ...] = ()
+    # our key -> the source's key, for a flat source such as the seed's Ansible Vault (`vault_openclaw_..._key`);
+    # "{agent}" in a per-agent key's name is replaced by the agent's name. Empty: the {shared, agents} shape.
+    key_map: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """How the fleet tool reaches a hypervisor, and where agentfleet lives there."""
+    user: str
+    address: str
+    port: int = 22
+    agentfleet_dir: str = DEFAULT_AGENTFLEET_DIR   # a path on the host, not resolved on the workstation
+    python: str = ""                               # default: <agentfleet_dir>/.venv/bin/python
+
+    @property
+    def host_python(self) -> str:
+        return self.python or f"{self.agentfleet_dir}/.venv/bin/python"
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,12 @@ class Host:
     state_dir: Path
     ram_gb: float
     disk_gb: float
+    ssh: Optional[SshTarget] = None    # None: reached only by running clone.py on it
+    images_dir: Optional[Path] = None  # published images on the host (default <storage_dir>/golden)
+
+    @property
+    def host_images_dir(self) -> Path:
+        return self.images_dir or self.storage_dir / "golden"
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,8 @@ def deep_merge(base: Any, over: Any) -> Any:
 
 def load(path: Optional[os.PathLike] = None, overlays: Sequence[os.PathLike] = ()) -> Inventory:
     """Read the inventory (default: $AGENTFLEET_INVENTORY or deploy/fleet.yaml) and overlays, validate, return it."""
+    if path is not None and str(path) == "-":
+        return _from_stdin()
     base = Path(path or os.environ.get("AGENTFLEET_INVENTORY") or DEFAULT_INVENTORY)
     if not overlays and os.environ.get("AGENTFLEET_OVERLAY"):
         overlays = [p for p in os.environ["AGENTFLEET_OVERLAY"].split(":") if p]
@@ -118,6 +147,18 @@ def load(path: Optional[os.PathLike] = None, overlays: Sequence[os.PathLike] = (
     for over in overlays:
         data = deep_merge(data, _read_yaml(Path(over)))
     return parse(data, base_dir=base.resolve().parent, sources=(str(base), *map(str, overlays)))
+
+
+def _from_stdin() -> Inventory:
+    """The fleet tool's form: one JSON line on standard input, already merged, every path absolute (the rest of the
+    stream is left for a `stdin` secrets source)."""
+    try:
+        data = json.loads(sys.stdin.readline())
+    except ValueError as e:
+        raise CloneError(f"inventory on standard input: not one JSON line ({e})") from None
+    if not isinstance(data, dict):
+        raise CloneError("inventory on standard input: must be a mapping")
+    return parse(data, base_dir=Path("/"), sources=("<stdin>",))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -204,11 +245,19 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     if kind == "command" and (not isinstance(command, list) or not command):
         problems.append("secrets.source.command: must be a non-empty argv list")
         command = ()
+    key_map = need(sec, "key_map", "secrets", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in key_map.items()):
+        problems.append("secrets.key_map: must map our key names to the source's key names")
+        key_map = {}
     secrets = SecretsSpec(source=kind, file=path(src["file"]) if kind == "file" else None,
                           env_prefix=src.get("env") or "AGENTFLEET_SECRET_" if kind == "env" else "AGENTFLEET_SECRET_",
                           command=tuple(map(str, command or ())),
                           shared=tuple(need(sec, "shared", "secrets", list, [])),
-                          per_agent=tuple(need(sec, "per_agent", "secrets", list, [])))
+                          per_agent=tuple(need(sec, "per_agent", "secrets", list, [])),
+                          key_map=tuple(key_map.items()))
+    unmapped = [k for k in (*secrets.shared, *secrets.per_agent) if key_map and k not in key_map]
+    if unmapped:
+        problems.append(f"secrets.key_map: no source key for {', '.join(unmapped)}")
     if "collector_secret" not in secrets.shared:
         problems.append("secrets.shared: must name collector_secret (agentd's token is minted from it)")
 
@@ -216,10 +265,14 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     hosts: dict[str, Host] = {}
     for name, h in (need(data, "hosts", "inventory", dict, {}) or {}).items():
         where = f"hosts.{name}"
+        images = need(h, "images_dir", where, str, None)
         hosts[name] = Host(name=name, uri=need(h, "uri", where) or "", storage_dir=path(need(h, "storage_dir", where)),
                            state_dir=path(need(h, "state_dir", where, str, default_state)),
                            ram_gb=need(h, "ram_gb", where, (int, float)) or 0,
-                           disk_gb=need(h, "disk_gb", where, (int, float), 0))
+                           disk_gb=need(h, "disk_gb", where, (int, float), 0),
+                           ssh=_ssh_target(h.get("ssh") if isinstance(h, Mapping) else None, where, problems),
+                           images_dir=path(images) if images else None)
+    _check_host_addresses(hosts, problems)
 
     agents: dict[str, Agent] = {}
     seen_ips: dict[str, str] = {}
@@ -247,6 +300,9 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
             problems.append(f"{where}.ip: {agent.ip!r} is not an IP address")
         if agent.ip in seen_ips:
             problems.append(f"{where}.ip: {agent.ip} duplicates agents.{seen_ips[agent.ip]}")
+        for host in hosts.values():
+            if host.ssh and host.ssh.address == agent.ip:
+                problems.append(f"{where}.ip: {agent.ip} is the address of hypervisor {host.name}")
         seen_ips.setdefault(agent.ip, agent.name)
         if agent.ssh_port is not None:
             if agent.ssh_port in seen_ports:
@@ -267,6 +323,45 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     return Inventory(network=network, services=services, admin_keys=admin_keys, secrets=secrets,
                      images_dir=path(data.get("images_dir") or "../build/images"), hosts=hosts, agents=agents,
                      sources=sources)
+
+
+def _ssh_target(raw: Any, where: str, problems: list[str]) -> Optional[SshTarget]:
+    """`ssh: root@10.220.1.7` or `ssh: {to: root@10.220.1.7, port: 22, agentfleet: /opt/agentfleet, python: ...}`."""
+    if raw is None:
+        return None
+    spec = {"to": raw} if isinstance(raw, str) else raw
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("to"), str):
+        problems.append(f"{where}.ssh: must be user@address or a mapping with 'to: user@address'")
+        return None
+    unknown = set(spec) - {"to", "port", "agentfleet", "python"}
+    if unknown:
+        problems.append(f"{where}.ssh: unknown key {sorted(unknown)[0]!r} (to, port, agentfleet, python)")
+    match = SSH_TARGET.match(spec["to"])
+    if not match:
+        problems.append(f"{where}.ssh.to: {spec['to']!r} is not user@address")
+        return None
+    port = spec.get("port", 22)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        problems.append(f"{where}.ssh.port: {port!r} is not a TCP port")
+        port = 22
+    agentfleet, python = spec.get("agentfleet", DEFAULT_AGENTFLEET_DIR), spec.get("python", "")
+    for key, value in (("agentfleet", agentfleet), ("python", python)):
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            problems.append(f"{where}.ssh.{key}: must be an absolute path on the host")
+    return SshTarget(user=match["user"], address=match["address"], port=port, agentfleet_dir=str(agentfleet),
+                     python=str(python))
+
+
+def _check_host_addresses(hosts: Mapping[str, Host], problems: list[str]) -> None:
+    """Two inventory hosts reached at one address and port would be one machine holding two identities."""
+    seen: dict[tuple[str, int], str] = {}
+    for host in hosts.values():
+        if host.ssh is None:
+            continue
+        key = (host.ssh.address, host.ssh.port)
+        if key in seen:
+            problems.append(f"hosts.{host.name}.ssh: {host.ssh.address}:{host.ssh.port} is also hosts.{seen[key]}")
+        seen.setdefault(key, host.name)
 
 
 def check_unique_names(raw_yaml: str, where: str) -> None:

@@ -1,14 +1,17 @@
-"""Secrets for the clone, read from the source the inventory names: a 0600 YAML file, environment variables, or a
-command whose output is YAML (e.g. `ansible-vault view`). Values are wrapped in Secret so repr/str/format mask them;
+"""Secrets for the clone, read from the source the inventory names: a 0600 YAML file, environment variables, a
+command whose output is YAML (e.g. `ansible-vault view`), or standard input (what the fleet tool sends over SSH). Values are wrapped in Secret so repr/str/format mask them;
 only `reveal()` gives the value, and only the injection calls it.
 
 YAML shape (file and command): {shared: {key: value}, agents: {<agent>: {key: value}}}.
-Environment: <prefix><KEY> for shared keys, <prefix><AGENT>_<KEY> for per-agent keys (upper case)."""
+Environment: <prefix><KEY> for shared keys, <prefix><AGENT>_<KEY> for per-agent keys (upper case).
+With a key map in the inventory (secrets.key_map), the file or command holds one flat mapping instead, such as the
+seed's Ansible Vault (`vault_openclaw_anthropic_api_key: ...`), and the map names the source key of each of ours."""
 from __future__ import annotations
 
 import os
 import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -66,8 +69,11 @@ def load_secrets(spec: SecretsSpec, agents: Iterable[str]) -> dict[str, AgentSec
     if spec.source == "env":
         shared, per_agent = _from_env(spec, agents)
     else:
-        raw = _read_file(spec) if spec.source == "file" else _run_command(spec)
-        shared, per_agent = _from_yaml(raw, where=_where(spec))
+        raw = {"file": _read_file, "command": _run_command, "stdin": _read_stdin}[spec.source](spec)
+        if spec.key_map:
+            shared, per_agent = _from_flat(raw, spec, agents)
+        else:
+            shared, per_agent = _from_yaml(raw, where=_where(spec))
     missing = [f"shared.{k}" for k in spec.shared if not shared.get(k)]
     out: dict[str, AgentSecrets] = {}
     for agent in agents:
@@ -86,7 +92,14 @@ def _where(spec: SecretsSpec) -> str:
         return str(spec.file)
     if spec.source == "env":
         return f"environment {spec.env_prefix}*"
+    if spec.source == "stdin":
+        return "standard input"
     return f"command {spec.command[0]}"
+
+
+def _read_stdin(spec: SecretsSpec) -> str:
+    """What is left of standard input (the fleet tool sends the inventory line first, then this)."""
+    return sys.stdin.read()
 
 
 def _read_file(spec: SecretsSpec) -> str:
@@ -154,6 +167,23 @@ def _check_keys(mapping: dict, path: str, where: str) -> None:
 def _yaml_type(value: object) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}.get(
         type(value), f"a {type(value).__name__}")  # date, datetime, bytes (!!binary)
+
+
+def _from_flat(raw: str, spec: SecretsSpec, agents: list[str]) -> tuple[dict, dict]:
+    """A flat mapping read through the key map; `{agent}` in a per-agent source key is the agent's name."""
+    where = _where(spec)
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError:
+        raise CloneError(f"secrets ({where}): not valid YAML") from None
+    if not isinstance(data, dict):
+        raise CloneError(f"secrets ({where}): must be a flat mapping of the keys named in secrets.key_map")
+    key_map = dict(spec.key_map)
+    value = lambda key: None if data.get(key) is None else str(data[key])  # noqa: E731
+    shared = {k: value(key_map[k]) for k in spec.shared if value(key_map[k])}
+    per_agent = {a: {k: value(key_map[k].replace("{agent}", a)) for k in spec.per_agent
+                     if value(key_map[k].replace("{agent}", a))} for a in agents}
+    return shared, per_agent
 
 
 def _from_env(spec: SecretsSpec, agents: list[str]) -> tuple[dict, dict]:

@@ -1,0 +1,6 @@
+"""python -m deploy.fleet: see deploy/fleet/cli.py."""
+import sys
+
+from deploy.fleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""python -m deploy.fleet: drive every hypervisor of the inventory from this workstation over SSH.
+
+  trust HOST...            pin a host's SSH keys (first contact; --replace after a reinstall)
+  setup HOST...            prepare a hypervisor: identity file, dirs, bridge check, clone-side packages
+  doctor                   is every host ready? (exit 0 ready, 1 not)
+  status                   every agent: host, domain, image on disk, collector health, drift, differences
+  push [VERSION]           send a published image to every host lacking it (resumable, verified, manifest last)
+  clone|replace|rollback|destroy AGENT...   deploy/clone.py on each agent's host, hosts in parallel
+
+Exit codes: 0 done/ready; 1 not ready or not converged (doctor, status); 2 an error (one line per host or agent on
+stderr; the other hosts' work completes); 3 a replace that rolled back. docs/fleet.md has the details."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from deploy import inventory as inventory_mod
+from deploy.errors import CloneError
+from deploy.fleet import doctor as doctor_mod
+from deploy.fleet import status as status_mod
+from deploy.fleet.errors import FleetError
+from deploy.fleet.ssh import Ssh, SshConfig, fingerprints, trust
+from deploy.images import find_image
+from deploy.inventory import Host, Inventory
+
+log = logging.getLogger("fleet")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--inventory", type=Path, help="inventory YAML (default $AGENTFLEET_INVENTORY or "
+                                                      "deploy/fleet.yaml)")
+    common.add_argument("--overlay", type=Path, action="append", default=[], help="YAML merged over it (repeatable)")
+    common.add_argument("--host", action="append", default=[], metavar="HOST", help="only these hosts (repeatable)")
+    common.add_argument("--identity", type=Path, help="SSH private key (default $AGENTFLEET_SSH_IDENTITY or yours)")
+    common.add_argument("--accept-new", action="store_true", help="pin the key of a host never contacted before")
+    common.add_argument("--json", action="store_true", help="print results as JSON")
+    common.add_argument("-v", "--verbose", action="store_true")
+
+    p = argparse.ArgumentParser(prog="python -m deploy.fleet", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("trust", parents=[common], help="pin hosts' SSH keys")
+    s.add_argument("hosts", nargs="+", metavar="HOST")
+    s.add_argument("--replace", action="store_true", help="replace keys pinned before (after a reinstall)")
+    s = sub.add_parser("doctor", parents=[common], help="is every host ready?")
+    s.add_argument("--min-free-gb", type=float, default=20, help="free space the storage dir needs (default 20)")
+    s = sub.add_parser("status", parents=[common], help="every agent's state across the fleet")
+    s.add_argument("--collector", metavar="URL", help="collector API URL (default services.collector_api_url)")
+    _add_late_commands(sub, common)
+    return p
+
+
+def _add_late_commands(sub, common) -> None:
+    """push, clone/replace/rollback/destroy and setup (their modules import lazily)."""
+    s = sub.add_parser("push", parents=[common], help="send a published image to every host lacking it")
+    s.add_argument("version", nargs="?", help="image version (default: the newest published here)")
+    s.add_argument("--limit-mbps", type=float, default=0, help="cap each host's stream (MB/s; default none)")
+    for name, what in (("clone", "clone (or start) agents"), ("replace", "upgrade agents to --image, roll back if "
+                                                                          "unhealthy"),
+                       ("rollback", "go back to the previous image"), ("destroy", "remove agents' VMs")):
+        s = sub.add_parser(name, parents=[common], help=what)
+        s.add_argument("agents", nargs="+", metavar="AGENT")
+        s.add_argument("--image", help="image version on the hosts (default: their newest)")
+        s.add_argument("--dry-run", action="store_true", help="print what each host would do; touch nothing")
+        s.add_argument("--timeout", type=float, default=3600, help="hard limit per host call (s, default 3600)")
+        if name == "destroy":
+            s.add_argument("--purge-data", action="store_true", help="delete the data disks too")
+    s = sub.add_parser("setup", parents=[common], help="prepare hypervisors for agentfleet")
+    s.add_argument("hosts", nargs="+", metavar="HOST")
+    s.add_argument("--no-packages", action="store_true", help="do not apt-get install the clone's packages")
+    s.add_argument("--rename", action="store_true", help="change a host's identity file written before")
+
+
+def select_hosts(inv: Inventory, wanted: list[str]) -> list[Host]:
+    unknown = [h for h in wanted if h not in inv.hosts]
+    if unknown:
+        raise FleetError(f"{unknown[0]}: not a host of the inventory ({', '.join(inv.hosts)})")
+    return [inv.hosts[h] for h in (wanted or inv.hosts)]
+
+
+def newest_version(inv: Inventory) -> Optional[str]:
+    try:
+        return find_image(inv.images_dir).version
+    except CloneError:
+        return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="fleet: %(message)s",
+                        stream=sys.stderr)
+    try:
+        inv = inventory_mod.load(args.inventory, args.overlay)
+        ssh = Ssh(SshConfig.default(args.identity, args.accept_new))
+        return COMMANDS[args.command](args, inv, ssh)
+    except (FleetError, CloneError) as e:
+        print(f"fleet: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fleet: interrupted; run the same command again to converge", file=sys.stderr)
+        return 130
+
+
+def cmd_trust(args, inv: Inventory, ssh: Ssh) -> int:
+    failed = 0
+    for host in select_hosts(inv, args.hosts):
+        try:
+            lines = trust(ssh.config, host, args.replace)
+        except FleetError as e:
+            print(f"fleet: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        ssh.close(host)   # a master opened under the old key must not outlive it
+        for fp in fingerprints(lines):
+            print(f"{host.name}: pinned {fp}")
+    return 2 if failed else 0
+
+
+def cmd_doctor(args, inv: Inventory, ssh: Ssh) -> int:
+    reports = doctor_mod.doctor(ssh, select_hosts(inv, args.host), args.min_free_gb, newest_version(inv))
+    print(json.dumps([r.to_json() for r in reports], indent=2) if args.json else doctor_mod.render(reports))
+    return 0 if all(r.ready for r in reports) else 1
+
+
+def cmd_status(args, inv: Inventory, ssh: Ssh) -> int:
+    st = status_mod.status(ssh, inv, select_hosts(inv, args.host), args.collector or inv.services.collector_api_url)
+    print(json.dumps(st.to_json(), indent=2) if args.json else status_mod.render(st))
+    return 0 if st.converged else 1
+
+
+def cmd_push(args, inv: Inventory, ssh: Ssh) -> int:
+    from deploy.fleet import push
+    return push.main(args, inv, ssh, select_hosts(inv, args.host))
+
+
+def cmd_remote_clone(args, inv: Inventory, ssh: Ssh) -> int:
+    from deploy.fleet import remote_clone
+    return remote_clone.main(args, inv, ssh)
+
+
+def cmd_setup(args, inv: Inventory, ssh: Ssh) -> int:
+    from deploy.fleet import setup
+    return setup.main(args, inv, ssh, select_hosts(inv, args.hosts))
+
+
+COMMANDS = {"trust": cmd_trust, "doctor": cmd_doctor, "status": cmd_status, "push": cmd_push,
+            "clone": cmd_remote_clone, "replace": cmd_remote_clone, "rollback": cmd_remote_clone,
+            "destroy": cmd_remote_clone, "setup": cmd_setup}

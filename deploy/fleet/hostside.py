@@ -1,0 +1,332 @@
+"""What the fleet tool runs on a hypervisor (`python -m deploy.fleet.hostside STEP ...` over SSH): small steps that
+read or change only this host and answer one JSON object on stdout. The inventory is not needed here: the
+workstation sends each step the paths and names it needs. Errors: one line on stderr, exit code 2.
+
+Steps: probe (doctor's facts), agents (status's facts), push-begin / push-receive / push-publish (an image arriving
+in pieces, verified, published manifest last), setup (prepare a fresh hypervisor)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+HOST_FILE = Path("/etc/agentfleet/host")
+CODE_DIRS = ("deploy", "host", "agentd", "bake")     # what a clone on the host imports
+CHUNK = 1 << 20
+PART = ".part"          # an image file being received: `.agent-<v>.qcow2.part`, never matched by the clone's globs
+
+
+class HostStepError(Exception):
+    """A step's failure on this host: one line, the workstation prefixes the host's name."""
+
+
+def code_version(root: Path) -> str:
+    """A hash of the agentfleet code the clone runs (its .py files), equal on the workstation and a host that
+    holds the same checkout: doctor's "expected version"."""
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for path in sorted((root / d).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def host_file() -> Path:
+    return Path(os.environ.get("AGENTFLEET_HOST_FILE") or HOST_FILE)
+
+
+def published(images: Path) -> list[str]:
+    """Versions whose manifest is in place (a qcow2 without its manifest is not published)."""
+    out = []
+    for manifest in sorted(images.glob("agent-*.manifest.json"), key=lambda p: p.stat().st_mtime):
+        version = manifest.name[len("agent-"):-len(".manifest.json")]
+        if (images / f"agent-{version}.qcow2").exists():
+            out.append(version)
+    return out
+
+
+def free_bytes(path: Path) -> int:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+# ------------------------------------------------------------------------------------------------------- probe
+def probe(args) -> dict:
+    facts: dict = {"agentfleet": code_version(Path.cwd()), "host_file": str(host_file())}
+    try:
+        facts["identity"] = host_file().read_text().strip()
+    except OSError:
+        facts["identity"] = None
+    facts["libvirt"] = _libvirt_check(args.uri)
+    facts["kvm"] = _kvm()
+    storage = Path(args.storage)
+    facts["storage_dir"] = str(storage)
+    facts["storage_exists"] = storage.is_dir()
+    facts["free_bytes"] = free_bytes(storage)
+    facts["images"] = published(Path(args.images)) if Path(args.images).is_dir() else []
+    return facts
+
+
+def _libvirt_check(uri: str) -> dict:
+    try:
+        import libvirt
+    except ImportError:
+        return {"ok": False, "detail": "python3-libvirt is not installed"}
+    try:
+        libvirt.registerErrorHandler(lambda *_: None, None)
+        conn = libvirt.openReadOnly(uri)
+        try:
+            return {"ok": True, "detail": f"{uri}: {conn.getType()} {conn.getLibVersion()}"}
+        finally:
+            conn.close()
+    except libvirt.libvirtError as e:
+        return {"ok": False, "detail": f"{uri}: {str(e).splitlines()[0]}"}
+
+
+def _kvm() -> dict:
+    """Cheap facts only (doctor must be fast): the accelerator override, the probe's cached verdict, /dev/kvm."""
+    forced = os.environ.get("AGENTFLEET_ACCEL")
+    if forced:
+        return {"accel": forced, "detail": f"AGENTFLEET_ACCEL={forced}"}
+    cache = Path(os.environ.get("AGENTFLEET_ACCEL_CACHE") or "/var/cache/agentfleet/accel.json")
+    try:
+        cached = json.loads(cache.read_text())
+        return {"accel": cached.get("accel", "?"), "detail": cached.get("reason", "") + " (cached verdict)"}
+    except (OSError, ValueError):
+        pass
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return {"accel": "kvm?", "detail": "/dev/kvm present, not probed yet (the first clone probes it)"}
+    return {"accel": "tcg", "detail": "/dev/kvm missing: guests run under TCG (slow)"}
+
+
+# ------------------------------------------------------------------------------------------------------ agents
+def agents(args) -> dict:
+    """Every agent this host holds state for (placed here or not) and every domain libvirt knows here."""
+    state_dir = Path(args.state_dir)
+    held = {}
+    for path in sorted(state_dir.glob("*/state.json")) if state_dir.is_dir() else []:
+        try:
+            st = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        current = st.get("current") or {}
+        held[path.parent.name] = {"image_version": current.get("image_version", ""),
+                                  "previous": (st.get("previous") or {}).get("image_version", "")}
+    domains = {}
+    try:
+        import libvirt
+        libvirt.registerErrorHandler(lambda *_: None, None)
+        conn = libvirt.openReadOnly(args.uri)
+        try:
+            names = {d.name(): d for d in conn.listAllDomains()}
+            for name in set(held) | set(args.names or []):
+                dom = names.get(name)
+                domains[name] = _STATE.get(dom.state()[0], "other") if dom else "absent"
+        finally:
+            conn.close()
+        libvirt_error = ""
+    except Exception as e:  # libvirt missing or down: report it, keep what the state dir says
+        libvirt_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return {"held": held, "domains": domains, "libvirt_error": libvirt_error}
+
+
+_STATE = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shut off", 6: "crashed",
+          7: "suspended"}
+
+
+# -------------------------------------------------------------------------------------------------------- push
+def _part(images: Path, name: str) -> Path:
+    return images / f".{name}{PART}"
+
+
+def _check_name(name: str) -> str:
+    if "/" in name or not name.startswith("agent-") or name.startswith("."):
+        raise HostStepError(f"not an image file name: {name!r}")
+    return name
+
+
+def push_begin(args) -> dict:
+    """What is already here for this version: published or not, the bytes of each partial file, free space."""
+    images = Path(args.images)
+    images.mkdir(parents=True, exist_ok=True)
+    have = {}
+    for name in args.files:
+        _check_name(name)
+        part = _part(images, name)
+        have[name] = part.stat().st_size if part.exists() else 0
+    return {"published": args.version in published(images), "partial": have, "free_bytes": free_bytes(images)}
+
+
+def push_receive(args) -> dict:
+    """Append standard input to the partial file from `offset` (what the host said it had); fsync'd on the way."""
+    images = Path(args.images)
+    part = _part(images, _check_name(args.name))
+    received = 0
+    with open(part, "ab") as f:
+        if f.tell() < args.offset:
+            raise HostStepError(f"{part.name} has {f.tell()} bytes, the sender resumes at {args.offset}")
+        f.truncate(args.offset)
+        f.seek(args.offset)
+        stdin = sys.stdin.buffer
+        try:
+            while chunk := stdin.read1(CHUNK):
+                f.write(chunk)
+                received += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            raise HostStepError(f"writing {part}: {e.strerror} after {received} bytes (kept; push again resumes)")
+    return {"received": received, "size": args.offset + received}
+
+
+def push_publish(args) -> dict:
+    """Verify the qcow2 against the manifest's sha256 and size, then rename the files in, manifest last."""
+    images = Path(args.images)
+    manifest_bytes = sys.stdin.buffer.read()
+    try:
+        manifest = json.loads(manifest_bytes)
+        expected = manifest["qcow2"]["sha256"]
+        expected_size = int(manifest["qcow2"]["size"])
+    except (ValueError, KeyError, TypeError):
+        raise HostStepError("the manifest sent has no qcow2 sha256 and size") from None
+    version = args.version
+    qcow2 = _part(images, f"agent-{version}.qcow2")
+    if not qcow2.exists():
+        raise HostStepError(f"{qcow2.name}: nothing received")
+    size = qcow2.stat().st_size
+    if size != expected_size:
+        raise HostStepError(f"{qcow2.name}: {size} bytes, the manifest says {expected_size}; push again to resume")
+    h = hashlib.sha256()
+    with open(qcow2, "rb") as f:
+        while chunk := f.read(4 * CHUNK):
+            h.update(chunk)
+    if h.hexdigest() != expected:
+        qcow2.unlink()                    # a corrupted copy must not be resumed from either
+        raise HostStepError(f"agent-{version}.qcow2: sha256 {h.hexdigest()[:12]}... differs from the manifest's "
+                            f"{expected[:12]}...; the corrupted copy was removed, push again")
+    for extra in args.extra:              # the OpenClaw schema, before the image is visible
+        part = _part(images, _check_name(extra))
+        if part.exists():
+            os.replace(part, images / extra)
+    os.chmod(qcow2, 0o644)                # libvirt's QEMU user reads the backing file
+    os.replace(qcow2, images / f"agent-{version}.qcow2")
+    tmp = images / f".agent-{version}.manifest.json.tmp"
+    with open(tmp, "wb") as f:
+        f.write(manifest_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, images / f"agent-{version}.manifest.json")   # last: now the version is published
+    dirfd = os.open(images, os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+    return {"published": version, "sha256": expected}
+
+
+# ------------------------------------------------------------------------------------------------------- setup
+CLONE_PACKAGES = ("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "python3-libvirt",
+                  "python3-guestfs", "libguestfs-tools", "linux-image-amd64", "python3-venv", "openssh-client",
+                  "netcat-openbsd")
+
+
+def setup(args) -> dict:
+    """Prepare this hypervisor: packages (clone side only), the bridge check, the identity file, the dirs."""
+    done = []
+    if args.packages:
+        missing = [p for p in CLONE_PACKAGES if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p],
+                                                               capture_output=True, text=True).stdout
+                   != "install ok installed"]
+        if missing:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                                                        *missing]):
+                proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+                if proc.returncode != 0:
+                    raise HostStepError(f"{' '.join(argv[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            done.append(f"installed {' '.join(missing)}")
+    if args.bridge and not Path("/sys/class/net", args.bridge).exists():
+        raise HostStepError(f"bridge {args.bridge} does not exist; create it (Debian: /etc/network/interfaces "
+                            f"`auto {args.bridge}` / `iface {args.bridge} inet static` with `bridge_ports <nic>`; "
+                            f"Ubuntu: a netplan `bridges: {{{args.bridge}: {{interfaces: [<nic>]}}}}`) and run setup again")
+    path = host_file()
+    current = path.read_text().strip() if path.exists() else None
+    if current and current != args.name and not args.rename:
+        raise HostStepError(f"{path} says this host is {current!r}, not {args.name!r} (--rename to change it)")
+    if current != args.name:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(args.name + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        done.append(f"wrote {path}")
+    for d, mode in ((args.storage, 0o711), (args.images, 0o755), (args.state_dir, 0o700)):
+        p = Path(d)
+        if not p.is_dir():
+            p.mkdir(parents=True, mode=mode)
+            done.append(f"made {p}")
+        os.chmod(p, mode)   # storage: QEMU's user traverses it; images: reads them; state: host keys, root only
+    return {"host": args.name, "done": done}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deploy.fleet.hostside", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="step", required=True)
+    s = sub.add_parser("probe")
+    s.add_argument("--uri", required=True)
+    s.add_argument("--storage", required=True)
+    s.add_argument("--images", required=True)
+    s = sub.add_parser("agents")
+    s.add_argument("--uri", required=True)
+    s.add_argument("--state-dir", required=True)
+    s.add_argument("names", nargs="*")
+    s = sub.add_parser("push-begin")
+    s.add_argument("--images", required=True)
+    s.add_argument("--version", required=True)
+    s.add_argument("files", nargs="+")
+    s = sub.add_parser("push-receive")
+    s.add_argument("--images", required=True)
+    s.add_argument("--name", required=True)
+    s.add_argument("--offset", type=int, required=True)
+    s = sub.add_parser("push-publish")
+    s.add_argument("--images", required=True)
+    s.add_argument("--version", required=True)
+    s.add_argument("extra", nargs="*")
+    s = sub.add_parser("setup")
+    s.add_argument("--name", required=True)
+    s.add_argument("--storage", required=True)
+    s.add_argument("--images", required=True)
+    s.add_argument("--state-dir", required=True)
+    s.add_argument("--bridge", default="")
+    s.add_argument("--packages", action="store_true")
+    s.add_argument("--rename", action="store_true")
+    return p
+
+
+STEPS = {"probe": probe, "agents": agents, "push-begin": push_begin, "push-receive": push_receive,
+         "push-publish": push_publish, "setup": setup}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        print(json.dumps(STEPS[args.step](args)))
+        return 0
+    except HostStepError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Real hypervisors for the fleet tests: one OpenSSH server per simulated host, on its own loopback address
+(127.0.0.0/8) and port, with its own host key, storage, state and images dirs and its own identity file
+(`/etc/agentfleet/host` is AGENTFLEET_HOST_FILE, set for its sessions by sshd's SetEnv). Root logs in with a key the
+test generated; the host side runs this same checkout (every host's `agentfleet` path is the repo)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = "/usr/sbin/sshd"
+PYTHON = sys.executable
+
+
+@dataclass
+class SimHost:
+    name: str
+    address: str
+    port: int
+    root: Path                         # this host's private tree
+    process: Optional[subprocess.Popen] = None
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def images(self) -> Path:
+        return self.storage / "golden"
+
+    @property
+    def host_file(self) -> Path:
+        return self.root / "etc" / "host"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "sshd.log"
+
+    def stop(self) -> None:
+        """Down like a powered-off machine: the listener and every open connection (masters included)."""
+        if self.process and self.process.poll() is None:
+            doomed = descendants(self.process.pid)
+            self.process.kill()
+            self.process.wait(10)
+            for pid in doomed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.root / "sshd_config"), "-E", str(self.log)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((self.address, self.port), 0.2):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd for {self.name} exited: {self.log.read_text()[-500:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd for {self.name} did not listen on {self.address}:{self.port}")
+
+    def inventory_entry(self, *, uri: str = "test:///default", python: str = PYTHON) -> dict:
+        return {"ssh": {"to": f"root@{self.address}", "port": self.port, "agentfleet": str(REPO), "python": python},
+                "uri": uri, "storage_dir": str(self.storage), "state_dir": str(self.state), "ram_gb": 64,
+                "disk_gb": 100}
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def short_dir() -> str:
+    """A control dir short enough for SSH master sockets (pytest's tmp paths are not)."""
+    return tempfile.mkdtemp(prefix="afc-", dir="/tmp")
+
+
+def keygen(path: Path, comment: str) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    return path
+
+
+@dataclass
+class Lab:
+    """N simulated hypervisors and the workstation's side: its key, fleet dir (known_hosts) and control dir."""
+    work: Path
+    hosts: dict[str, SimHost]
+    client_key: Path
+    fleet_dir: Path
+    control_dir: Path
+    env: dict = field(default_factory=dict)
+
+    def overlay(self, agents: dict | None = None, **extra) -> Path:
+        """An inventory overlay placing the lab's hosts (and the agents given) over deploy/fleet.yaml."""
+        data = {"network": {"mode": "user"}, "hosts": {n: h.inventory_entry() for n, h in self.hosts.items()},
+                "agents": agents or {}, **extra}
+        path = self.work / "overlay.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def fleet(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`python -m deploy.fleet ...` as a real process, as a user runs it."""
+        return subprocess.run([PYTHON, "-m", "deploy.fleet", *args], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, **self.env, **(env or {})}, timeout=timeout)
+
+
+def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2) -> Lab:
+    Path("/run/sshd").mkdir(exist_ok=True)              # sshd's privilege separation dir
+    client_key = keygen(work / "workstation_key", "fleet-tests")
+    hosts = {}
+    for i, name in enumerate(names):
+        address = f"127.0.{(first_address + i) // 250}.{(first_address + i) % 250 + 2}"
+        root = work / name
+        (root / "etc").mkdir(parents=True)
+        for d in ("storage/golden", "state"):
+            (root / d).mkdir(parents=True)
+        host = SimHost(name, address, free_port(address), root)
+        host.host_file.write_text(name + "\n")
+        keygen(root / "ssh_host_ed25519_key", name)
+        shutil.copy(client_key.with_suffix(".pub"), root / "authorized_keys")
+        (root / "sshd_config").write_text("\n".join([
+            f"ListenAddress {address}:{host.port}",
+            f"HostKey {root / 'ssh_host_ed25519_key'}",
+            f"PidFile {root / 'sshd.pid'}",
+            f"AuthorizedKeysFile {root / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", "MaxSessions 64", "MaxStartups 64", "LogLevel VERBOSE",
+            f"SetEnv AGENTFLEET_HOST_FILE={host.host_file}",
+            "Subsystem sftp internal-sftp", ""]))
+        host.start()
+        hosts[name] = host
+    fleet_dir = work / "fleet"
+    control = Path(short_dir())
+    lab = Lab(work, hosts, client_key, fleet_dir, control)
+    lab.env = {"AGENTFLEET_FLEET_DIR": str(fleet_dir), "AGENTFLEET_SSH_CONTROL_DIR": str(control),
+               "AGENTFLEET_SSH_IDENTITY": str(client_key), "AGENTFLEET_INVENTORY": str(REPO / "deploy/fleet.yaml")}
+    return lab
+
+
+@contextlib.contextmanager
+def running_lab(work: Path, names: tuple[str, ...], first_address: int = 2) -> Iterator[Lab]:
+    lab = start_lab(work, names, first_address)
+    try:
+        yield lab
+    finally:
+        for host in lab.hosts.values():
+            host.stop()
+        shutil.rmtree(lab.control_dir, ignore_errors=True)
