@@ -15,7 +15,7 @@ from typing import Optional, TextIO
 
 from bake.appliance import appliance
 from bake.errors import BakeError
-from bake.run import run
+from host.run import run
 
 ROOT_LABEL = "agent-root"
 PART_OFFSET = 1 << 20  # the partition starts at 1 MiB, grub's core.img lives before it

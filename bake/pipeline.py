@@ -15,9 +15,9 @@ from bake.errors import BakeError
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
 from bake.progress import Progress
-from bake.run import run
 from bake.spec import Spec, load_spec
 from bake.verify import verify_image
+from host.run import CommandFailed, run
 
 MIN_FREE_GB = 12
 
@@ -113,7 +113,7 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
         if e.errno == errno.ENOSPC:
             raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
         raise
-    except BakeError as e:
+    except (BakeError, CommandFailed) as e:  # a command's failure becomes the bake's, naming the log
         raise BakeError(f"{e} (log: {progress.log_path})") from None
     finally:
         if ok or not keep_work:

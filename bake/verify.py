@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from bake.appliance import appliance
-from bake.run import run
+from host.run import run
 
 AGENTD_WANTS = "/etc/systemd/system/multi-user.target.wants/agentd.service"
 PLUGINS_WANTS = "/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service"
