@@ -17,7 +17,8 @@ from bake.lock import Lock, check_lock
 from bake.progress import Progress
 from bake.spec import Spec, load_spec
 from bake.verify import verify_image
-from host.run import CommandFailed, run
+from host.errors import HostError
+from host.run import run
 
 MIN_FREE_GB = 12
 
@@ -113,7 +114,7 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
         if e.errno == errno.ENOSPC:
             raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
         raise
-    except (BakeError, CommandFailed) as e:  # a command's failure becomes the bake's, naming the log
+    except (BakeError, HostError) as e:  # a host tool's failure becomes the bake's, naming the log
         raise BakeError(f"{e} (log: {progress.log_path})") from None
     finally:
         if ok or not keep_work:

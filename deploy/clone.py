@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
 from deploy import inventory as inventory_mod  # noqa: E402
 from deploy import plan, provision  # noqa: E402
 from deploy.errors import CloneError, RolledBack  # noqa: E402
-from host.run import CommandFailed  # noqa: E402
+from host.errors import HostError  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     except CloneError as e:
         print(f"clone: {e}", file=sys.stderr)
         return e.exit_code
-    except CommandFailed as e:  # host.run's error (qemu-img, ssh-keygen) is the clone's at this edge
+    except HostError as e:  # a host tool's failure (qemu-img, ssh-keygen, guestfs) is the clone's at this edge
         wrapped = CloneError(str(e))
         print(f"clone: {wrapped}", file=sys.stderr)
         return wrapped.exit_code

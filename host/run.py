@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, TextIO
 
+from host.errors import HostError
+
 # What a child inherits from us; everything else it needs is passed explicitly. The CA and proxy variables matter
 # where a TLS-intercepting proxy sits between the build host and the registries (npm, DIB's apt, downloads).
 ENV_ALLOW = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS",
@@ -22,7 +24,7 @@ NOT_FOUND = 127  # the shell's convention, used for an executable that does not 
 TAIL_LINES = 40  # output lines kept for the error (the message shows the last one)
 
 
-class CommandFailed(Exception):
+class CommandFailed(HostError):
     """An external command failed: `rc` is its exit code, -N for a kill by signal N, 127 when it was not found."""
 
     def __init__(self, argv: Sequence[str], rc: int, stderr_tail: str, timeout_s: Optional[float] = None):
