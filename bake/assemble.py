@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bake.appliance import appliance
 from bake.errors import BakeError
-from bake.run import run
+from host.appliance import Drive, appliance
+from host.run import run
 
 ROOT_LABEL = "agent-root"
 PART_OFFSET = 1 << 20  # the partition starts at 1 MiB, grub's core.img lives before it
@@ -56,7 +56,7 @@ def make_disk(root: Path, raw: Path, size_gb: int, log: Optional[TextIO] = None)
 
 
 def install_bootloader(raw: Path, log: Optional[TextIO] = None) -> None:
-    with appliance([(raw, "raw", False)]) as g:
+    with appliance([Drive(raw, "raw")]) as g:
         g.mount("/dev/sda1", "/")
         try:
             # Inside the appliance the kernel names disks in probe order, which varies: ours is sometimes sdb and

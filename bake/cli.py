@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bake.errors import BakeError
 from bake.spec import PLUGIN
+from host.errors import HostError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout(args.build_dir.resolve())
     try:
         return _COMMANDS[args.command](args, layout)
-    except BakeError as e:
+    except (BakeError, HostError) as e:  # a host tool's failure is the bake's at this edge (lock, verify)
         print(f"bake: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

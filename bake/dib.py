@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from bake.run import Command
+from host.run import Command
 from bake.spec import Spec
 
 

@@ -18,7 +18,7 @@ from bake.engine import check_engine
 from bake.errors import BakeError
 from bake.hashing import file_sha256
 from bake.inputs import AGENTD_SOURCE
-from bake.run import Command, run
+from host.run import Command, run
 from bake.spec import Artifact, Spec
 
 

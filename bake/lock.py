@@ -68,7 +68,7 @@ def check_lock(spec: Spec, lock: Lock) -> None:
 
 def resolve(spec: Spec, npm_cmd: list[str], log: Optional[TextIO] = None) -> dict:
     """Ask the registry, refresh package-lock.json with the pinned npm, and write the lock. Returns the lock data."""
-    from bake.run import Command, run
+    from host.run import Command, run
 
     oc_meta = package_version("openclaw", spec.openclaw.version)
     engines = (oc_meta.get("engines") or {}).get("node", "*")

@@ -14,10 +14,11 @@ from bake import assemble, dib, fetch, manifest, plugin_cache, publish
 from bake.errors import BakeError
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
-from bake.run import run
 from bake.spec import Spec, load_spec
 from bake.verify import verify_image
-from host.progress import PhaseError, Progress, deadline_for
+from host.errors import HostError
+from host.progress import Progress, deadline_for
+from host.run import run
 
 MIN_FREE_GB = 12
 # Generous per-phase deadlines (seconds; AGENTFLEET_DEADLINE_SCALE scales them): about 10x what each phase took on
@@ -117,7 +118,7 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
         if e.errno == errno.ENOSPC:
             raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
         raise
-    except (BakeError, PhaseError) as e:
+    except (BakeError, HostError) as e:  # a host tool's failure or a phase deadline becomes the bake's, naming the log
         raise BakeError(f"{e} (log: {progress.log_path})") from None
     finally:
         if ok or not keep_work:

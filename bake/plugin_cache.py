@@ -15,7 +15,7 @@ from typing import Optional, TextIO
 
 from bake.errors import BakeError
 from bake.hashing import file_sha256
-from bake.run import Command, run
+from host.run import Command, run
 from bake.spec import Spec
 
 # What OpenClaw 2026.9 runs for `plugins install <spec>`: a registry lookup, then an install with these flags.

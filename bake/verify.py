@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bake.appliance import appliance
-from bake.run import run
+from host.appliance import Drive, appliance
+from host.run import run
 
 AGENTD_WANTS = "/etc/systemd/system/multi-user.target.wants/agentd.service"
 PLUGINS_WANTS = "/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service"
@@ -28,7 +28,7 @@ def verify_image(qcow2: Path, node_version: str, openclaw_version: str, scratch:
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(qcow2.resolve()), str(overlay)], log=log)
     problems: list[str] = []
     try:
-        with appliance([(overlay, "qcow2", False)], memsize_mb=2048) as g:
+        with appliance([Drive(overlay)], memsize_mb=2048) as g:
             roots = g.inspect_os()
             if len(roots) != 1:
                 return [f"inspection found {len(roots)} operating systems"]

@@ -29,6 +29,7 @@ from deploy.destroy import destroy  # noqa: E402
 from deploy.errors import CloneError, RolledBack  # noqa: E402
 from deploy.recipe import clone  # noqa: E402
 from deploy.rollback import rollback  # noqa: E402
+from host.errors import HostError  # noqa: E402
 from host.progress import PhaseError, Progress  # noqa: E402
 
 EXIT_FAILED = 1
@@ -97,9 +98,13 @@ def main(argv=None) -> int:
     except CloneError as e:
         print(f"clone: {e}", file=sys.stderr)
         return e.exit_code
-    except PhaseError as e:
+    except PhaseError as e:  # a phase past its deadline: the operation failed, the input was fine
         print(f"clone: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except HostError as e:  # a host tool's failure (qemu-img, ssh-keygen, guestfs) is the clone's at this edge
+        wrapped = CloneError(str(e))
+        print(f"clone: {wrapped}", file=sys.stderr)
+        return wrapped.exit_code
     except KeyboardInterrupt:
         print("clone: interrupted; run the same command again to converge", file=sys.stderr)
         return 130

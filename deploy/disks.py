@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.run import run
+from host.run import run
+
+QEMU_IMG_TIMEOUT_S = 600  # qemu-img on a loaded hypervisor; a hung one must not hang the clone
 
 
 def root_disk_path(storage_dir: Path, agent: str, version: str) -> Path:
@@ -24,32 +26,36 @@ def partial(path: Path) -> Path:
 def create_overlay(golden: Path, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(golden.resolve()), str(path)])
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(golden.resolve()), str(path))
 
 
 def create_data_disk(path: Path, size_gb: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{int(size_gb * 1024)}M"])
+    _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{int(size_gb * 1024)}M")
 
 
 def backing_file(path: Path) -> str:
-    info = json.loads(run(["qemu-img", "info", "-U", "--output=json", str(path)]).stdout)
+    info = json.loads(_qemu_img("info", "-U", "--output=json", str(path)))
     return info.get("full-backing-filename") or info.get("backing-filename") or ""
 
 
 def snapshot_create(path: Path, name: str) -> None:
-    run(["qemu-img", "snapshot", "-c", name, str(path)])
+    _qemu_img("snapshot", "-c", name, str(path))
 
 
 def snapshot_apply(path: Path, name: str) -> None:
-    run(["qemu-img", "snapshot", "-a", name, str(path)])
+    _qemu_img("snapshot", "-a", name, str(path))
 
 
 def snapshot_delete(path: Path, name: str) -> None:
-    run(["qemu-img", "snapshot", "-d", name, str(path)])
+    _qemu_img("snapshot", "-d", name, str(path))
 
 
 def snapshot_list(path: Path) -> list[str]:
-    info = json.loads(run(["qemu-img", "info", "-U", "--output=json", str(path)]).stdout)
+    info = json.loads(_qemu_img("info", "-U", "--output=json", str(path)))
     return [s["name"] for s in info.get("snapshots", [])]
+
+
+def _qemu_img(*args: str) -> str:
+    return run(["qemu-img", *args], capture=True, timeout=QEMU_IMG_TIMEOUT_S)

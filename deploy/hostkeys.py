@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.run import run
+from host.run import run
 
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
@@ -33,7 +33,8 @@ def ensure_host_keys(state_dir: Path, agent: str) -> list[HostKey]:
             for stale in (private, public):
                 stale.unlink(missing_ok=True)
             bits = ["-b", "3072"] if kind == "rsa" else []
-            run(["ssh-keygen", "-q", "-t", kind, *bits, "-N", "", "-C", f"root@{agent}", "-f", str(private)])
+            run(["ssh-keygen", "-q", "-t", kind, *bits, "-N", "", "-C", f"root@{agent}", "-f", str(private)],
+                capture=True, timeout=60)
         keys.append(HostKey(kind, private, public))
     return keys
 

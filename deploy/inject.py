@@ -5,7 +5,6 @@ Each agent's files go in as one tar streamed from an in-memory fd, never as API 
 (LIBGUESTFS_TRACE=1) shows a path, not a value."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -16,11 +15,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
-from host import accel
 from deploy.errors import CloneError
 from deploy.secrets import Secret
+from host.appliance import Drive, appliance
 
 log = logging.getLogger(__name__)
 HOME = "/home/agent"
@@ -81,30 +80,11 @@ def baseline_of(ops: tuple[Op, ...]) -> dict[str, dict]:
             for op in ops if isinstance(op, WriteFile)}
 
 
-@contextlib.contextmanager
-def appliance(drives: list[tuple[Path, bool]]) -> Iterator[object]:
-    """One handle lifecycle: add drives -> launch -> (caller's work) -> shutdown (so write errors surface) -> close."""
-    import guestfs  # Debian's python3-guestfs; imported late so the fast tier needs no libguestfs
-
-    accel.apply_guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    try:
-        for path, readonly in drives:
-            g.add_drive_opts(str(path), format="qcow2", readonly=readonly)
-        started = time.monotonic()
-        g.launch()
-        log.info("guestfs: appliance up with %d drives in %.1fs", len(drives), time.monotonic() - started)
-        yield g
-        g.shutdown()
-    finally:
-        g.close()
-
-
 def inject(batch: list[AgentDisks]) -> dict[str, dict]:
     """Apply every agent's operations in one launch; returns agent -> the baseline written to injected.json."""
     for item in batch:
         validate_ops(item.ops, item.agent)
-    drives = [(p, False) for item in batch for p in (item.root_disk, item.data_disk)]
+    drives = [Drive(p) for item in batch for p in (item.root_disk, item.data_disk)]
     baselines = {}
     current = "(launch)"
     try:

@@ -22,11 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, TextIO
 
+from host.errors import HostError
+
 CANCEL_GRACE_S = 60.0
 EXIT_PHASE_TIMED_OUT = 1  # host.exit_codes' "operation failed"
 
 
-class PhaseError(Exception):
+class PhaseError(HostError):
     """A phase could not run to its end (a deadline, a bad deadline setting); callers wrap it in their part's error."""
 
 

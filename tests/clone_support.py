@@ -25,14 +25,14 @@ SEED_AGENTS = ("athena", "apollo", "artemis", "hermes", "perseus", "prometheus",
 def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
     """An identity-free ext4 root on /dev/sda1 with the bits the clone relies on (passwd with agent:1000, /home/agent
     skeleton, /etc/agentfleet/image.json). Not bootable: boot tests use the baked image."""
-    from host import accel
-    import guestfs
+    from host.appliance import Drive, appliance
 
-    accel.apply_guestfs_env()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mb}M"], check=True)
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(path), format="qcow2")
-    g.launch()
+    with appliance([Drive(path)]) as g:
+        _fill_synthetic_root(g)
+
+
+def _fill_synthetic_root(g) -> None:
     g.part_disk("/dev/sda", "mbr")
     g.mkfs("ext4", "/dev/sda1")
     g.mount("/dev/sda1", "/")
@@ -57,18 +57,15 @@ def make_synthetic_image(path: Path, size_mb: int = 256) -> None:
     g.write(SKELETON_FILE, b"# agent skeleton\n")
     g.chown(1000, 1000, "/home/agent")
     g.chown(1000, 1000, SKELETON_FILE)
-    g.umount_all()
-    g.shutdown()
-    g.close()
 
 
 @contextlib.contextmanager
 def guest_root(image: Path):
-    """The bake's appliance on a qcow2 with its root file system (/dev/sda1, as the bake lays it out) mounted at /;
+    """The host's appliance on a qcow2 with its root file system (/dev/sda1, as the bake lays it out) mounted at /;
     written back and closed on leaving."""
-    from bake.appliance import appliance
+    from host.appliance import Drive, appliance
 
-    with appliance([(image, "qcow2", False)]) as g:
+    with appliance([Drive(image)]) as g:
         g.mount("/dev/sda1", "/")
         yield g
 

@@ -12,7 +12,7 @@ import pytest
 from bake.errors import BakeError
 from bake.hashing import file_sha256
 from bake.publish import Published, check_published
-from bake.run import run
+from host.run import run
 from bake.verify import verify_image
 from host.accel import kvm_works
 from tests.conftest import REPO

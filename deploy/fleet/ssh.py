@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from deploy.fleet.errors import FleetError
 from deploy.inventory import Host
-from deploy.run import minimal_env
+from host.run import child_env
 
 T = TypeVar("T")
 SSH_FAILED = 255          # ssh's own exit code for "could not connect or authenticate"
@@ -120,7 +120,7 @@ class Ssh:
         self._prepare()
         argv = self.argv(host, remote)
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, env=minimal_env())
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, env=child_env())
         except subprocess.TimeoutExpired:
             raise FleetError(f"{host.name}: no answer within {timeout:.0f} s (ssh {host.ssh.address})") from None
         stderr = proc.stderr.decode(errors="replace")
@@ -132,13 +132,13 @@ class Ssh:
         """A streaming call (push): the caller writes stdin and waits; `explain()` turns rc 255 into a line."""
         self._prepare()
         return subprocess.Popen(self.argv(host, remote), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=minimal_env(), start_new_session=True)
+                                stderr=subprocess.PIPE, env=child_env(), start_new_session=True)
 
     def close(self, host: Host) -> None:
         """Stop the host's master connection (tests, and `fleet trust` after a key change)."""
         if host.ssh is not None:
             base = self.base_argv(host)
-            subprocess.run([*base[:-1], "-O", "exit", base[-1]], capture_output=True, timeout=10, env=minimal_env())
+            subprocess.run([*base[:-1], "-O", "exit", base[-1]], capture_output=True, timeout=10, env=child_env())
 
 
 def explain(host: Host, stderr: str, known_hosts: Path) -> str:
@@ -221,7 +221,7 @@ def trust(config: SshConfig, host: Host, replace: bool = False) -> list[str]:
         raise FleetError(f"{host.name}: no ssh entry in the inventory")
     try:
         scan = subprocess.run(["ssh-keyscan", "-T", str(config.connect_timeout_s), "-p", str(host.ssh.port),
-                               host.ssh.address], capture_output=True, text=True, timeout=30, env=minimal_env())
+                               host.ssh.address], capture_output=True, text=True, timeout=30, env=child_env())
     except subprocess.TimeoutExpired:
         raise FleetError(f"{host.name}: no host key from {host.ssh.address} within 30 s") from None
     new = trusted_lines(host.name, scan.stdout)
@@ -251,6 +251,6 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 def fingerprints(lines: Sequence[str]) -> list[str]:
     proc = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input="".join(f"{x}\n" for x in lines),
-                          capture_output=True, text=True, env=minimal_env())
+                          capture_output=True, text=True, env=child_env())
     return proc.stdout.strip().splitlines()
 
