@@ -5,6 +5,7 @@ like from outside: a live qemu, no console output), and an unknown option makes 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -45,26 +46,27 @@ def test_agentfleet_accel_overrides_the_probe(monkeypatch, forced):
     assert verdict.accel == forced and "AGENTFLEET_ACCEL" in verdict.reason
 
 
-@needs_kernel
-def test_a_cached_verdict_for_this_boot_is_reused_and_says_so(monkeypatch, tmp_path):
-    if not accel.os.access("/dev/kvm", accel.os.R_OK | accel.os.W_OK):
-        pytest.skip("no usable /dev/kvm: the verdict is TCG before any cache is read")
+@pytest.fixture
+def verdict_cache(monkeypatch, tmp_path):
+    """A private verdict cache, with no AGENTFLEET_ACCEL override; only where /dev/kvm is usable (else no probe)."""
+    if KERNEL is None or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm or no kernel: the verdict is TCG before any cache is read")
     cache = tmp_path / "accel.json"
     monkeypatch.setenv("AGENTFLEET_ACCEL_CACHE", str(cache))
     monkeypatch.delenv("AGENTFLEET_ACCEL", raising=False)
+    return cache
+
+
+def test_a_cached_verdict_for_this_boot_is_reused_and_says_so(verdict_cache):
+    cache = verdict_cache
     key = accel._cache_key(KERNEL)
     cache.write_text(json.dumps({"accel": "tcg", "reason": "KVM probe failed: guest hung", "key": key}))
     verdict = accel.decide(deadline_s=0.01)
     assert verdict.accel == "tcg" and "cached in" in verdict.reason and "guest hung" in verdict.reason
 
 
-@needs_kernel
-def test_a_verdict_cached_for_another_boot_is_not_trusted(monkeypatch, tmp_path):
-    if not accel.os.access("/dev/kvm", accel.os.R_OK | accel.os.W_OK):
-        pytest.skip("no usable /dev/kvm: the verdict is TCG before any cache is read")
-    cache = tmp_path / "accel.json"
-    monkeypatch.setenv("AGENTFLEET_ACCEL_CACHE", str(cache))
-    monkeypatch.delenv("AGENTFLEET_ACCEL", raising=False)
+def test_a_verdict_cached_for_another_boot_is_not_trusted(verdict_cache):
+    cache = verdict_cache
     cache.write_text(json.dumps({"accel": "kvm", "reason": "old", "key": "another-boot|qemu|kernel"}))
     verdict = accel.decide(deadline_s=0.5)  # too short for any guest: a fresh probe must fail, not reuse "kvm"
     assert verdict.accel == "tcg" and "probe failed" in verdict.reason
