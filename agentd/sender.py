@@ -30,6 +30,7 @@ from .spool import Spool
 
 log = logging.getLogger(__name__)
 
+REMIND_S = 3600.0  # a lasting delivery problem is written to the journal again this often
 AUTH_REFUSED = (401, 403)
 REPORT_REFUSED = (400, 413, 422)
 
@@ -128,6 +129,7 @@ class Sender:
         self.sent_total = 0
         self.set_aside_total = 0
         self.last_error = ""   # the current delivery problem ("" while delivery works): journal and STATUS
+        self._logged_at = 0.0  # when last_error was last written to the journal
 
     def ready(self) -> bool:
         return self.clock() >= self.not_before
@@ -174,13 +176,20 @@ class Sender:
                 self.not_before = self.clock() + delay
                 result.retry_after, result.error = delay, answer.detail
                 result.auth_refused = answer.verdict is Verdict.AUTH_REFUSED
-                if answer.detail != self.last_error:  # once per problem, not once per retry
-                    log.log(logging.ERROR if result.auth_refused else logging.WARNING,
-                            "delivery failing: %s; %d report(s) kept in the spool, retrying with backoff "
-                            "(next in %.1fs, at most every %gs)", answer.detail, len(spool), delay, self.backoff.max_s)
-                self.last_error = answer.detail
+                self._failing(answer, len(spool), delay)
                 break
         return result
+
+    def _failing(self, answer: Answer, backlog: int, delay: float) -> None:
+        """Journal a delivery problem once when it starts, then once per REMIND_S while it lasts (not per retry)."""
+        now = self.clock()
+        if answer.detail == self.last_error and now - self._logged_at < REMIND_S:
+            return
+        still = f"still, after {self.backoff.failures} attempts: " if answer.detail == self.last_error else ""
+        log.log(logging.ERROR if answer.verdict is Verdict.AUTH_REFUSED else logging.WARNING,
+                "delivery failing: %s%s; %d report(s) kept in the spool, retrying with backoff "
+                "(next in %.1fs, at most every %gs)", still, answer.detail, backlog, delay, self.backoff.max_s)
+        self.last_error, self._logged_at = answer.detail, now
 
     def _recovered(self, backlog: int) -> None:
         if self.last_error:

@@ -175,3 +175,20 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
     assert len(set(delays)) == len(delays)  # jittered, not lockstep
     backoff.reset()
     assert backoff.next_delay() <= 1
+
+
+def test_a_lasting_delivery_problem_is_journaled_once_then_hourly_not_per_retry(tmp_path, collector, caplog):
+    collector.fail_with = 401
+    now = [1000.0]
+    spool = open_spool(tmp_path)
+    spool.append(valid)
+    sender = Sender(collector.url + "/api/v1/reports", "t", 2, Backoff(1, 8), clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="agentd.sender"):
+        for _ in range(5):
+            sender.flush(spool, force=True)
+            now[0] += 60
+        now[0] += 3600
+        sender.flush(spool, force=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all(r.levelname == "ERROR" for r in caplog.records)
+    assert "refuses this agent's token" in lines[0] and "still, after 6 attempts" in lines[1]
