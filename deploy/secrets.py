@@ -114,11 +114,36 @@ def _run_command(spec: SecretsSpec) -> str:
     return proc.stdout
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice is an error: YAML keeps the last silently, which loses a value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class refuses it as not valid YAML
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def _from_yaml(raw: str, where: str) -> tuple[dict, dict]:
     try:
-        data = yaml.safe_load(raw) or {}
+        data = yaml.load(raw, Loader=_StrictLoader) or {}
     except yaml.YAMLError:
         raise CloneError(f"secrets ({where}): not valid YAML") from None  # no detail: it would quote the value
+    except _DuplicateKey as dup:  # keys are names, not secrets
+        raise CloneError(f"secrets ({where}): the key {dup.key!r} is given twice (line {dup.line}); "
+                         f"YAML would silently keep the last") from None
     if not isinstance(data, dict):
         raise CloneError(f"secrets ({where}): must be a mapping with 'shared' and 'agents'")
     shared = data.get("shared") or {}

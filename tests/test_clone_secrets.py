@@ -113,3 +113,12 @@ def test_an_agent_named_like_a_yaml_boolean_must_be_quoted_in_the_secrets(tmp_pa
 def test_a_secret_holds_only_a_string():
     with pytest.raises(TypeError):
         Secret(12345)
+
+
+def test_a_secret_given_twice_is_refused_not_silently_the_last_one(tmp_path):
+    spec = _file(tmp_path, "shared:\n  collector_secret: old-one\n  anthropic_api_key: a1\n"
+                           "  collector_secret: new-one\nagents: {athena: {mattermost_bot_token: m}}\n")
+    with pytest.raises(CloneError) as err:
+        load_secrets(spec, ["athena"])
+    assert str(err.value) == (f"secrets ({spec.file}): the key 'collector_secret' is given twice (line 4); "
+                              f"YAML would silently keep the last")
