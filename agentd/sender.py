@@ -72,7 +72,7 @@ def judge(status: int, text: str) -> Answer:
         if answer.get("status") in ("stored", "duplicate"):
             return Answer(Verdict.STORED, answer["status"])
         return Answer(Verdict.RETRY, "HTTP 200 without the collector's answer (is collector_url the collector?)")
-    said = f": {str(answer['detail'])[:200]}" if "detail" in answer else ""
+    said = f": {' '.join(str(answer['detail']).split())[:200]}" if "detail" in answer else ""  # one line
     if status in AUTH_REFUSED:
         return Answer(Verdict.AUTH_REFUSED, f"the collector refuses this agent's token (HTTP {status}{said}); "
                                             f"is its secret the one the token was minted from?")
@@ -119,6 +119,7 @@ class Sender:
     def __init__(self, url: str, token: str, timeout_s: float, backoff: Backoff,
                  clock: Callable[[], float] = time.monotonic):
         self.url = url
+        self._token = token
         self._session = requests.Session()
         self._session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json",
                                       "User-Agent": "agentd/1"})
@@ -203,7 +204,7 @@ class Sender:
             r = self._session.post(self.url, data=body, timeout=(self.timeout_s, self.timeout_s))
         except requests.RequestException as e:
             return Answer(Verdict.RETRY, f"connection error: {type(e).__name__}")
-        return judge(r.status_code, r.text)
+        return judge(r.status_code, r.text.replace(self._token, "<token>"))  # never journal it, even echoed back
 
     def close(self) -> None:
         self._session.close()
