@@ -18,6 +18,7 @@ from deploy.errors import CloneError
 from deploy.inventory import SecretsSpec
 
 MASK = "******"
+COMMAND_TIMEOUT_S = 120.0
 
 
 class Secret:
@@ -104,9 +105,14 @@ def _run_command(spec: SecretsSpec) -> str:
     """Run the command with the caller's environment (a vault may need its password file variable)."""
     try:
         proc = subprocess.run(list(spec.command), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=120)
+                              timeout=COMMAND_TIMEOUT_S)
     except FileNotFoundError:
         raise CloneError(f"secrets command {spec.command[0]!r}: not found") from None
+    except subprocess.TimeoutExpired:  # not raised as is: it carries the command's stdout
+        raise CloneError(f"secrets command {spec.command[0]!r}: no answer within {COMMAND_TIMEOUT_S:g} s "
+                         f"(waiting for a password on a terminal?)") from None
+    except OSError as e:
+        raise CloneError(f"secrets command {spec.command[0]!r}: {e.strerror}") from None
     if proc.returncode != 0:
         # stderr only: stdout may hold secret values
         tail = (proc.stderr or "").strip().splitlines()[-1:]
