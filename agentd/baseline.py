@@ -54,12 +54,27 @@ def _read_json(path: str, required: bool) -> dict:
 
 
 def parse_files(data: dict, where: str) -> Dict[str, FileState]:
+    if not isinstance(data, dict):
+        raise AgentdError(f"{where}: baseline must map absolute paths to {{sha256, mode, owner}}")
     files = {}
     for path, entry in data.items():
         if not isinstance(entry, dict) or not isinstance(path, str) or not path.startswith("/"):
             raise AgentdError(f"{where}: {path!r}: must map an absolute path to {{sha256, mode, owner}}")
-        files[path] = FileState(entry.get("sha256"), str(entry.get("mode", "")), str(entry.get("owner", "")))
+        files[path] = FileState(_optional_text(entry, "sha256", f"{where}: {path}") or None,
+                                _optional_text(entry, "mode", f"{where}: {path}"),
+                                _optional_text(entry, "owner", f"{where}: {path}"))
     return files
+
+
+def _optional_text(data: dict, key: str, where: str) -> str:
+    """A string field, "" when absent or null. Never str() of another type: a mode written as the number 644 or 420
+    would be drift on every report, a null role would be reported as "None"."""
+    value = data.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise AgentdError(f"{where}: {key} must be a string, not {type(value).__name__}")
+    return value
 
 
 def load_baseline(config: Config, root: str) -> Baseline:
@@ -68,12 +83,18 @@ def load_baseline(config: Config, root: str) -> Baseline:
     image = _read_json(image_path, required=True)
     injected_path = rooted(root, config.injected_json)
     injected = _read_json(injected_path, required=False)
-    ident = _read_json(rooted(root, config.identity_json), required=False)
+    identity_path = rooted(root, config.identity_json)
+    ident = _read_json(identity_path, required=False)
     files = parse_files(image.get("baseline", {}), image_path)
     # the clone's files override the image's for the same path (e.g. /etc/hostname)
     files.update(parse_files(injected.get("baseline", injected), injected_path))
-    packages = image.get("packages", {}).get("dpkg", {})
-    if not isinstance(packages, dict):
-        raise AgentdError(f"{image_path}: packages.dpkg must map names to versions")
-    identity = Identity(**{k: str(ident.get(k, "")) for k in Identity.__dataclass_fields__})
-    return Baseline(str(image.get("version", "")), files, {str(k): str(v) for k, v in packages.items()}, identity)
+    packages = image.get("packages") or {}
+    packages = (packages.get("dpkg") or {}) if isinstance(packages, dict) else None
+    if not isinstance(packages, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in packages.items()):
+        raise AgentdError(f"{image_path}: packages.dpkg must map names to version strings")
+    identity = Identity(**{k: _optional_text(ident, k, identity_path) for k in Identity.__dataclass_fields__})
+    version = _optional_text(image, "version", image_path)
+    if not version:
+        raise AgentdError(f"{image_path}: version is missing")
+    return Baseline(version, files, dict(packages), identity)

@@ -141,7 +141,10 @@ def _coerce(key: str, value: Any) -> Any:
         for name, levels in value.items():
             if not isinstance(levels, dict) or set(levels) != {"warn", "fail"}:
                 raise TypeError(f"{name}: must be {{warn: N, fail: N}}")
-            merged[name] = Threshold(float(levels["warn"]), float(levels["fail"]))
+            numbers = [levels[k] for k in ("warn", "fail")]
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):  # not float("80"), True
+                raise TypeError(f"{name}: warn and fail must be numbers")
+            merged[name] = Threshold(float(numbers[0]), float(numbers[1]))
         return merged
     if key in _TUPLES:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

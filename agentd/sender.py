@@ -30,6 +30,7 @@ from .spool import Spool
 
 log = logging.getLogger(__name__)
 
+REMIND_S = 3600.0  # a lasting delivery problem is written to the journal again this often
 AUTH_REFUSED = (401, 403)
 REPORT_REFUSED = (400, 413, 422)
 
@@ -71,7 +72,7 @@ def judge(status: int, text: str) -> Answer:
         if answer.get("status") in ("stored", "duplicate"):
             return Answer(Verdict.STORED, answer["status"])
         return Answer(Verdict.RETRY, "HTTP 200 without the collector's answer (is collector_url the collector?)")
-    said = f": {str(answer['detail'])[:200]}" if "detail" in answer else ""
+    said = f": {' '.join(str(answer['detail']).split())[:200]}" if "detail" in answer else ""  # one line
     if status in AUTH_REFUSED:
         return Answer(Verdict.AUTH_REFUSED, f"the collector refuses this agent's token (HTTP {status}{said}); "
                                             f"is its secret the one the token was minted from?")
@@ -118,6 +119,7 @@ class Sender:
     def __init__(self, url: str, token: str, timeout_s: float, backoff: Backoff,
                  clock: Callable[[], float] = time.monotonic):
         self.url = url
+        self._token = token
         self._session = requests.Session()
         self._session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json",
                                       "User-Agent": "agentd/1"})
@@ -128,6 +130,7 @@ class Sender:
         self.sent_total = 0
         self.set_aside_total = 0
         self.last_error = ""   # the current delivery problem ("" while delivery works): journal and STATUS
+        self._logged_at = 0.0  # when last_error was last written to the journal
 
     def ready(self) -> bool:
         return self.clock() >= self.not_before
@@ -174,13 +177,20 @@ class Sender:
                 self.not_before = self.clock() + delay
                 result.retry_after, result.error = delay, answer.detail
                 result.auth_refused = answer.verdict is Verdict.AUTH_REFUSED
-                if answer.detail != self.last_error:  # once per problem, not once per retry
-                    log.log(logging.ERROR if result.auth_refused else logging.WARNING,
-                            "delivery failing: %s; %d report(s) kept in the spool, retrying with backoff "
-                            "(next in %.1fs, at most every %gs)", answer.detail, len(spool), delay, self.backoff.max_s)
-                self.last_error = answer.detail
+                self._failing(answer, len(spool), delay)
                 break
         return result
+
+    def _failing(self, answer: Answer, backlog: int, delay: float) -> None:
+        """Journal a delivery problem once when it starts, then once per REMIND_S while it lasts (not per retry)."""
+        now = self.clock()
+        if answer.detail == self.last_error and now - self._logged_at < REMIND_S:
+            return
+        still = f"still, after {self.backoff.failures} attempts: " if answer.detail == self.last_error else ""
+        log.log(logging.ERROR if answer.verdict is Verdict.AUTH_REFUSED else logging.WARNING,
+                "delivery failing: %s%s; %d report(s) kept in the spool, retrying with backoff "
+                "(next in %.1fs, at most every %gs)", still, answer.detail, backlog, delay, self.backoff.max_s)
+        self.last_error, self._logged_at = answer.detail, now
 
     def _recovered(self, backlog: int) -> None:
         if self.last_error:
@@ -194,7 +204,7 @@ class Sender:
             r = self._session.post(self.url, data=body, timeout=(self.timeout_s, self.timeout_s))
         except requests.RequestException as e:
             return Answer(Verdict.RETRY, f"connection error: {type(e).__name__}")
-        return judge(r.status_code, r.text)
+        return judge(r.status_code, r.text.replace(self._token, "<token>"))  # never journal it, even echoed back
 
     def close(self) -> None:
         self._session.close()

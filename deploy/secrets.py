@@ -21,6 +21,7 @@ from deploy.errors import CloneError
 from deploy.inventory import SecretsSpec
 
 MASK = "******"
+COMMAND_TIMEOUT_S = 120.0
 
 
 class Secret:
@@ -117,9 +118,14 @@ def _run_command(spec: SecretsSpec) -> str:
     """Run the command with the caller's environment (a vault may need its password file variable)."""
     try:
         proc = subprocess.run(list(spec.command), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=120)
+                              timeout=COMMAND_TIMEOUT_S)
     except FileNotFoundError:
         raise CloneError(f"secrets command {spec.command[0]!r}: not found") from None
+    except subprocess.TimeoutExpired:  # not raised as is: it carries the command's stdout
+        raise CloneError(f"secrets command {spec.command[0]!r}: no answer within {COMMAND_TIMEOUT_S:g} s "
+                         f"(waiting for a password on a terminal?)") from None
+    except OSError as e:
+        raise CloneError(f"secrets command {spec.command[0]!r}: {e.strerror}") from None
     if proc.returncode != 0:
         # stderr only: stdout may hold secret values
         tail = (proc.stderr or "").strip().splitlines()[-1:]
@@ -127,11 +133,36 @@ def _run_command(spec: SecretsSpec) -> str:
     return proc.stdout
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice is an error: YAML keeps the last silently, which loses a value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class refuses it as not valid YAML
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def _from_yaml(raw: str, where: str) -> tuple[dict, dict]:
     try:
-        data = yaml.safe_load(raw) or {}
+        data = yaml.load(raw, Loader=_StrictLoader) or {}
     except yaml.YAMLError:
         raise CloneError(f"secrets ({where}): not valid YAML") from None  # no detail: it would quote the value
+    except _DuplicateKey as dup:  # keys are names, not secrets
+        raise CloneError(f"secrets ({where}): the key {dup.key!r} is given twice (line {dup.line}); "
+                         f"YAML would silently keep the last") from None
     if not isinstance(data, dict):
         raise CloneError(f"secrets ({where}): must be a mapping with 'shared' and 'agents'")
     shared = data.get("shared") or {}

@@ -134,8 +134,9 @@ class StubCollector:
                     stub.attempts.append(seq)
                 if stub.fail_with and stub.fail_as_html:
                     return self._answer(stub.fail_with, "<html><body>It works!</body></html>")
-                if stub.fail_with:
-                    return self._answer(stub.fail_with, {"detail": "failing on purpose"})
+                if stub.fail_with:  # echoing the request's header, as a careless proxy might
+                    return self._answer(stub.fail_with, {"detail": "failing on purpose for " +
+                                                         self.headers.get("Authorization", "")})
                 try:
                     report = Report.from_json(json.loads(body))
                 except ValueError as e:

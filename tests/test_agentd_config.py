@@ -33,6 +33,11 @@ def test_thresholds_from_config_override_only_the_named_check():
     ({"agent": "athena", "collector_url": "http://c", "spool_max": 1.5}, "spool_max"),
     ({"agent": "athena", "collector_url": "http://c", "watched_paths": ["etc"]}, "watched_paths"),
     ({"agent": "athena", "collector_url": "http://c", "thresholds": {"cpu_percent": {"warn": 1}}}, "cpu_percent"),
+    # a threshold YAML reads as a string or a boolean is not silently float()-ed
+    ({"agent": "athena", "collector_url": "http://c", "thresholds": {"cpu_percent": {"warn": "80", "fail": 95}}},
+     "cpu_percent: warn and fail must be numbers"),
+    ({"agent": "athena", "collector_url": "http://c", "thresholds": {"cpu_percent": {"warn": True, "fail": 95}}},
+     "cpu_percent: warn and fail must be numbers"),
 ])
 def test_invalid_config_error_names_the_key(data, key):
     with pytest.raises(AgentdError, match=key):

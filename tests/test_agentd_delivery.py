@@ -175,3 +175,36 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
     assert len(set(delays)) == len(delays)  # jittered, not lockstep
     backoff.reset()
     assert backoff.next_delay() <= 1
+
+
+def test_a_lasting_delivery_problem_is_journaled_once_then_hourly_not_per_retry(tmp_path, collector, caplog):
+    collector.fail_with = 401
+    now = [1000.0]
+    spool = open_spool(tmp_path)
+    spool.append(valid)
+    sender = Sender(collector.url + "/api/v1/reports", "t", 2, Backoff(1, 8), clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="agentd.sender"):
+        for _ in range(5):
+            sender.flush(spool, force=True)
+            now[0] += 60
+        now[0] += 3600
+        sender.flush(spool, force=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all(r.levelname == "ERROR" for r in caplog.records)
+    assert "refuses this agent's token" in lines[0] and "still, after 6 attempts" in lines[1]
+
+
+def test_the_collectors_detail_reaches_the_journal_as_one_line():
+    answer = judge(401, json.dumps({"detail": "bad\ntoken\r\n  for athena"}))
+    assert "bad token for athena" in answer.detail and "\n" not in answer.detail
+
+
+def test_a_token_echoed_back_in_an_error_never_reaches_the_journal_or_status(tmp_path, collector, caplog):
+    collector.fail_with = 403
+    spool = open_spool(tmp_path)
+    spool.append(valid)
+    sender = Sender(collector.url + "/api/v1/reports", collector_token(), 2, Backoff(1, 8))
+    with caplog.at_level("INFO"):
+        result = sender.flush(spool)
+    assert "Bearer <token>" in result.error
+    assert collector_token() not in result.error + sender.last_error + caplog.text

@@ -1,9 +1,13 @@
 """Drift against the baseline: each kind of change is reported as its own entry, events and scans agree."""
+import json
 import os
+
+import pytest
 
 from agentd.baseline import FileState, load_baseline
 from agentd.config import load_config
 from agentd.drift import DriftTracker, compare_file
+from agentd.errors import AgentdError
 from agentd.packages import package_drift, parse_dpkg_status
 from agentd.protocol import DriftEntry
 from tests.agentd_fixtures import DPKG_STATUS, drift_of, make_vm_tree
@@ -132,3 +136,28 @@ def test_a_symlink_is_compared_by_its_target_as_the_bake_records_it(tmp_path):
     os.symlink("/tmp/evil", tmp_path / "usr/local/bin/vi")
     t.full_scan()
     assert kinds(t) == {("/usr/local/bin/vi", "modified")}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda image: image["baseline"]["/etc/hosts"].update(mode=420), "/etc/hosts: mode must be a string, not int"),
+    (lambda image: image["baseline"]["/etc/hosts"].update(owner=0), "/etc/hosts: owner must be a string, not int"),
+    (lambda image: image["packages"]["dpkg"].update(curl=7.81), "packages.dpkg must map names to version strings"),
+    (lambda image: image.update(version=2026), "version must be a string, not int"),
+    (lambda image: image.pop("version"), "version is missing"),
+])
+def test_a_baseline_value_of_the_wrong_type_is_refused_not_converted_into_drift_forever(tmp_path, edit, message):
+    """str(420) is not "0644": the file would be reported as mode drift in every report, for good."""
+    config = load_config(str(make_vm_tree(tmp_path)))
+    image_json = tmp_path / "etc/agentfleet/image.json"
+    image = json.loads(image_json.read_text())
+    edit(image)
+    image_json.write_text(json.dumps(image))
+    with pytest.raises(AgentdError, match=message):
+        load_baseline(config, str(tmp_path))
+
+
+def test_a_null_identity_field_is_empty_not_the_word_none(tmp_path):
+    config = load_config(str(make_vm_tree(tmp_path)))
+    identity_json = tmp_path / "etc/agentfleet/identity.json"
+    identity_json.write_text(json.dumps({**json.loads(identity_json.read_text()), "role": None}))
+    assert load_baseline(config, str(tmp_path)).identity.role == ""

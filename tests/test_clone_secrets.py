@@ -113,3 +113,24 @@ def test_an_agent_named_like_a_yaml_boolean_must_be_quoted_in_the_secrets(tmp_pa
 def test_a_secret_holds_only_a_string():
     with pytest.raises(TypeError):
         Secret(12345)
+
+
+def test_a_secret_given_twice_is_refused_not_silently_the_last_one(tmp_path):
+    spec = _file(tmp_path, "shared:\n  collector_secret: old-one\n  anthropic_api_key: a1\n"
+                           "  collector_secret: new-one\nagents: {athena: {mattermost_bot_token: m}}\n")
+    with pytest.raises(CloneError) as err:
+        load_secrets(spec, ["athena"])
+    assert str(err.value) == (f"secrets ({spec.file}): the key 'collector_secret' is given twice (line 4); "
+                              f"YAML would silently keep the last")
+
+
+def test_a_secrets_command_that_hangs_or_cannot_run_is_one_clone_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("deploy.secrets.COMMAND_TIMEOUT_S", 0.5)
+    hang = SecretsSpec(source="command", command=(sys.executable, "-c", "import time; time.sleep(30)"), **SPEC)
+    with pytest.raises(CloneError, match=r"no answer within 0.5 s"):
+        load_secrets(hang, ["athena"])
+    script = tmp_path / "vault"
+    script.write_text("#!/bin/sh\necho shared: {}\n")
+    script.chmod(0o600)  # not executable
+    with pytest.raises(CloneError, match=r"secrets command '.*vault': Permission denied"):
+        load_secrets(SecretsSpec(source="command", command=(str(script),), **SPEC), ["athena"])
