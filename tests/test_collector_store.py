@@ -1,6 +1,7 @@
 """The store's contract, the same for SQLite and a real PostgreSQL server: idempotent ingest, contiguous seq,
 latest state, retention that keeps the latest state, persistent incidents, and "unavailable" as a clean error."""
 import asyncio
+import json
 import time
 
 import pytest
@@ -190,3 +191,11 @@ def test_postgres_row_lock_held_elsewhere_is_store_unavailable_in_time_and_reads
         assert ingest(store, 2).stored
     finally:
         store.close()
+
+
+def test_canonical_form_is_the_reports_own_json():
+    from collector.records import canonical_json
+
+    parsed = Report.from_json(report("athena", 3, drift=[{"path": "/etc/x", "kind": "added"}],
+                                     checks=[{"name": "disk", "status": "fail"}], unknown_field={"a": [1]}))
+    assert json.loads(canonical_json(parsed)) == parsed.to_json()
