@@ -1,6 +1,7 @@
 """The collector's command line: credentials never in argv, every setting declared once, one clear line per mistake."""
 import dataclasses
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -75,6 +76,10 @@ def test_a_setting_that_is_not_positive_is_one_line(tmp_path, secret):
     assert result.returncode == 2 and result.stderr.strip() == "collector: --store-timeout-s: must be positive"
 
 
-def test_ack_gap_of_an_unknown_agent_is_one_line(tmp_path):
+def test_ack_gap_of_an_unknown_agent_or_database_is_one_line(tmp_path):
+    result = collector("ack-gap", "nobody", "--db", f"sqlite:///{tmp_path}/c.db")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such database" in result.stderr
+    assert not (tmp_path / "c.db").exists()
+    sqlite3.connect(tmp_path / "c.db").close()
     result = collector("ack-gap", "nobody", "--db", f"sqlite:///{tmp_path}/c.db")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nobody" in result.stderr

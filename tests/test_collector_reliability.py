@@ -61,21 +61,36 @@ def test_collector_refuses_a_report_nested_too_deep_and_every_read_still_answers
 
 
 def test_reads_never_parse_again_what_an_agent_sent(tmp_path):
-    """A database written by the previous collector holds bodies as they were received, one of them 950 levels
+    """A database written by the previous collector holds bodies as they were received, one of them 2000 levels
     deep: the upgrade at start converts the latest state once, and no read ever fails on it."""
-    db_path = tmp_path / "collector.db"
-    with running_collector(tmp_path) as c:
-        c.post(report("legacy", 1))
-        c.post(report("legacy", 2))
     deep = deep_report_body("legacy", 2, 2000).decode()
-    with sqlite3.connect(db_path) as db:  # the layout of the previous collector: raw bodies, no layout mark
-        db.execute("UPDATE agents SET latest = ? WHERE agent = 'legacy'", (deep,))
-        db.execute("UPDATE reports SET body = ? WHERE agent = 'legacy'", (deep,))
-        db.execute("DROP TABLE IF EXISTS collector_meta")
+    with sqlite3.connect(tmp_path / "collector.db") as db:  # the previous layout: raw bodies, no collector_meta
+        for statement in LEGACY_SCHEMA:
+            db.execute(statement)
+        for seq in (1, 2):
+            db.execute("INSERT INTO reports VALUES ('legacy', ?, 1.0, 1.0, ?)", (seq, deep))
+        db.execute("INSERT INTO agents VALUES ('legacy', 'hv1', 'developer', 'v1', 1.0, 1.0, 1.0, 2, 2, NULL, 1, 0, "
+                   "NULL, 0, 0, 0.0, ?)", (deep,))
     with running_collector(tmp_path) as c:
         for path in READS:
             assert c.get(path.format(agent="legacy"))[0] == 200, path
         assert c.get("/api/v1/agents/legacy")[1]["last_seq"] == 2
+        assert c.post(report("legacy", 3))[0] == 200
+        assert c.get("/api/v1/agents/legacy")[1]["checks"][0]["name"] == "disk"
+
+
+LEGACY_SCHEMA = (  # the previous collector's tables, as it created them
+    """CREATE TABLE reports (agent TEXT NOT NULL, seq BIGINT NOT NULL, sent_at DOUBLE PRECISION NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL, body TEXT NOT NULL, PRIMARY KEY (agent, seq))""",
+    """CREATE TABLE agents (agent TEXT PRIMARY KEY, host TEXT NOT NULL, role TEXT NOT NULL,
+        image_version TEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL,
+        sent_at DOUBLE PRECISION NOT NULL, last_seq BIGINT NOT NULL, contiguous_seq BIGINT NOT NULL,
+        gap_since DOUBLE PRECISION, healthy INTEGER NOT NULL, drift_count INTEGER NOT NULL,
+        canary_lag_s DOUBLE PRECISION, spool_depth BIGINT NOT NULL, spool_dropped BIGINT NOT NULL,
+        spool_oldest_age_s DOUBLE PRECISION NOT NULL, latest TEXT NOT NULL)""",
+    """CREATE TABLE incidents (agent TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+        opened_at DOUBLE PRECISION NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (agent, kind, key))""",
+)
 
 
 HOLD_WRITE_LOCK = """
