@@ -89,7 +89,7 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
         except _Rejected as rejected:
             counters.reject(rejected.reason)
             headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else {}
-            if rejected.status in (408, 413):  # the rest of the body is not read: the connection cannot be reused
+            if rejected.status == 408:  # a slow client's socket is closed, not kept waiting for the rest of its body
                 headers["Connection"] = "close"
             return JSONResponse({"detail": rejected.detail}, rejected.status, headers=headers)
         except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log loudly

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import (WEBHOOK_ENV, CollectorConfig, CollectorError, flag, parse_listen, read_secret,
-                     read_webhook_url, tunables)
+                     read_webhook_url, sqlite_path, tunables)
 from .inert import one_line
 
 DB_HELP = "sqlite:///PATH (default backend) or postgresql://USER@HOST/DB"
@@ -76,6 +76,10 @@ def serve(config: CollectorConfig, log_level: str = "info") -> None:
 def ack_gap(args: argparse.Namespace) -> int:
     from .gaps import explain_gap
     from .store import open_store
+
+    path = sqlite_path(args.db)
+    if path is not None and not Path(path).is_file():  # a mistyped path must not become a new, empty database
+        raise CollectorError(f"--db {args.db}: no such database file")
 
     async def run() -> dict:
         store = open_store(args.db)

@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -124,3 +126,43 @@ def report(agent: str = "athena", seq: int = 1, **fields: Any) -> dict[str, Any]
             "spool": {"depth": 0, "oldest_age_s": 0.0, "dropped": 0}, "canary_lag_s": 0.12}
     base.update(fields)
     return base
+
+
+class Webhook:
+    """A Mattermost incoming webhook stand-in: records every posted `text`."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.messages.append(body["text"])
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/abc123"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.messages) >= count, f"expected {count} messages, got {self.messages}"
+        return self.messages
+
+    def quiet_for(self, seconds: float) -> list[str]:
+        before = list(self.messages)
+        time.sleep(seconds)
+        assert self.messages == before, f"unexpected messages: {self.messages[len(before):]}"
+        return before
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

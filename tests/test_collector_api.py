@@ -50,6 +50,14 @@ def test_agent_state_carries_every_contract_field(collector):
     assert state["spool"] == {"depth": 0, "dropped": 0, "oldest_age_s": 0.0}
 
 
+def test_a_name_with_a_trailing_newline_is_not_a_second_agent(collector):
+    assert collector.post(report("newline", 1))[0] == 200
+    assert collector.post(report("newline\n", 2))[0] == 422
+    assert collector.get("/api/v1/agents/newline%0A")[0] == 404
+    assert collector.get("/agents/newline%0A")[0] == 404
+    assert [a["agent"] for a in collector.get("/api/v1/agents")[1] if a["agent"].startswith("newline")] == ["newline"]
+
+
 def test_unknown_agent_is_404(collector):
     assert collector.get("/api/v1/agents/nobody-here")[0] == 404
     assert collector.get("/api/v1/agents/NOT_A_NAME")[0] == 404

@@ -1,6 +1,7 @@
 """The store's contract, the same for SQLite and a real PostgreSQL server: idempotent ingest, contiguous seq,
 latest state, retention that keeps the latest state, persistent incidents, and "unavailable" as a clean error."""
 import asyncio
+import json
 import time
 
 import pytest
@@ -154,3 +155,47 @@ def test_retention_prunes_old_reports_while_the_service_runs(tmp_path):
         assert [p["seq"] for p in collector.get("/api/v1/agents/short-lived/history")[1]] == [6]
         state = collector.get("/api/v1/agents/short-lived")[1]
         assert (state["last_seq"], state["contiguous_seq"]) == (6, 6)
+
+
+def test_acknowledged_gap_moves_contiguous_to_last_and_is_kept(store):
+    for seq in (1, 3, 5):
+        ingest(store, seq)
+    ack = run(store.acknowledge_gap(store.test_agent, 100.0, "restored"))
+    assert (ack.from_seq, ack.to_seq, ack.missing, ack.reason) == (2, 4, 2, "restored")
+    state = run(store.agent(store.test_agent))
+    assert (state.contiguous_seq, state.last_seq, state.gap_since) == (5, 5, None)
+    assert run(store.acknowledge_gap(store.test_agent, 101.0, "again")) is None
+    assert run(store.gap_acknowledgements(store.test_agent)) == [ack]
+    ingest(store, 6)
+    assert run(store.agent(store.test_agent)).contiguous_seq == 6
+
+
+@pytest.mark.slow
+def test_postgres_row_lock_held_elsewhere_is_store_unavailable_in_time_and_reads_still_answer(postgres):
+    import psycopg
+
+    store = open_store(postgres.url, timeout_s=1.0)
+    store.test_agent = "row-locked"
+    try:
+        assert ingest(store, 1).stored
+        with psycopg.connect(postgres.url) as other:
+            other.execute("SELECT * FROM agents WHERE agent = 'row-locked' FOR UPDATE")  # held until the block ends
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                ingest(store, 2)
+            assert time.monotonic() - started < 3
+            started = time.monotonic()
+            assert run(store.agent("row-locked")).last_seq == 1
+            assert time.monotonic() - started < 1
+            assert not store.health().ok
+        assert ingest(store, 2).stored
+    finally:
+        store.close()
+
+
+def test_canonical_form_is_the_reports_own_json():
+    from collector.records import canonical_json
+
+    parsed = Report.from_json(report("athena", 3, drift=[{"path": "/etc/x", "kind": "added"}],
+                                     checks=[{"name": "disk", "status": "fail"}], unknown_field={"a": [1]}))
+    assert json.loads(canonical_json(parsed)) == parsed.to_json()

@@ -1,7 +1,8 @@
 """The report contract shared by agentd and the collector."""
 import pytest
 
-from agentd.protocol import Report, agent_token, token_matches
+from agentd.protocol import (AGENT_NAME, MAX_JSON_DEPTH, Report, agent_token, json_depth_within, token_matches,
+                             valid_agent_name)
 
 
 def test_token_is_hmac_of_agent_name_and_differs_per_agent():
@@ -26,3 +27,30 @@ def test_report_round_trips_through_json():
 def test_malformed_report_names_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         Report.from_json(bad)
+
+
+@pytest.mark.parametrize("name", ["athena\n", "athena\r\n", "\nathena", "athena ", "Athena", "a" * 64, "", "9lives",
+                                  "athe_na", "athena\x00"])
+def test_agent_name_must_match_in_full(name):
+    assert not valid_agent_name(name)
+    assert AGENT_NAME.match(name) is None  # also for callers that still use .match (agentd's config)
+    with pytest.raises(ValueError, match="agent"):
+        Report.from_json({"agent": name, "seq": 1, "sent_at": 0, "image_version": "v"})
+
+
+@pytest.mark.parametrize("name", ["athena", "a", "zeus-2", "a" * 63])
+def test_valid_agent_names(name):
+    assert valid_agent_name(name) and AGENT_NAME.fullmatch(name)
+
+
+def test_report_nested_deeper_than_the_limit_is_refused_even_under_an_unknown_key():
+    deep: dict = {}
+    inner = deep
+    for _ in range(MAX_JSON_DEPTH):
+        inner["x"] = {}
+        inner = inner["x"]
+    base = {"agent": "athena", "seq": 1, "sent_at": 0, "image_version": "v"}
+    with pytest.raises(ValueError, match="nested deeper"):
+        Report.from_json({**base, "future_field": deep})
+    assert Report.from_json({**base, "future_field": deep["x"]["x"]}).agent == "athena"  # 1 + 7 levels
+    assert json_depth_within([[[]]], 3) and not json_depth_within([[[[]]]], 3)
