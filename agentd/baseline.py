@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict
 
 from .config import Config
 from .errors import AgentdError
 from .fsutil import rooted
+from .vm_files import FileState, Identity, baseline_from_json
 
-
-@dataclass(frozen=True)
-class FileState:
-    """What drift compares for one file: content hash, octal mode ("0644") and "user:group"."""
-    sha256: Optional[str]
-    mode: str
-    owner: str
-
-
-@dataclass(frozen=True)
-class Identity:
-    agent: str = ""
-    host: str = ""
-    role: str = ""
-    ip: str = ""
-    image_version: str = ""
+__all__ = ["Baseline", "FileState", "Identity", "load_baseline", "parse_files"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +40,10 @@ def _read_json(path: str, required: bool) -> dict:
 
 
 def parse_files(data: dict, where: str) -> Dict[str, FileState]:
-    files = {}
-    for path, entry in data.items():
-        if not isinstance(entry, dict) or not isinstance(path, str) or not path.startswith("/"):
-            raise AgentdError(f"{where}: {path!r}: must map an absolute path to {{sha256, mode, owner}}")
-        files[path] = FileState(entry.get("sha256"), str(entry.get("mode", "")), str(entry.get("owner", "")))
-    return files
+    try:
+        return baseline_from_json(data, where)
+    except ValueError as e:
+        raise AgentdError(str(e)) from None
 
 
 def load_baseline(config: Config, root: str) -> Baseline:
@@ -75,5 +59,5 @@ def load_baseline(config: Config, root: str) -> Baseline:
     packages = image.get("packages", {}).get("dpkg", {})
     if not isinstance(packages, dict):
         raise AgentdError(f"{image_path}: packages.dpkg must map names to versions")
-    identity = Identity(**{k: str(ident.get(k, "")) for k in Identity.__dataclass_fields__})
+    identity = Identity.from_json(ident)
     return Baseline(str(image.get("version", "")), files, {str(k): str(v) for k, v in packages.items()}, identity)

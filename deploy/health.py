@@ -11,6 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from agentd import vm_files
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ class Verdict:
 
 def fetch_agent(api_url: str, agent: str, timeout: float = 5) -> Optional[dict]:
     """The collector's view of one agent, or None when it has none (404) or is unreachable."""
-    url = f"{api_url.rstrip('/')}/api/v1/agents/{agent}"
+    url = vm_files.agent_api_url(api_url, agent)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.loads(resp.read())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+from agentd import vm_files
 from deploy.errors import CloneError
 from deploy.secrets import Secret
 from host.appliance import Drive, appliance
@@ -24,7 +25,6 @@ from host.appliance import Drive, appliance
 log = logging.getLogger(__name__)
 HOME = "/home/agent"
 DATA_LABEL = "agent-home"
-INJECTED_JSON = "/etc/agentfleet/injected.json"
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,9 @@ def validate_ops(ops: tuple[Op, ...], agent: str) -> None:
 
 def baseline_of(ops: tuple[Op, ...]) -> dict[str, dict]:
     """The baseline agentd compares against: sha256, octal mode, owner per injected file."""
-    return {op.path: {"sha256": hashlib.sha256(op.data()).hexdigest(), "mode": f"{op.mode:04o}", "owner": op.owner}
-            for op in ops if isinstance(op, WriteFile)}
+    return vm_files.baseline_to_json({op.path: vm_files.FileState.of(hashlib.sha256(op.data()).hexdigest(), op.mode,
+                                                                     op.owner)
+                                      for op in ops if isinstance(op, WriteFile)})
 
 
 def inject(batch: list[AgentDisks]) -> dict[str, dict]:
@@ -143,7 +144,7 @@ def _inject_one(g, item: AgentDisks, data_dev: str, facts: ImageFacts) -> dict:
         baseline = baseline_of(ops)
         record = json.dumps({**dict(item.meta), "injected_at": int(time.time()), "baseline": baseline}, indent=2,
                             sort_keys=True)
-        ops += (WriteFile(INJECTED_JSON, record.encode() + b"\n", 0o644),)
+        ops += (WriteFile(vm_files.INJECTED_JSON, record.encode() + b"\n", 0o644),)
         # one tar_in per agent (skeleton, files, owners and modes) instead of several calls per file
         tar = _tar_of(ops, facts.ids, skeleton=facts.skeleton if item.seed_data else b"")
         _upload_from_memory(g, tar, "/", tar=True)
