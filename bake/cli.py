@@ -76,15 +76,14 @@ def _lock(args, layout) -> int:
 
 
 def _verify(args, layout) -> int:
-    from bake.publish import Published, check_published
+    from bake import publish
     from bake.verify import verify_image
-    manifest_path = Path(str(args.image).removesuffix(".qcow2") + ".manifest.json")
-    if not manifest_path.exists():
+    image = publish.beside(args.image)
+    if image is None:
         raise BakeError(f"{args.image}: no manifest beside it; not a published image")
-    manifest = json.loads(manifest_path.read_text())
-    check_published(Published(args.image, manifest_path, manifest), full=True)
+    publish.check_published(image, full=True)
     layout.build.mkdir(parents=True, exist_ok=True)
-    pins = manifest["pins"]
+    pins = image.manifest.pins
     plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if PLUGIN.match(name))
     problems = verify_image(args.image, pins["node"], pins["openclaw"], layout.build, plugins=plugins)
     for p in problems:
@@ -94,10 +93,11 @@ def _verify(args, layout) -> int:
 
 
 def _list(args, layout) -> int:
-    for m in sorted(layout.images.glob(f"{args.name}-*.manifest.json"), key=lambda p: p.stat().st_mtime):
-        data = json.loads(m.read_text())
-        print(f"{data['version']}  {data['built_at']}  node {data['pins']['node']}  openclaw {data['pins']['openclaw']}"
-              f"  {data['qcow2']['size'] / 1e6:.0f} MB  {m.parent / data['qcow2']['file']}")
+    from bake import publish
+    for image in publish.published(layout.images, args.name):
+        m = image.manifest
+        print(f"{m.version}  {m.built_at}  node {m.pins.get('node')}  openclaw {m.pins.get('openclaw')}"
+              f"  {m.qcow2.size / 1e6:.0f} MB  {image.qcow2}")
     return 0
 
 

@@ -99,7 +99,7 @@ def _exclusive(build: Path, quiet: bool):
 def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_work: bool) -> Outcome:
     version = inputs.version
     previous = publish.newest(layout.images, spec.name)
-    changed = explain_miss(inputs.hashes, previous.manifest.get("inputs", {})) if previous else ["no image yet"]
+    changed = explain_miss(inputs.hashes, previous.manifest.inputs) if previous else ["no image yet"]
     _check_free_space(layout.build)
     progress = Progress(layout.logs / f"{spec.name}-{version}-{time.strftime('%Y%m%dT%H%M%S')}.log", quiet=quiet)
     progress.say(f"baking {spec.name}-{version}; cache miss because: " + "; ".join(changed))
@@ -199,7 +199,7 @@ def dry_run(spec_path: Path, layout: Layout) -> list[str]:
     base_tar = layout.base_trees / f"{inputs.base_key}.tar"
     previous = publish.newest(layout.images, spec.name)
     lines = [f"would bake {spec.name}-{version}",
-             *("  changed: " + c for c in (explain_miss(inputs.hashes, previous.manifest.get("inputs", {}))
+             *("  changed: " + c for c in (explain_miss(inputs.hashes, previous.manifest.inputs)
                                           if previous else ["no image yet"]))]
     if base_tar.exists():
         lines.append(f"base tree: cached {base_tar}")
@@ -208,5 +208,5 @@ def dry_run(spec_path: Path, layout: Layout) -> list[str]:
                                                      layout.dib_cache, work / "base").shell_line())
     lines.append("app tree: " + dib.app_command(spec, work / "staging", work / "elements", layout.dib_cache,
                                                 base_tar, work / "app").shell_line())
-    lines.append(f"publish: {publish.paths(layout.images, spec.name, version)['qcow2']}")
+    lines.append(f"publish: {publish.paths(layout.images, spec.name, version).qcow2}")
     return lines

@@ -52,8 +52,8 @@ def main() -> int:
         spec = load_spec(spec_path)
         lock.resolve(spec, fetch.host_npm(spec, layout.downloads, layout.tools))  # `make lock`: not part of the bake
         bump, t_bump = timed(lambda: pipeline.bake(spec_path, layout, quiet=True))
-        tree = full.image.manifest["tree_size"]
-        qcow2 = full.image.manifest["qcow2"]["size"]
+        tree = full.image.manifest.tree_size
+        qcow2 = full.image.manifest.qcow2.size
         print("full bake, by phase:")
         for phase, seconds in full.phases.items():
             print(f"  {seconds:7.1f} s  {phase}")

@@ -11,7 +11,6 @@ started (that is part of a clone) and destroyed right after each measurement. Pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bake import publish as bake_publish  # noqa: E402
 from host import accel  # noqa: E402
 from tests.clone_support import (SEED_AGENTS, ensure_libvirtd, guest_root, libvirt_workdir,  # noqa: E402
                                  make_synthetic_image, publish, write_overlay, write_secrets)
@@ -58,11 +58,9 @@ def main() -> None:
     ensure_libvirtd()
     work = libvirt_workdir("bench-clone-")
     try:
-        baked = sorted((ROOT / "build/images").glob("agent-*.manifest.json"), key=lambda m: m.stat().st_mtime)
+        baked = bake_publish.newest(ROOT / "build/images", "agent") if (ROOT / "build/images").is_dir() else None
         if baked:
-            manifest = json.loads(baked[-1].read_text())
-            version, images = manifest["version"], ROOT / "build/images"
-            golden = images / f"agent-{version}.qcow2"
+            version, images, golden = baked.version, baked.qcow2.parent, baked.qcow2
             for d in (images, *images.parents):
                 if d != Path("/"):
                     d.chmod(d.stat().st_mode | 0o711)
@@ -71,8 +69,7 @@ def main() -> None:
             print(f"image: synthetic, {args.tree_mb} MB tree (no baked image published)")
             golden = synthetic_image(work, args.tree_mb)
             version, images = "bench", work / "images"
-            publish(golden, images, version)
-            golden = images / f"agent-{version}.qcow2"
+            golden = publish(golden, images, version)
         print(f"accel: {'KVM' if accel.kvm_works() else 'TCG (KVM does not work here)'}")
         secrets = write_secrets(work / "secrets.yaml", FLEET)
         overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=images, secrets_file=secrets,

@@ -11,6 +11,7 @@ import pytest
 
 from bake.errors import BakeError
 from bake.hashing import file_sha256
+from bake import publish
 from bake.publish import Published, check_published
 from host.run import run
 from bake.verify import verify_image
@@ -22,20 +23,21 @@ pytestmark = pytest.mark.slow
 
 def test_published_image_carries_a_manifest_that_matches_it(baked_image):
     m = baked_image.manifest
-    assert m["version"] == baked_image.version and len(m["version"]) == 12
-    assert m["pins"] == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2",
+    assert m.version == baked_image.version and len(m.version) == 12
+    assert m.pins == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2",
                          "@openclaw/mattermost": "2026.9.2"}
-    assert m["qcow2"]["sha256"] == file_sha256(baked_image.qcow2)
-    assert m["qcow2"]["size"] == baked_image.qcow2.stat().st_size
+    assert m.qcow2.sha256 == file_sha256(baked_image.qcow2)
+    assert m.qcow2.size == baked_image.qcow2.stat().st_size
     assert baked_image.qcow2.stat().st_mode & 0o222 == 0, "published images are read-only"
-    assert "linux-image-virtual" in m["packages"]["dpkg"] and "grub-pc" in m["packages"]["dpkg"]
-    assert m["packages"]["npm"]["openclaw"] == "2026.9.2"
-    assert m["baseline"]["/etc/passwd"]["owner"] == "root:root"
-    assert m["baseline"]["/etc/passwd"]["mode"] == "0644"
-    assert "/etc/machine-id" not in m["baseline"]
-    schema = json.loads((baked_image.qcow2.parent / m["openclaw_schema"]).read_text())
+    assert "linux-image-virtual" in m.packages["dpkg"] and "grub-pc" in m.packages["dpkg"]
+    assert m.packages["npm"]["openclaw"] == "2026.9.2"
+    assert m.baseline["/etc/passwd"]["owner"] == "root:root"
+    assert m.baseline["/etc/passwd"]["mode"] == "0644"
+    assert "/etc/machine-id" not in m.baseline
+    schema = json.loads(baked_image.schema_path.read_text())
     assert "properties" in schema
-    assert (baked_image.qcow2.parent / f"agent-{m['version']}.log").exists()
+    assert publish.paths(baked_image.qcow2.parent, "agent", m.version).log.exists()
+    assert publish.newest(baked_image.qcow2.parent, "agent").manifest == m, "what the bake wrote is what it reads"
 
 
 def test_unchanged_spec_is_a_cache_hit_that_bakes_nothing(baked_image):
@@ -89,7 +91,7 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
     assert "/etc/machine-id is not empty" in text
     assert "SSH host keys present: /etc/ssh/ssh_host_ed25519_key" in text
     assert "/root/.bash_history must not be in the golden image" in text
-    assert baked_image.manifest["qcow2"]["sha256"] == file_sha256(baked_image.qcow2), "the golden image was written"
+    assert baked_image.manifest.qcow2.sha256 == file_sha256(baked_image.qcow2), "the golden image was written"
 
 
 def test_golden_image_boots_to_a_login_prompt_and_its_unconfigured_agentd_says_so_on_the_console(baked_image,

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bake import fetch, lock
-from bake.hashing import file_sha256
+from bake import fetch, lock, publish
 from bake.pipeline import Layout, bake
 from bake.spec import load_spec
 from tests.clone_support import (JsonStub, clone_cli, ensure_libvirtd, guest_root, libvirt_workdir,
@@ -118,17 +117,13 @@ def derive_broken_image(good, dest: Path) -> Path:
     build's images dir, where a later clone could take it for the newest). A copy and one file written with
     libguestfs, not a third bake: what the replace must survive is an agentd that does not start."""
     version = f"{good.version}-broken"
-    qcow2 = dest / f"agent-{version}.qcow2"
-    shutil.copyfile(good.qcow2, qcow2)
-    with guest_root(qcow2) as g:
+    work = dest / f".agent-{version}.work.qcow2"
+    shutil.copyfile(good.qcow2, work)
+    with guest_root(work) as g:
         g.mkdir_p("/etc/systemd/system/agentd.service.d")
         g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
-    shutil.copyfile(good.qcow2.with_name(f"agent-{good.version}.openclaw-schema.json"),
-                    dest / f"agent-{version}.openclaw-schema.json")
-    manifest = {**good.manifest, "version": version,
-                "qcow2": {"size": qcow2.stat().st_size, "sha256": file_sha256(qcow2)}}
-    (dest / f"agent-{version}.manifest.json").write_text(json.dumps(manifest))
-    return qcow2
+    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
+    return publish.publish(dest, "agent", version, work, image_json, good.schema_path, None).qcow2
 
 
 class ReportWatch:

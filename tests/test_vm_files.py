@@ -74,7 +74,7 @@ def test_the_clones_injected_baseline_is_read_back_by_agentd(tmp_path):
 
 def test_the_clones_identity_is_what_agentd_reads(tmp_path):
     inv = inventory.load()
-    identity = payload.identity(inv, inv.agent("athena"), Image("v7", Path("/x.qcow2"), {}, None))
+    identity = payload.identity(inv, inv.agent("athena"), Image("v7", Path("/x.qcow2"), None, None))
     etc = tmp_path / vm_files.ETC.lstrip("/")
     etc.mkdir(parents=True)
     (etc / "image.json").write_text(json.dumps({"version": "v7"}))
