@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from bake.errors import BakeError
+from bake.errors import BakeError, input_errors
 from bake.spec import PLUGIN
+from host import exit_codes
 from host.errors import HostError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,17 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args, layout)
     except (BakeError, HostError) as e:  # a host tool's failure is the bake's at this edge (lock, verify)
         print(f"bake: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", exit_codes.FAILED)
     except KeyboardInterrupt:
         print("bake: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 def _bake(args, layout) -> int:
     from bake import pipeline
     if args.dry_run:
         print("\n".join(pipeline.dry_run(args.spec, layout)))
-        return 0
+        return exit_codes.OK
     outcome = pipeline.bake(args.spec, layout, verify_checksum=args.verify, force=args.force, quiet=args.quiet,
                              keep_work=args.keep_work)
     if args.json:
@@ -60,19 +61,20 @@ def _bake(args, layout) -> int:
               f"{'sha256 verified' if args.verify else 'size checked'}); nothing to bake")
     else:
         print(f"baked: {outcome.image.qcow2}")
-    return 0
+    return exit_codes.OK
 
 
 def _lock(args, layout) -> int:
     from bake import fetch
     from bake.spec import load_spec
     from bake.lock import resolve
-    spec = load_spec(args.spec)
+    with input_errors():
+        spec = load_spec(args.spec)
     npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools)
     lock = resolve(spec, npm_cmd, log=sys.stderr)
     print(f"locked openclaw {lock['openclaw']['version']} ({lock['openclaw']['packages']} packages, "
           f"engines.node {lock['openclaw']['engines_node']!r}) -> {spec.lock_path}")
-    return 0
+    return exit_codes.OK
 
 
 def _verify(args, layout) -> int:
@@ -80,7 +82,7 @@ def _verify(args, layout) -> int:
     from bake.verify import verify_image
     image = publish.beside(args.image)
     if image is None:
-        raise BakeError(f"{args.image}: no manifest beside it; not a published image")
+        raise BakeError(f"{args.image}: no manifest beside it; not a published image", exit_codes.USAGE)
     publish.check_published(image, full=True)
     layout.build.mkdir(parents=True, exist_ok=True)
     pins = image.manifest.pins
@@ -89,7 +91,7 @@ def _verify(args, layout) -> int:
     for p in problems:
         print(f"problem: {p}")
     print("ok" if not problems else f"{len(problems)} problems")
-    return 1 if problems else 0
+    return exit_codes.FAILED if problems else exit_codes.OK
 
 
 def _list(args, layout) -> int:
@@ -98,7 +100,7 @@ def _list(args, layout) -> int:
         m = image.manifest
         print(f"{m.version}  {m.built_at}  node {m.pins.get('node')}  openclaw {m.pins.get('openclaw')}"
               f"  {m.qcow2.size / 1e6:.0f} MB  {image.qcow2}")
-    return 0
+    return exit_codes.OK
 
 
 _COMMANDS = {"bake": _bake, "lock": _lock, "verify": _verify, "list": _list}

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bake import assemble, dib, fetch, manifest, plugin_cache, publish
-from bake.errors import BakeError
+from bake.errors import BakeError, input_errors
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
 from bake.progress import Progress
 from bake.spec import Spec, load_spec
 from bake.verify import verify_image
+from host import exit_codes
 from host.errors import HostError
 from host.run import run
 
@@ -61,8 +62,10 @@ class Outcome:
 
 
 def plan(spec_path: Path) -> tuple[Spec, Inputs]:
-    spec = load_spec(spec_path)
-    check_lock(spec, Lock.load(spec))
+    """The spec, its lock and their agreement are the bake's input: their errors are usage errors (exit 2)."""
+    with input_errors():
+        spec = load_spec(spec_path)
+        check_lock(spec, Lock.load(spec))
     return spec, collect(spec)
 
 
@@ -115,7 +118,7 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
             raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
         raise
     except (BakeError, HostError) as e:  # a host tool's failure becomes the bake's, naming the log
-        raise BakeError(f"{e} (log: {progress.log_path})") from None
+        raise BakeError(f"{e} (log: {progress.log_path})", getattr(e, "exit_code", exit_codes.FAILED)) from None
     finally:
         if ok or not keep_work:
             shutil.rmtree(work, ignore_errors=True)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from host import exit_codes
+
 from .config import CollectorConfig, CollectorError, parse_listen, read_secret
 
 
@@ -64,5 +66,5 @@ def main(argv: Optional[list[str]] = None) -> int:
         serve(config_from_args(args), args.log_level)
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return exit_codes.USAGE
+    return exit_codes.OK

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Turn the golden image into named agent VMs on this hypervisor: deploy/clone.py athena [apollo ...].
 
-Exit codes: 0 done; 2 a clone error (bad input, missing secret, refused action; one line on stderr);
-3 a --replace that rolled back (the reason on stderr); 130 interrupted. docs/clone.md has the details."""
+Exit codes (host/exit_codes.py, the same for every CLI): 0 done; 1 the operation failed (qemu-img, libguestfs,
+libvirt); 2 bad input (inventory, secret, refused action); 3 a --replace that rolled back (the reason on stderr);
+130 interrupted. Errors are one line on stderr. docs/clone.md has the details."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
 from deploy import inventory as inventory_mod  # noqa: E402
 from deploy import plan, provision  # noqa: E402
 from deploy.errors import CloneError, RolledBack  # noqa: E402
+from host import exit_codes  # noqa: E402
 from host.errors import HostError  # noqa: E402
 
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
         if args.plan:
             rows = plan.capacity(inv)
             print(json.dumps([r.to_json() for r in rows], indent=2) if args.json else plan.render(rows))
-            return 0
+            return exit_codes.OK
         if not args.agents:
             raise CloneError("name at least one agent (or use --plan)")
         if args.purge_data and not args.destroy:
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
         else:
             results = provision.clone(inv, args.agents, opts, out=print if not args.json else (lambda *_: None))
         _report(results, args.json)
-        return 0
+        return exit_codes.OK
     except RolledBack as e:
         _report(getattr(e, "results", []), args.json)
         print(f"clone: {e}", file=sys.stderr)
@@ -87,12 +89,12 @@ def main(argv=None) -> int:
         print(f"clone: {e}", file=sys.stderr)
         return e.exit_code
     except HostError as e:  # a host tool's failure (qemu-img, ssh-keygen, guestfs) is the clone's at this edge
-        wrapped = CloneError(str(e))
+        wrapped = CloneError(str(e), exit_codes.FAILED)
         print(f"clone: {wrapped}", file=sys.stderr)
         return wrapped.exit_code
     except KeyboardInterrupt:
         print("clone: interrupted; run the same command again to converge", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 def _report(results, as_json: bool) -> None:

@@ -20,6 +20,7 @@ from typing import Union
 from agentd import vm_files
 from deploy.errors import CloneError
 from deploy.secrets import Secret
+from host import exit_codes
 from host.appliance import Drive, appliance
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def inject(batch: list[AgentDisks]) -> dict[str, dict]:
                 baselines[item.agent] = _inject_one(g, item, data_dev, facts)
                 log.info("guestfs: %s: %d operations in %.1fs", item.agent, len(item.ops), time.monotonic() - started)
     except RuntimeError as e:  # libguestfs reports every failure as RuntimeError
-        raise CloneError(f"libguestfs ({current}): {str(e).splitlines()[0][:300]}") from None
+        raise CloneError(f"libguestfs ({current}): {str(e).splitlines()[0][:300]}", exit_codes.FAILED) from None
     return baselines
 
 
