@@ -50,7 +50,8 @@ def make_disk(root: Path, raw: Path, size_gb: int, log: Optional[TextIO] = None)
     raw.unlink(missing_ok=True)
     size = size_gb << 30
     run(["qemu-img", "create", "-q", "-f", "raw", str(raw), str(size)], log=log)
-    run(["sfdisk", "--quiet", str(raw)], log=log, input_bytes=f"start={PART_OFFSET // 512}, type=83, bootable\n".encode())
+    partition = f"start={PART_OFFSET // 512}, type=83, bootable\n"
+    run(["sfdisk", "--quiet", str(raw)], log=log, input_bytes=partition.encode())
     blocks = (size - PART_OFFSET) // 4096
     run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", ROOT_LABEL, "-d", str(root),
          "-E", f"offset={PART_OFFSET}", str(raw), str(blocks)], log=log)

@@ -66,8 +66,8 @@ def _bake(args, layout) -> int:
 
 def _lock(args, layout) -> int:
     from bake import fetch
-    from bake.spec import load_spec
     from bake.lock import resolve
+    from bake.spec import load_spec
     with input_errors():
         spec = load_spec(args.spec)
     npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools)

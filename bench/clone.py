@@ -23,8 +23,16 @@ sys.path.insert(0, str(ROOT))
 
 from bake import publish as bake_publish  # noqa: E402
 from host import accel  # noqa: E402
-from tests.clone_support import (SEED_AGENTS, ensure_libvirtd, guest_root, libvirt_workdir,  # noqa: E402
-                                 make_synthetic_image, publish, write_overlay, write_secrets)
+from tests.clone_support import (  # noqa: E402
+    SEED_AGENTS,
+    ensure_libvirtd,
+    guest_root,
+    libvirt_workdir,
+    make_synthetic_image,
+    publish,
+    write_overlay,
+    write_secrets,
+)
 
 FLEET = tuple(f"bench-{a}" for a in SEED_AGENTS)
 
@@ -103,7 +111,8 @@ def main() -> None:
         print(f"  one agent                          {one:7.1f} s")
         print(f"  eight agents                       {fleet:7.1f} s  = {fleet / one:.2f}x one agent (goal <= 1.5x)")
         print(f"  usual way, one VM                  {usual:7.1f} s  (mean of {len(per_vm)})")
-        print(f"  usual way, eight VMs               {usual_fleet:7.1f} s  ({len(per_vm)} measured, rest x{usual:.1f} s)")
+        print(f"  usual way, eight VMs               {usual_fleet:7.1f} s  "
+              f"({len(per_vm)} measured, rest x{usual:.1f} s)")
         print(f"  fleet speed-up over the usual way  {usual_fleet / fleet:7.1f}x (goal >= 10x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
                    help="YAML merged over the inventory (repeatable; default $AGENTFLEET_OVERLAY, colon-separated)")
     p.add_argument("--plan", action="store_true", help="print the capacity view per host and exit")
     p.add_argument("--image", help="image version or .qcow2 path (default: newest published)")
-    p.add_argument("--dry-run", action="store_true", help="print disks, files (secrets masked), domain XML; touch nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print disks, files (secrets masked), domain XML; touch nothing")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--replace", action="store_true", help="upgrade to another image, roll back if not healthy")
     mode.add_argument("--rollback", action="store_true", help="go back to the previous image and data snapshot")

@@ -59,6 +59,7 @@ def wait_healthy(api_url: str, agent: str, version: str, since: float, *, deadli
                 return Verdict(False, "failed report",
                                f"{agent} on {version} reported unhealthy for {unhealthy_grace_s:.0f}s")
         if time.monotonic() >= end:
-            seen = f"last seen {last.get('image_version')}, healthy={last.get('healthy')}" if last else "no report at all"
+            seen = (f"last seen {last.get('image_version')}, healthy={last.get('healthy')}" if last
+                    else "no report at all")
             return Verdict(False, "health deadline", f"{agent}: no healthy report within {deadline_s:.0f}s ({seen})")
         time.sleep(poll_s)

@@ -58,7 +58,8 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
         WriteFile("/etc/netplan/01-agentfleet.yaml", yaml.safe_dump(netplan(inv, agent, state.mac)).encode(), 0o600),
         Mkdir(vm_files.ETC, 0o755),
         WriteFile(vm_files.IDENTITY_JSON, _json(identity(inv, agent, image).to_json())),
-        WriteFile(vm_files.AGENTD_YAML, yaml.safe_dump(agentd_config(inv, agent).to_yaml_data(), sort_keys=False).encode()),
+        WriteFile(vm_files.AGENTD_YAML, yaml.safe_dump(agentd_config(inv, agent).to_yaml_data(),
+                                                       sort_keys=False).encode()),
         WriteFile(vm_files.AGENTD_TOKEN, Secret(token + "\n"), 0o600),
     ]
     for key in host_keys:

@@ -6,12 +6,12 @@ The stub collector is deliberately tiny (http.server): it validates the bearer t
 from __future__ import annotations
 
 import grp
-import signal
-import socket
-import sqlite3
 import hashlib
 import json
 import pwd
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -99,7 +99,8 @@ def make_vm_tree(root: Path, agent: str = "athena", collector_url: str = "http:/
     path.write_text(yaml.safe_dump(cfg))
     injected = ["etc/hostname", "etc/agentfleet/identity.json", "etc/agentfleet/agentd.token",
                 "etc/agentfleet/agentd.yaml"]
-    (agentfleet / "injected.json").write_text(json.dumps({"baseline": {"/" + f: baseline_of(root, f) for f in injected}}))
+    baseline = {"/" + f: baseline_of(root, f) for f in injected}
+    (agentfleet / "injected.json").write_text(json.dumps({"baseline": baseline}))
     return path
 
 

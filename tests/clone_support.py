@@ -183,7 +183,8 @@ def allow_guestfwd_commands() -> bool:
     text = QEMU_CONF.read_text() if QEMU_CONF.exists() else ""
     if re.search(r"^\s*seccomp_sandbox\s*=\s*0\s*$", text, re.M):
         return False
-    QEMU_CONF.write_text(text + "\n# agentfleet tests: guestfwd cmd: forwards need QEMU to spawn nc\nseccomp_sandbox = 0\n")
+    QEMU_CONF.write_text(text + "\n# agentfleet tests: guestfwd cmd: forwards need QEMU to spawn nc\n"
+                                "seccomp_sandbox = 0\n")
     return True
 
 

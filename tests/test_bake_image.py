@@ -9,13 +9,13 @@ import time
 
 import pytest
 
+from bake import publish
 from bake.errors import BakeError
 from bake.hashing import file_sha256
-from bake import publish
 from bake.publish import Published, check_published
-from host.run import run
 from bake.verify import verify_image
 from host.accel import kvm_works
+from host.run import run
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -68,22 +68,16 @@ def test_cache_hit_notices_a_modified_image(baked_image, tmp_path):
 
 
 def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plugins(baked_image, tmp_path):
-    import guestfs
+    from host.appliance import Drive, appliance
     dirty = tmp_path / "dirty.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(dirty)])
-    from host.accel import apply_guestfs_env
-    apply_guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(dirty), format="qcow2")
-    g.launch()
-    g.mount(g.inspect_os()[0], "/")
-    g.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
-    g.write("/etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
-    g.write("/root/.bash_history", "ls\n")
-    g.rm_rf("/opt/openclaw/plugin-cache")
-    g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
-    g.shutdown()
-    g.close()
+    with appliance([Drive(dirty)]) as g:
+        g.mount(g.inspect_os()[0], "/")
+        g.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+        g.write("/etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
+        g.write("/root/.bash_history", "ls\n")
+        g.rm_rf("/opt/openclaw/plugin-cache")
+        g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
     problems = verify_image(dirty, "22.23.3", "2026.9.2", tmp_path, plugins=("@openclaw/mattermost@2026.9.2",))
     text = "; ".join(problems)
     assert "/opt/openclaw/plugin-cache/_cacache missing" in text

@@ -1,6 +1,5 @@
 """host.run: the one command runner of the bake and the clone, exercised with real processes."""
 import io
-import os
 import time
 
 import pytest

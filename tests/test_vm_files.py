@@ -15,8 +15,8 @@ from agentd.config import parse_config
 from agentd.filestate import FileStateReader
 from bake.manifest import managed, scan_tree
 from deploy import inventory, payload
-from deploy.inject import WriteFile, baseline_of
 from deploy.images import Image
+from deploy.inject import WriteFile, baseline_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,8 @@ def test_the_bakes_baseline_entries_are_what_agentds_drift_reads_from_the_same_f
 
 
 def test_the_clones_injected_baseline_is_read_back_by_agentd(tmp_path):
-    ops = (WriteFile("/etc/hostname", b"athena\n", 0o644), WriteFile("/home/agent/.env", b"K=V\n", 0o600, "agent:agent"))
+    ops = (WriteFile("/etc/hostname", b"athena\n", 0o644),
+           WriteFile("/home/agent/.env", b"K=V\n", 0o600, "agent:agent"))
     read = vm_files.baseline_from_json(baseline_of(ops), "injected.json")
     assert read["/home/agent/.env"] == vm_files.FileState(hashlib.sha256(b"K=V\n").hexdigest(), "0600", "agent:agent")
     assert read["/etc/hostname"].mode == "0644"
