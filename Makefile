@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup bake lock test test-fast test-slow e2e bench clean help
+.PHONY: setup bake lock test test-fast test-slow e2e lint bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -25,6 +25,9 @@ test-fast: setup  ## unit and service tests only (about a minute)
 
 test-slow: setup  ## tests that bake, inject and boot (minutes)
 	$(PYTEST) -m "slow and not e2e" tests
+
+lint: setup  ## ruff over the tree (the fast tier runs it too: tests/test_lint.py)
+	$(PY) -m ruff check .
 
 e2e: setup  ## end to end on real VMs (about 50 min here): bake, clone two agents, report, drift, replace, roll back
 	$(PYTEST) -m e2e tests

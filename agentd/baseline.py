@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict
 
 from .config import Config
 from .errors import AgentdError
 from .fsutil import rooted
+from .vm_files import FileState, Identity, baseline_from_json, text_field
 
-
-@dataclass(frozen=True)
-class FileState:
-    """What drift compares for one file: content hash, octal mode ("0644") and "user:group"."""
-    sha256: Optional[str]
-    mode: str
-    owner: str
-
-
-@dataclass(frozen=True)
-class Identity:
-    agent: str = ""
-    host: str = ""
-    role: str = ""
-    ip: str = ""
-    image_version: str = ""
+__all__ = ["Baseline", "FileState", "Identity", "load_baseline", "parse_files"]
 
 
 @dataclass(frozen=True)
@@ -54,27 +40,10 @@ def _read_json(path: str, required: bool) -> dict:
 
 
 def parse_files(data: dict, where: str) -> Dict[str, FileState]:
-    if not isinstance(data, dict):
-        raise AgentdError(f"{where}: baseline must map absolute paths to {{sha256, mode, owner}}")
-    files = {}
-    for path, entry in data.items():
-        if not isinstance(entry, dict) or not isinstance(path, str) or not path.startswith("/"):
-            raise AgentdError(f"{where}: {path!r}: must map an absolute path to {{sha256, mode, owner}}")
-        files[path] = FileState(_optional_text(entry, "sha256", f"{where}: {path}") or None,
-                                _optional_text(entry, "mode", f"{where}: {path}"),
-                                _optional_text(entry, "owner", f"{where}: {path}"))
-    return files
-
-
-def _optional_text(data: dict, key: str, where: str) -> str:
-    """A string field, "" when absent or null. Never str() of another type: a mode written as the number 644 or 420
-    would be drift on every report, a null role would be reported as "None"."""
-    value = data.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise AgentdError(f"{where}: {key} must be a string, not {type(value).__name__}")
-    return value
+    try:
+        return baseline_from_json(data, where)
+    except ValueError as e:
+        raise AgentdError(str(e)) from None
 
 
 def load_baseline(config: Config, root: str) -> Baseline:
@@ -93,8 +62,11 @@ def load_baseline(config: Config, root: str) -> Baseline:
     if not isinstance(packages, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in packages.items()):
         raise AgentdError(f"{image_path}: packages.dpkg must map names to version strings")
-    identity = Identity(**{k: _optional_text(ident, k, identity_path) for k in Identity.__dataclass_fields__})
-    version = _optional_text(image, "version", image_path)
+    try:
+        identity = Identity.from_json(ident, identity_path)
+        version = text_field(image, "version", image_path)
+    except ValueError as e:
+        raise AgentdError(str(e)) from None
     if not version:
         raise AgentdError(f"{image_path}: version is missing")
     return Baseline(version, files, dict(packages), identity)

@@ -8,6 +8,7 @@ import signal
 import sys
 from typing import List, Optional
 
+from . import exit_codes
 from .config import DEFAULT_CONFIG, load_config, read_token
 from .errors import AgentdError
 from .fsutil import rooted
@@ -41,9 +42,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cmd_run(config, args.root)
     except AgentdError as e:
         print(f"agentd: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     except KeyboardInterrupt:
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 def cmd_check(config, root: str) -> int:
@@ -51,7 +52,7 @@ def cmd_check(config, root: str) -> int:
     from .checks import CheckContext, run_checks
     results = run_checks(CheckContext(config, root, load_baseline(config, root)))
     print(format_table(results))
-    return 1 if any(r.status == "fail" for r in results) else 0
+    return exit_codes.FAILED if any(r.status == "fail" for r in results) else exit_codes.OK
 
 
 def format_table(results) -> str:
@@ -69,13 +70,13 @@ def cmd_once(config, root: str) -> int:
     if result.set_aside:
         log.error("%d report(s) can never be accepted: set aside to %s; see above", result.set_aside,
                   agent.spool.quarantine_dir)
-        return 1
+        return exit_codes.FAILED
     if result.auth_refused:
         log.error("%s: %d report(s) kept in the spool", result.error, len(agent.spool))
-        return 1
+        return exit_codes.FAILED
     if result.error:
         log.warning("collector unreachable (%s): report spooled (%d waiting)", result.error, len(agent.spool))
-    return 0
+    return exit_codes.OK
 
 
 def cmd_run(config, root: str) -> int:
@@ -100,4 +101,4 @@ def cmd_run(config, root: str) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return 0
+    return exit_codes.OK

@@ -1,99 +1,28 @@
 """agentd's configuration: /etc/agentfleet/agentd.yaml parsed once, at the edge, into frozen dataclasses.
 
-Every setting is declared once in `Config` (type and default); docs/contracts.md documents the keys.
+Every setting is declared once in `Config` (agentd/vm_files.py: type and default, shared with the clone that writes
+the file); docs/contracts.md documents the keys.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import yaml
 
 from .errors import AgentdError
 from .fsutil import rooted
 from .protocol import AGENT_NAME
+from .vm_files import AGENTD_YAML, DEFAULT_DRIFT_IGNORE, DEFAULT_THRESHOLDS, Config, Threshold
+
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_DRIFT_IGNORE", "DEFAULT_THRESHOLDS", "Config", "Threshold", "load_config",
+           "parse_config", "read_token"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = "/etc/agentfleet/agentd.yaml"
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """Higher is worse: value >= fail is "fail", >= warn is "warn"."""
-    warn: float
-    fail: float
-
-    def status(self, value: float) -> str:
-        if value >= self.fail:
-            return "fail"
-        if value >= self.warn:
-            return "warn"
-        return "ok"
-
-
-DEFAULT_THRESHOLDS: Dict[str, Threshold] = {
-    "disk_percent": Threshold(80, 95),
-    "memory_percent": Threshold(90, 97),
-    "load_per_cpu": Threshold(2.0, 4.0),
-    "cpu_percent": Threshold(90, 99),
-}
-
-DEFAULT_DRIFT_IGNORE = (
-    # files the running system rewrites by itself, or that bake/manifest.py leaves unmanaged: not drift
-    "/etc/mtab", "/etc/resolv.conf", "/etc/ld.so.cache", "/etc/adjtime", "/etc/machine-id", "/etc/.pwd.lock",
-    "/etc/udev/rules.d/70-persistent*",
-    "*/__pycache__/*", "*.pyc", "*~", "*.swp", "*.dpkg-new", "*.dpkg-old",
-)
-
-
-@dataclass(frozen=True)
-class Config:
-    agent: str
-    collector_url: str
-    token_file: str = "/etc/agentfleet/agentd.token"
-    interval_s: float = 30.0
-    scan_interval_s: float = 300.0
-    watched_paths: Tuple[str, ...] = ("/etc", "/usr/local/bin", "/opt/agentd")
-    spool_dir: str = "/var/lib/agentd/spool"
-    spool_max: int = 10000
-    mattermost_url: str = ""
-    openclaw_url: str = "http://127.0.0.1:18789"
-    thresholds: Dict[str, Threshold] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
-    # keys added by agentd (documented in docs/contracts.md), all optional
-    state_dir: str = "/var/lib/agentd"               # holds the sequence counter
-    image_json: str = "/etc/agentfleet/image.json"
-    injected_json: str = "/etc/agentfleet/injected.json"
-    identity_json: str = "/etc/agentfleet/identity.json"
-    dpkg_status: str = "/var/lib/dpkg/status"
-    disk_path: str = "/"
-    openclaw_unit: str = "openclaw-gateway.service"
-    agentd_unit: str = "agentd.service"
-    canary_file: str = ""                            # default: <first watched path>/.agentd-canary
-    canary_interval_s: float = 60.0
-    drift_ignore: Tuple[str, ...] = DEFAULT_DRIFT_IGNORE
-    http_timeout_s: float = 5.0                      # per request, connect and read
-    check_timeout_s: float = 2.0                     # per HTTP health probe
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 300.0
-    debounce_s: float = 0.05                         # coalesce a burst of file events into one report
-
-    @property
-    def reports_url(self) -> str:
-        from .protocol import REPORTS_PATH
-        return self.collector_url.rstrip("/") + REPORTS_PATH
-
-    @property
-    def agent_url(self) -> str:
-        """The collector's record of this agent (its latest state, with `last_seq`)."""
-        return self.collector_url.rstrip("/") + "/api/v1/agents/" + self.agent
-
-    @property
-    def canary_path(self) -> str:
-        return self.canary_file or (self.watched_paths[0].rstrip("/") + "/.agentd-canary")
+DEFAULT_CONFIG = AGENTD_YAML
 
 
 _FLOATS = {f.name for f in dataclasses.fields(Config) if f.type in ("float",)}

@@ -9,7 +9,7 @@ import stat
 from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
-from .baseline import FileState
+from .vm_files import FileState, symlink_sha256
 
 Signature = Tuple[int, int, int, int]
 
@@ -60,7 +60,7 @@ class FileStateReader:
         else:
             try:
                 if stat.S_ISLNK(st.st_mode):  # a symlink's content is its target (hashed as bake/manifest.py does)
-                    digest = hashlib.sha256(("symlink:" + os.readlink(host_path)).encode()).hexdigest()
+                    digest = symlink_sha256(os.readlink(host_path))
                 else:
                     digest = sha256_file(host_path)
             except OSError:  # unreadable or vanished between stat and open

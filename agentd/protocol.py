@@ -47,7 +47,8 @@ def json_depth_within(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 
 
 def agent_token(collector_secret: bytes, agent: str) -> str:
-    """token = HMAC-SHA256(collector secret, agent name): the clone mints it offline, one agent cannot pose as another."""
+    """token = HMAC-SHA256(collector secret, agent name): the clone mints it offline, one agent cannot pose as
+    another."""
     return hmac.new(collector_secret, agent.encode(), hashlib.sha256).hexdigest()
 
 
@@ -105,7 +106,8 @@ class Report:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Report":
-        """Strict parse: raises ValueError (only) naming the first bad field, so a malformed report is a 4xx, never a 500.
+        """Strict parse: raises ValueError (only) naming the first bad field, so a malformed report is a 4xx, never
+        a 500.
 
         Numbers must be finite and in range, strings valid UTF-8 without NUL (SQL text columns refuse both), counts
         non-negative integers that fit a 64-bit column.

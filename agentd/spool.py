@@ -6,9 +6,9 @@ A report the collector can never accept is moved to `quarantine/`, never deleted
 `<seq>.json`, written atomically: a SIGKILL leaves either the whole file or none (the torn temp is discarded).
 
 Sequence numbers: the next seq is max(counter file, highest spooled seq) + 1. The counter file is written only
-when a report file is about to leave the spool (sent, set aside or dropped), and before that: whatever seq may have reached the
-collector is always covered by the counter or by a file still in the spool. So a crash never skips a seq (the
-collector would see a gap that never closes) and never hands the same seq to two different reports, and making a
+when a report file is about to leave the spool (sent, set aside or dropped), and before that: whatever seq may have
+reached the collector is always covered by the counter or by a file still in the spool. So a crash never skips a seq
+(the collector would see a gap that never closes) and never hands the same seq to two different reports, and making a
 report costs one atomic write, not two (the drift-to-collector latency is mostly fsync).
 """
 from __future__ import annotations

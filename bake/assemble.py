@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, TextIO
 
+from agentd import vm_files
 from bake.errors import BakeError
 from host.appliance import Drive, appliance
 from host.run import run
@@ -37,7 +38,7 @@ def finish_tree(root: Path, image_json: dict) -> None:
     for tmp in ("tmp", "var/tmp"):
         os.chmod(root / tmp, 0o1777)
     (root / "etc" / "fstab").write_text(f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n")
-    manifest = root / "etc" / "agentfleet" / "image.json"
+    manifest = root / vm_files.IMAGE_JSON.lstrip("/")
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps(image_json, indent=1, sort_keys=True) + "\n")
     os.chmod(manifest, 0o644)
@@ -49,7 +50,8 @@ def make_disk(root: Path, raw: Path, size_gb: int, log: Optional[TextIO] = None)
     raw.unlink(missing_ok=True)
     size = size_gb << 30
     run(["qemu-img", "create", "-q", "-f", "raw", str(raw), str(size)], log=log)
-    run(["sfdisk", "--quiet", str(raw)], log=log, input_bytes=f"start={PART_OFFSET // 512}, type=83, bootable\n".encode())
+    partition = f"start={PART_OFFSET // 512}, type=83, bootable\n"
+    run(["sfdisk", "--quiet", str(raw)], log=log, input_bytes=partition.encode())
     blocks = (size - PART_OFFSET) // 4096
     run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", ROOT_LABEL, "-d", str(root),
          "-E", f"offset={PART_OFFSET}", str(raw), str(blocks)], log=log)

@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from bake.errors import BakeError
+from bake.errors import BakeError, input_errors
 from bake.spec import PLUGIN
+from host import exit_codes
 from host.errors import HostError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,17 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args, layout)
     except (BakeError, HostError) as e:  # a host tool's failure is the bake's at this edge (lock, verify)
         print(f"bake: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", exit_codes.FAILED)
     except KeyboardInterrupt:
         print("bake: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 def _bake(args, layout) -> int:
     from bake import pipeline
     if args.dry_run:
         print("\n".join(pipeline.dry_run(args.spec, layout)))
-        return 0
+        return exit_codes.OK
     outcome = pipeline.bake(args.spec, layout, verify_checksum=args.verify, force=args.force, quiet=args.quiet,
                              keep_work=args.keep_work)
     if args.json:
@@ -60,45 +61,46 @@ def _bake(args, layout) -> int:
               f"{'sha256 verified' if args.verify else 'size checked'}); nothing to bake")
     else:
         print(f"baked: {outcome.image.qcow2}")
-    return 0
+    return exit_codes.OK
 
 
 def _lock(args, layout) -> int:
     from bake import fetch
-    from bake.spec import load_spec
     from bake.lock import resolve
-    spec = load_spec(args.spec)
+    from bake.spec import load_spec
+    with input_errors():
+        spec = load_spec(args.spec)
     npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools)
     lock = resolve(spec, npm_cmd, log=sys.stderr)
     print(f"locked openclaw {lock['openclaw']['version']} ({lock['openclaw']['packages']} packages, "
           f"engines.node {lock['openclaw']['engines_node']!r}) -> {spec.lock_path}")
-    return 0
+    return exit_codes.OK
 
 
 def _verify(args, layout) -> int:
-    from bake.publish import Published, check_published
+    from bake import publish
     from bake.verify import verify_image
-    manifest_path = Path(str(args.image).removesuffix(".qcow2") + ".manifest.json")
-    if not manifest_path.exists():
-        raise BakeError(f"{args.image}: no manifest beside it; not a published image")
-    manifest = json.loads(manifest_path.read_text())
-    check_published(Published(args.image, manifest_path, manifest), full=True)
+    image = publish.beside(args.image)
+    if image is None:
+        raise BakeError(f"{args.image}: no manifest beside it; not a published image", exit_codes.USAGE)
+    publish.check_published(image, full=True)
     layout.build.mkdir(parents=True, exist_ok=True)
-    pins = manifest["pins"]
+    pins = image.manifest.pins
     plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if PLUGIN.match(name))
     problems = verify_image(args.image, pins["node"], pins["openclaw"], layout.build, plugins=plugins)
     for p in problems:
         print(f"problem: {p}")
     print("ok" if not problems else f"{len(problems)} problems")
-    return 1 if problems else 0
+    return exit_codes.FAILED if problems else exit_codes.OK
 
 
 def _list(args, layout) -> int:
-    for m in sorted(layout.images.glob(f"{args.name}-*.manifest.json"), key=lambda p: p.stat().st_mtime):
-        data = json.loads(m.read_text())
-        print(f"{data['version']}  {data['built_at']}  node {data['pins']['node']}  openclaw {data['pins']['openclaw']}"
-              f"  {data['qcow2']['size'] / 1e6:.0f} MB  {m.parent / data['qcow2']['file']}")
-    return 0
+    from bake import publish
+    for image in publish.published(layout.images, args.name):
+        m = image.manifest
+        print(f"{m.version}  {m.built_at}  node {m.pins.get('node')}  openclaw {m.pins.get('openclaw')}"
+              f"  {m.qcow2.size / 1e6:.0f} MB  {image.qcow2}")
+    return exit_codes.OK
 
 
 _COMMANDS = {"bake": _bake, "lock": _lock, "verify": _verify, "list": _list}

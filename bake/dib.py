@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from host.run import Command
 from bake.spec import Spec
+from host.run import Command
 
 
 def dib_executable() -> str:
@@ -49,8 +49,8 @@ def _env(spec: Spec, staging: Path, generated: Path, cache: Path) -> tuple[tuple
 def base_command(spec: Spec, staging: Path, generated: Path, cache: Path, output: Path) -> Command:
     """Stage 1: debootstrap + every apt package + the base elements. Slow; its tar is cached by base_key."""
     elements = ("ubuntu-minimal", "agentfleet-packages", *spec.stage("base").elements)
-    return Command((dib_executable(), *_trace(), "-a", "amd64", "-t", "tar", "--no-tmpfs", "-o", str(output), *elements),
-                   env=_env(spec, staging, generated, cache))
+    return Command((dib_executable(), *_trace(), "-a", "amd64", "-t", "tar", "--no-tmpfs", "-o", str(output),
+                    *elements), env=_env(spec, staging, generated, cache))
 
 
 def app_command(spec: Spec, staging: Path, generated: Path, cache: Path, base_tar: Path, output: Path) -> Command:

@@ -18,8 +18,8 @@ from bake.engine import check_engine
 from bake.errors import BakeError
 from bake.hashing import file_sha256
 from bake.inputs import AGENTD_SOURCE
-from host.run import Command, run
 from bake.spec import Artifact, Spec
+from host.run import Command, run
 
 
 def download(artifact: Artifact, cache: Path, log: Optional[TextIO] = None, timeout: float = 60) -> Path:
@@ -120,7 +120,7 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
     shutil.copytree(AGENTD_SOURCE, staging / "agentd" / "agentd",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(unit, staging / "agentd" / "agentd.service")
-    for key, rel in spec.files.items():
+    for rel in spec.files.values():
         shutil.copytree(spec.images_dir / rel, staging / Path(rel).name)
     env = {
         "AGENTFLEET_IMAGE_NAME": spec.name,

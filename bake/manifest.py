@@ -11,13 +11,14 @@ import stat
 import time
 from pathlib import Path
 
+from agentd import vm_files
+
 # Files the image manages: drift in these is reported by agentd.
 MANAGED_PREFIXES = ("etc/", "usr/local/bin/", "opt/agentd/", "opt/node")
 # Files under those prefixes that legitimately differ per VM or change at run time; the clone owns some of them
 # (and records its own baseline in /etc/agentfleet/injected.json).
 UNMANAGED_FILES = {"etc/machine-id", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "etc/ld.so.cache",
-                   "etc/.pwd.lock", "etc/fstab", "etc/agentfleet/image.json", "etc/agentfleet/identity.json",
-                   "etc/agentfleet/injected.json", "etc/agentfleet/agentd.yaml", "etc/agentfleet/agentd.token"}
+                   "etc/.pwd.lock", "etc/fstab", *(p.lstrip("/") for p in (vm_files.IMAGE_JSON, *vm_files.CLONE_OWNED))}
 UNMANAGED_PREFIXES = ("etc/netplan/", "etc/ssh/ssh_host_", "etc/systemd/network/", "etc/udev/rules.d/70-persistent")
 WALKED = ("etc", "opt", "usr/local/bin")  # the dirs that hold every managed prefix
 SCHEMA_FILE = "opt/openclaw/config-schema.json"
@@ -46,13 +47,13 @@ def scan_tree(root: Path) -> dict:
                     continue
                 st = path.lstat()
                 if stat.S_ISLNK(st.st_mode):
-                    sha = hashlib.sha256(f"symlink:{os.readlink(path)}".encode()).hexdigest()
+                    sha = vm_files.symlink_sha256(os.readlink(path))
                 elif stat.S_ISREG(st.st_mode):
                     sha = _sha256(path)
                 else:
                     continue
-                baseline["/" + rel] = {"sha256": sha, "mode": f"{st.st_mode & 0o7777:04o}",
-                                       "owner": f"{users.get(st.st_uid, st.st_uid)}:{groups.get(st.st_gid, st.st_gid)}"}
+                owner = f"{users.get(st.st_uid, st.st_uid)}:{groups.get(st.st_gid, st.st_gid)}"
+                baseline["/" + rel] = vm_files.FileState.of(sha, st.st_mode, owner).to_json()
     dpkg_status = root / "var" / "lib" / "dpkg" / "status"
     npm_lock = root / NPM_LOCK_FILE
     return {

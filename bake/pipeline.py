@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bake import assemble, dib, fetch, manifest, plugin_cache, publish
-from bake.errors import BakeError
+from bake.errors import BakeError, input_errors
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
 from bake.spec import Spec, load_spec
 from bake.verify import verify_image
+from host import exit_codes
 from host.errors import HostError
 from host.progress import Progress, deadline_for
 from host.run import run
@@ -65,8 +66,10 @@ class Outcome:
 
 
 def plan(spec_path: Path) -> tuple[Spec, Inputs]:
-    spec = load_spec(spec_path)
-    check_lock(spec, Lock.load(spec))
+    """The spec, its lock and their agreement are the bake's input: their errors are usage errors (exit 2)."""
+    with input_errors():
+        spec = load_spec(spec_path)
+        check_lock(spec, Lock.load(spec))
     return spec, collect(spec)
 
 
@@ -103,7 +106,7 @@ def _exclusive(build: Path, quiet: bool):
 def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_work: bool) -> Outcome:
     version = inputs.version
     previous = publish.newest(layout.images, spec.name)
-    changed = explain_miss(inputs.hashes, previous.manifest.get("inputs", {})) if previous else ["no image yet"]
+    changed = explain_miss(inputs.hashes, previous.manifest.inputs) if previous else ["no image yet"]
     _check_free_space(layout.build)
     progress = Progress(layout.logs / f"{spec.name}-{version}-{time.strftime('%Y%m%dT%H%M%S')}.log", quiet=quiet)
     progress.say(f"baking {spec.name}-{version}; cache miss because: " + "; ".join(changed))
@@ -119,7 +122,7 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
             raise BakeError(f"no space left on device while baking (log: {progress.log_path})") from None
         raise
     except (BakeError, HostError) as e:  # a host tool's failure or a phase deadline becomes the bake's, naming the log
-        raise BakeError(f"{e} (log: {progress.log_path})") from None
+        raise BakeError(f"{e} (log: {progress.log_path})", getattr(e, "exit_code", exit_codes.FAILED)) from None
     finally:
         if ok or not keep_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -209,7 +212,7 @@ def dry_run(spec_path: Path, layout: Layout) -> list[str]:
     base_tar = layout.base_trees / f"{inputs.base_key}.tar"
     previous = publish.newest(layout.images, spec.name)
     lines = [f"would bake {spec.name}-{version}",
-             *("  changed: " + c for c in (explain_miss(inputs.hashes, previous.manifest.get("inputs", {}))
+             *("  changed: " + c for c in (explain_miss(inputs.hashes, previous.manifest.inputs)
                                           if previous else ["no image yet"]))]
     if base_tar.exists():
         lines.append(f"base tree: cached {base_tar}")
@@ -218,5 +221,5 @@ def dry_run(spec_path: Path, layout: Layout) -> list[str]:
                                                      layout.dib_cache, work / "base").shell_line())
     lines.append("app tree: " + dib.app_command(spec, work / "staging", work / "elements", layout.dib_cache,
                                                 base_tar, work / "app").shell_line())
-    lines.append(f"publish: {publish.paths(layout.images, spec.name, version)['qcow2']}")
+    lines.append(f"publish: {publish.paths(layout.images, spec.name, version).qcow2}")
     return lines

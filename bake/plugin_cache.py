@@ -15,8 +15,8 @@ from typing import Optional, TextIO
 
 from bake.errors import BakeError
 from bake.hashing import file_sha256
-from host.run import Command, run
 from bake.spec import Spec
+from host.run import Command, run
 
 # What OpenClaw 2026.9 runs for `plugins install <spec>`: a registry lookup, then an install with these flags.
 VIEW_FIELDS = ("name", "version", "dist.integrity", "dist.shasum", "openclaw")
@@ -46,8 +46,8 @@ def fill_plugin_cache(spec: Spec, npm_cmd: list[str], cache: Path, scratch: Path
         if pinned.get("version") != version or not pinned.get("integrity"):
             raise BakeError(f"artifacts.openclaw.plugins.{name}: {package_lock.name} does not pin {name}@{version}; "
                             f"run `make lock`")
-        said = run(Command((*npm_cmd, "view", f"{name}@{version}", *VIEW_FIELDS, "--json", "--loglevel", "error", "--cache", str(cache)),
-                           env=env, cwd=str(scratch)), log=log, capture=True)
+        said = run(Command((*npm_cmd, "view", f"{name}@{version}", *VIEW_FIELDS, "--json", "--loglevel", "error",
+                            "--cache", str(cache)), env=env, cwd=str(scratch)), log=log, capture=True)
         integrity = json.loads(said).get("dist.integrity")
         if integrity != pinned["integrity"]:
             raise BakeError(f"artifacts.openclaw.plugins.{name}: the registry's {name}@{version} has integrity "

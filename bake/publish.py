@@ -1,95 +1,180 @@
-"""Published images: atomic publication, lookup of the newest one, and the cache-hit check.
+"""Published images: the one reader and writer of the layout in an images dir, for the bake, the clone and the tests.
 
-An image is published when its manifest is in place; the manifest is renamed in last, so a reader never sees a
-partial image, and a failed bake leaves earlier images untouched.
+`<name>-<version>.qcow2` (read-only), `.openclaw-schema.json` and `.log` beside it, and `<name>-<version>.manifest.json`
+renamed in last: an image is published when its manifest is in place, so a reader never sees a partial image and a
+failed bake leaves earlier images untouched. "Newest" is the manifest most recently renamed into place.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from bake.errors import BakeError
 from bake.hashing import file_sha256
+
+MANIFEST_SUFFIX = ".manifest.json"
+SCHEMA_SUFFIX = ".openclaw-schema.json"
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """The published qcow2 as its manifest records it: checked on every cache hit (size) and --verify (sha256)."""
+    file: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`<name>-<version>.manifest.json`: the image's /etc/agentfleet/image.json plus what publication adds."""
+    name: str
+    version: str
+    qcow2: ImageFile
+    built_at: str = ""
+    pins: dict[str, str] = field(default_factory=dict)       # node, npm, openclaw, plugins -> version
+    inputs: dict[str, str] = field(default_factory=dict)     # input name -> sha256 (what the version hashes)
+    base_key: str = ""
+    packages: dict[str, dict] = field(default_factory=dict)  # dpkg / npm: name -> version
+    baseline: dict[str, dict] = field(default_factory=dict)  # in-VM path -> agentd.vm_files.FileState.to_json()
+    openclaw_schema: str = ""                                # file name of the exported schema, beside the qcow2
+    tree_size: int = 0                                       # bytes of the root tree before it became a disk
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Manifest":
+        """Parse a manifest; BakeError names the file and the entry at fault."""
+        try:
+            qcow2 = data["qcow2"]
+            image_file = ImageFile(str(qcow2.get("file") or f"{data['name']}-{data['version']}.qcow2"),
+                                   int(qcow2["size"]), str(qcow2["sha256"]))
+            known = {f for f in cls.__dataclass_fields__} - {"qcow2"}
+            manifest = cls(qcow2=image_file, **{k: v for k, v in data.items() if k in known})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BakeError(f"{where}: malformed image manifest ({type(e).__name__}: {e})") from None
+        if not manifest.version or not manifest.name:
+            raise BakeError(f"{where}: malformed image manifest (no name or version)")
+        return manifest
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    """Where one image's files are (or will be) in an images dir."""
+    qcow2: Path
+    manifest: Path
+    schema: Path
+    log: Path
+
+
+def paths(images_dir: Path, name: str, version: str) -> ImagePaths:
+    stem = f"{name}-{version}"
+    return ImagePaths(images_dir / f"{stem}.qcow2", images_dir / f"{stem}{MANIFEST_SUFFIX}",
+                      images_dir / f"{stem}{SCHEMA_SUFFIX}", images_dir / f"{stem}.log")
 
 
 @dataclass(frozen=True)
 class Published:
     qcow2: Path
     manifest_path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def version(self) -> str:
-        return self.manifest["version"]
+        return self.manifest.version
+
+    @property
+    def schema_path(self) -> Optional[Path]:
+        """OpenClaw's config schema exported beside the image, or None (an image published without one)."""
+        if not self.manifest.openclaw_schema:
+            return None
+        path = self.qcow2.parent / self.manifest.openclaw_schema
+        return path if path.exists() else None
 
 
-def paths(images_dir: Path, name: str, version: str) -> dict[str, Path]:
-    stem = images_dir / f"{name}-{version}"
-    return {"qcow2": stem.with_suffix(".qcow2"), "manifest": Path(f"{stem}.manifest.json"),
-            "schema": Path(f"{stem}.openclaw-schema.json"), "log": Path(f"{stem}.log")}
+def load(manifest_path: Path) -> Published:
+    """The image a manifest publishes (the qcow2 may be missing: check_published says so)."""
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        raise BakeError(f"{manifest_path}: unreadable image manifest ({e})") from None
+    manifest = Manifest.from_json(data, str(manifest_path))
+    return Published(manifest_path.parent / manifest.qcow2.file, manifest_path, manifest)
 
 
 def find(images_dir: Path, name: str, version: str) -> Optional[Published]:
-    p = paths(images_dir, name, version)
-    if not p["manifest"].exists():
-        return None
-    return Published(p["qcow2"], p["manifest"], json.loads(p["manifest"].read_text()))
+    manifest = paths(images_dir, name, version).manifest
+    return load(manifest) if manifest.exists() else None
+
+
+def beside(qcow2: Path) -> Optional[Published]:
+    """The image published as `qcow2` (its manifest beside it), or None when it is not published."""
+    manifest = qcow2.with_name(qcow2.name.removesuffix(".qcow2") + MANIFEST_SUFFIX)
+    return load(manifest) if manifest.exists() else None
+
+
+def published(images_dir: Path, name: str) -> list[Published]:
+    """Every published image of `name`, oldest first: by the time its manifest was renamed in, then by name."""
+    manifests = sorted(images_dir.glob(f"{name}-*{MANIFEST_SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name))
+    return [load(m) for m in manifests]
 
 
 def newest(images_dir: Path, name: str) -> Optional[Published]:
-    manifests = sorted(images_dir.glob(f"{name}-*.manifest.json"), key=lambda p: p.stat().st_mtime)
-    for m in reversed(manifests):
-        qcow2 = Path(str(m).removesuffix(".manifest.json") + ".qcow2")
-        if qcow2.exists():
-            return Published(qcow2, m, json.loads(m.read_text()))
-    return None
+    every = published(images_dir, name)
+    return every[-1] if every else None
 
 
 def check_published(image: Published, full: bool) -> None:
     """Size always (instant); the full sha256 only when asked (it reads the whole file)."""
-    want = image.manifest["qcow2"]
+    want = image.manifest.qcow2
     if not image.qcow2.exists():
         raise BakeError(f"{image.qcow2}: listed by its manifest but missing")
     size = image.qcow2.stat().st_size
-    if size != want["size"]:
-        raise BakeError(f"{image.qcow2}: size {size} differs from its manifest ({want['size']}); the file was "
+    if size != want.size:
+        raise BakeError(f"{image.qcow2}: size {size} differs from its manifest ({want.size}); the file was "
                         f"modified after publication: delete it and its manifest to rebake")
-    if full and file_sha256(image.qcow2) != want["sha256"]:
+    if full and file_sha256(image.qcow2) != want.sha256:
         raise BakeError(f"{image.qcow2}: sha256 differs from its manifest; delete it and its manifest to rebake")
 
 
-def publish(images_dir: Path, name: str, version: str, qcow2: Path, manifest: dict, schema: Path,
-            log_path: Path) -> Published:
+def publish(images_dir: Path, name: str, version: str, qcow2: Path, image_json: dict, schema: Optional[Path],
+            log_path: Optional[Path], keep_source: bool = False) -> Published:
+    """Publish `qcow2` (moved in, or copied with keep_source) with its schema and log; the manifest goes last.
+    `image_json` is the image's /etc/agentfleet/image.json; the manifest adds the qcow2's size and sha256."""
     images_dir.mkdir(parents=True, exist_ok=True)
     final = paths(images_dir, name, version)
-    manifest = dict(manifest, qcow2={"file": final["qcow2"].name, "size": qcow2.stat().st_size,
-                                     "sha256": file_sha256(qcow2)},
-                    openclaw_schema=final["schema"].name)
+    data = dict(image_json, name=name, version=version,
+                qcow2={"file": final.qcow2.name, "size": qcow2.stat().st_size, "sha256": file_sha256(qcow2)},
+                openclaw_schema=final.schema.name if schema else "")
+    manifest = Manifest.from_json(data, str(final.manifest))
     staged = []
     try:
-        for src, dst, move in ((qcow2, final["qcow2"], True), (schema, final["schema"], False)):
+        for src, dst, move in ((qcow2, final.qcow2, not keep_source), (schema, final.schema, False)):
+            if src is None:
+                continue
             tmp = dst.with_name(f".{dst.name}.tmp")
-            shutil.move(src, tmp) if move else shutil.copy2(src, tmp)
+            shutil.move(src, tmp) if move else shutil.copyfile(src, tmp)
             _fsync(tmp)
             staged.append((tmp, dst))
         os.chmod(staged[0][0], 0o444)  # published images are read-only
-        tmp_manifest = final["manifest"].with_name(f".{final['manifest'].name}.tmp")
-        tmp_manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        tmp_manifest = final.manifest.with_name(f".{final.manifest.name}.tmp")
+        tmp_manifest.write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
         _fsync(tmp_manifest)
         for tmp, dst in staged:
             tmp.rename(dst)
-        shutil.copy2(log_path, final["log"])
-        tmp_manifest.rename(final["manifest"])  # last: this is the moment the image exists
+        if log_path:
+            shutil.copy2(log_path, final.log)
+        tmp_manifest.rename(final.manifest)  # last: this is the moment the image exists
         _fsync_dir(images_dir)
     except OSError as e:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
         raise BakeError(f"publish to {images_dir} failed: {e.strerror or e}") from None
-    return Published(final["qcow2"], final["manifest"], manifest)
+    return Published(final.qcow2, final.manifest, manifest)
 
 
 def _fsync(path: Path) -> None:

@@ -173,7 +173,8 @@ def _parse(path: Path, data: Any) -> Spec:
 def _stage(name: str, raw: Any) -> Stage:
     entry = _mapping(raw, f"stages.{name}", {"elements", "packages"})
     elements = entry.get("elements")
-    if not isinstance(elements, list) or not elements or not all(isinstance(e, str) and NAME.match(e) for e in elements):
+    if (not isinstance(elements, list) or not elements
+            or not all(isinstance(e, str) and NAME.match(e) for e in elements)):
         raise _EntryError(f"stages.{name}.elements", "must be a non-empty list of element names")
     packages = entry.get("packages", [])
     if not isinstance(packages, list) or not all(isinstance(p, str) and re.match(r"^[a-z0-9][a-z0-9+.-]+$", p)

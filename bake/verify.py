@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, TextIO
 
+from agentd import vm_files
 from host.appliance import Drive, appliance
 from host.run import run
 
@@ -15,7 +16,7 @@ PLUGINS_WANTS = "/etc/systemd/system/multi-user.target.wants/openclaw-plugins.se
 PLUGINS_ENV = "/opt/openclaw/plugins.env"
 PLUGIN_CACHE = "/opt/openclaw/plugin-cache/_cacache"
 SECRET_PATTERN = r"BEGIN [A-Z ]*PRIVATE KEY|sk-ant-[A-Za-z0-9]|xox[bp]-[0-9]"
-SECRET_FILES = ("/etc/agentfleet/agentd.token", "/etc/agentfleet/identity.json", "/home/agent/.openclaw/.env",
+SECRET_FILES = (*vm_files.CLONE_OWNED, "/home/agent/.openclaw/.env",
                 "/home/agent/.openclaw/openclaw.json", "/root/.ssh/authorized_keys", "/home/agent/.ssh/authorized_keys")
 HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.python_history",
                  "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")

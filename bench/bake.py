@@ -52,8 +52,8 @@ def main() -> int:
         spec = load_spec(spec_path)
         lock.resolve(spec, fetch.host_npm(spec, layout.downloads, layout.tools))  # `make lock`: not part of the bake
         bump, t_bump = timed(lambda: pipeline.bake(spec_path, layout, quiet=True))
-        tree = full.image.manifest["tree_size"]
-        qcow2 = full.image.manifest["qcow2"]["size"]
+        tree = full.image.manifest.tree_size
+        qcow2 = full.image.manifest.qcow2.size
         print("full bake, by phase:")
         for phase, seconds in full.phases.items():
             print(f"  {seconds:7.1f} s  {phase}")
@@ -61,7 +61,8 @@ def main() -> int:
         print(f"no-change rebake (cache hit, size check): {t_hit:.2f} s   = {t_hit / t_full:.4f} of a full bake")
         print(f"no-change rebake with --verify (sha256):   {t_hit_v:.2f} s   = {t_hit_v / t_full:.4f} of a full bake")
         print(f"one-pin bump (OpenClaw {BUMP[0].split()[-1]} -> {BUMP[1].split()[-1]}), base tree "
-              f"{'reused' if bump.base_cache_hit else 'REBUILT'}: {t_bump:.1f} s = {t_bump / t_full:.2f} of a full bake")
+              f"{'reused' if bump.base_cache_hit else 'REBUILT'}: {t_bump:.1f} s = {t_bump / t_full:.2f} "
+              f"of a full bake")
         for phase, seconds in bump.phases.items():
             print(f"  {seconds:7.1f} s  {phase}")
         print(f"qcow2 {qcow2 / 1e6:.0f} MB vs tree {tree / 1e6:.0f} MB: {qcow2 / tree:.2f} of the tree")

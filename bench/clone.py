@@ -11,7 +11,6 @@ started (that is part of a clone) and destroyed right after each measurement. Pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,9 +21,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bake import publish as bake_publish  # noqa: E402
 from host import accel  # noqa: E402
-from tests.clone_support import (SEED_AGENTS, ensure_libvirtd, guest_root, libvirt_workdir,  # noqa: E402
-                                 make_synthetic_image, publish, write_overlay, write_secrets)
+from tests.clone_support import (  # noqa: E402
+    SEED_AGENTS,
+    ensure_libvirtd,
+    guest_root,
+    libvirt_workdir,
+    make_synthetic_image,
+    publish,
+    write_overlay,
+    write_secrets,
+)
 
 FLEET = tuple(f"bench-{a}" for a in SEED_AGENTS)
 
@@ -58,11 +66,9 @@ def main() -> None:
     ensure_libvirtd()
     work = libvirt_workdir("bench-clone-")
     try:
-        baked = sorted((ROOT / "build/images").glob("agent-*.manifest.json"), key=lambda m: m.stat().st_mtime)
+        baked = bake_publish.newest(ROOT / "build/images", "agent") if (ROOT / "build/images").is_dir() else None
         if baked:
-            manifest = json.loads(baked[-1].read_text())
-            version, images = manifest["version"], ROOT / "build/images"
-            golden = images / f"agent-{version}.qcow2"
+            version, images, golden = baked.version, baked.qcow2.parent, baked.qcow2
             for d in (images, *images.parents):
                 if d != Path("/"):
                     d.chmod(d.stat().st_mode | 0o711)
@@ -71,8 +77,7 @@ def main() -> None:
             print(f"image: synthetic, {args.tree_mb} MB tree (no baked image published)")
             golden = synthetic_image(work, args.tree_mb)
             version, images = "bench", work / "images"
-            publish(golden, images, version)
-            golden = images / f"agent-{version}.qcow2"
+            golden = publish(golden, images, version)
         print(f"accel: {'KVM' if accel.kvm_works() else 'TCG (KVM does not work here)'}")
         secrets = write_secrets(work / "secrets.yaml", FLEET)
         overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=images, secrets_file=secrets,
@@ -106,7 +111,8 @@ def main() -> None:
         print(f"  one agent                          {one:7.1f} s")
         print(f"  eight agents                       {fleet:7.1f} s  = {fleet / one:.2f}x one agent (goal <= 1.5x)")
         print(f"  usual way, one VM                  {usual:7.1f} s  (mean of {len(per_vm)})")
-        print(f"  usual way, eight VMs               {usual_fleet:7.1f} s  ({len(per_vm)} measured, rest x{usual:.1f} s)")
+        print(f"  usual way, eight VMs               {usual_fleet:7.1f} s  "
+              f"({len(per_vm)} measured, rest x{usual:.1f} s)")
         print(f"  fleet speed-up over the usual way  {usual_fleet / fleet:7.1f}x (goal >= 10x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -122,7 +122,8 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def run_wrk(url: str, script: Path, threads: int, connections: int, duration: float) -> dict:
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s",
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+                          "--timeout", "10s",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     pct = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
@@ -171,7 +172,8 @@ def measure(kind: str, work: Path, script: Path, args: argparse.Namespace, round
     url = f"http://127.0.0.1:{port}"
     db = work / f"{kind}-{round_no}.db"
     if kind == "baseline":
-        argv = [sys.executable, str(Path(__file__).resolve()), "--baseline-server", f"127.0.0.1:{port}", "--db", str(db)]
+        argv = [sys.executable, str(Path(__file__).resolve()), "--baseline-server", f"127.0.0.1:{port}",
+                "--db", str(db)]
     else:
         secret = work / "secret"
         argv = [sys.executable, "-m", "collector", "serve", "--listen", f"127.0.0.1:{port}",
@@ -231,8 +233,9 @@ def main() -> int:
               f"p50 {best['baseline']['p50_ms']:.2f} ms, p99 {best['baseline']['p99_ms']:.2f} ms")
         print(f"collector (auth + dedup + contiguous seq + latest state + alerts): {best['collector']['rps']:.0f} "
               f"reports/s, p50 {best['collector']['p50_ms']:.2f} ms, p99 {best['collector']['p99_ms']:.2f} ms")
-        print(f"ratio collector/baseline: {ratio:.2f} (goal >= 0.60); median of rounds "
-              f"{statistics.median(r['rps'] for r in results['collector']) / statistics.median(r['rps'] for r in results['baseline']):.2f}")
+        median_ratio = (statistics.median(r['rps'] for r in results['collector'])
+                        / statistics.median(r['rps'] for r in results['baseline']))
+        print(f"ratio collector/baseline: {ratio:.2f} (goal >= 0.60); median of rounds {median_ratio:.2f}")
         print(f"fleet headroom: {best['collector']['rps'] * 30:.0f} agents at one report per 30 s")
         return 0
     finally:

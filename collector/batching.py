@@ -2,8 +2,8 @@
 
 A commit (the WAL write) costs more than everything else a report does, so under load the collector shares one
 commit among the reports that queued while the previous one ran, and the event loop keeps parsing requests
-meanwhile (the store runs every write on its one writer thread). With no load a batch is one report and the cost is one thread hop. Each caller still gets its own
-answer (stored or duplicate) only after its report is committed.
+meanwhile (the store runs every write on its one writer thread). With no load a batch is one report and the cost is
+one thread hop. Each caller still gets its own answer (stored or duplicate) only after its report is committed.
 """
 from __future__ import annotations
 

@@ -11,8 +11,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import (WEBHOOK_ENV, CollectorConfig, CollectorError, flag, parse_listen, read_secret,
-                     read_webhook_url, sqlite_path, tunables)
+from host import exit_codes
+
+from .config import (
+    WEBHOOK_ENV,
+    CollectorConfig,
+    CollectorError,
+    flag,
+    parse_listen,
+    read_secret,
+    read_webhook_url,
+    sqlite_path,
+    tunables,
+)
 from .inert import one_line
 
 DB_HELP = "sqlite:///PATH (default backend) or postgresql://USER@HOST/DB"
@@ -20,7 +31,8 @@ DB_HELP = "sqlite:///PATH (default backend) or postgresql://USER@HOST/DB"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m collector",
-                                     description="agentfleet collector: stores agentd reports, shows the fleet, alerts.")
+                                     description="agentfleet collector: stores agentd reports, shows the fleet, "
+                                                 "alerts.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the collector web service")
     serve.add_argument("--listen", default=f"{CollectorConfig.host}:{CollectorConfig.port}",
@@ -112,7 +124,7 @@ def ack_gap(args: argparse.Namespace) -> int:
         verb = "would acknowledge" if args.dry_run else "acknowledged"
         print(f"{args.agent}: {verb} seq {gap['from_seq']}..{gap['to_seq']} ({gap['missing']} missing; "
               f"{gap['reason']}); contiguous seq {outcome['contiguous_seq']}, last seq {outcome['last_seq']}")
-    return 0
+    return exit_codes.OK
 
 
 class OneLineFormatter(logging.Formatter):
@@ -133,5 +145,5 @@ def main(argv: Optional[list[str]] = None) -> int:
         serve(config_from_args(args), args.log_level)
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return exit_codes.USAGE
+    return exit_codes.OK

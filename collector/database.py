@@ -15,8 +15,16 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from agentd.protocol import Report, SpoolState
 
 from .config import CollectorError
-from .records import (AgentState, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable,
-                      canonical_json, latest_from_canonical)
+from .records import (
+    AgentState,
+    GapAcknowledgement,
+    HistoryPoint,
+    Incident,
+    Ingested,
+    StoreUnavailable,
+    canonical_json,
+    latest_from_canonical,
+)
 
 LAYOUT = 2  # 1: agents.latest and reports.body held the body as received; 2: the canonical form (records.py)
 
@@ -42,7 +50,8 @@ SCHEMA = (
 )
 
 AGENT_COLUMNS = ("agent, host, role, image_version, first_seen, last_seen, sent_at, last_seq, contiguous_seq, "
-                 "gap_since, healthy, drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, latest")
+                 "gap_since, healthy, drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, "
+                 "latest")
 
 UPSERT_LATEST = f"""INSERT INTO agents ({AGENT_COLUMNS}) VALUES ({", ".join("?" * 17)})
     ON CONFLICT (agent) DO UPDATE SET host = excluded.host, role = excluded.role,

@@ -20,7 +20,8 @@ class NotifierStats:
 
 
 class Notifier:
-    """Posts `{"text": ...}` to the webhook from one thread, retrying a few times with backoff, never blocking callers."""
+    """Posts `{"text": ...}` to the webhook from one thread, retrying a few times with backoff, never blocking
+    callers."""
 
     def __init__(self, webhook_url: Optional[str], timeout_s: float = 5.0, retries: int = 3) -> None:
         self.url, self.timeout_s, self.retries = webhook_url, timeout_s, retries

@@ -20,7 +20,7 @@ from agentd.protocol import Report
 
 from .config import CollectorError, sqlite_path
 from .database import Backend, Database
-from .records import (AgentState, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable)
+from .records import AgentState, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable
 
 READERS = 3
 DEFAULT_TIMEOUT_S = 5.0

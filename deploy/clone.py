@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Turn the golden image into named agent VMs on this hypervisor: deploy/clone.py athena [apollo ...].
 
-Exit codes: 0 done; 1 a phase that hung past its deadline (named on stderr); 2 a clone error (bad input, missing
-secret, refused action; one line on stderr); 3 a --replace that rolled back (the reason on stderr); 130 interrupted.
-Every phase has a deadline (AGENTFLEET_DEADLINE_SCALE, AGENTFLEET_DEADLINES). docs/clone.md has the details."""
+Exit codes (host/exit_codes.py, the same for every CLI): 0 done; 1 the operation failed (qemu-img, libguestfs,
+libvirt, a phase past its deadline); 2 bad input (inventory, secret, refused action); 3 a --replace that rolled back
+(the reason on stderr); 130 interrupted. Errors are one line on stderr. Every phase has a deadline
+(AGENTFLEET_DEADLINE_SCALE, AGENTFLEET_DEADLINES). docs/clone.md has the details."""
 from __future__ import annotations
 
 import argparse
@@ -29,23 +30,24 @@ from deploy.destroy import destroy  # noqa: E402
 from deploy.errors import CloneError, RolledBack  # noqa: E402
 from deploy.recipe import clone  # noqa: E402
 from deploy.rollback import rollback  # noqa: E402
+from host import exit_codes  # noqa: E402
 from host.errors import HostError  # noqa: E402
-from host.progress import PhaseError, Progress  # noqa: E402
-
-EXIT_FAILED = 1
+from host.progress import Progress  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deploy/clone.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
     p.add_argument("agents", nargs="*", metavar="AGENT", help="agent names from the inventory")
-    p.add_argument("--inventory", type=Path, help="inventory YAML (default $AGENTFLEET_INVENTORY or deploy/fleet.yaml); "
+    p.add_argument("--inventory", type=Path,
+                   help="inventory YAML (default $AGENTFLEET_INVENTORY or deploy/fleet.yaml); "
                    "- : one JSON line on standard input (the fleet tool's form)")
     p.add_argument("--overlay", type=Path, action="append", default=[],
                    help="YAML merged over the inventory (repeatable; default $AGENTFLEET_OVERLAY, colon-separated)")
     p.add_argument("--plan", action="store_true", help="print the capacity view per host and exit")
     p.add_argument("--image", help="image version or .qcow2 path (default: newest published)")
-    p.add_argument("--dry-run", action="store_true", help="print disks, files (secrets masked), domain XML; touch nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print disks, files (secrets masked), domain XML; touch nothing")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--replace", action="store_true", help="upgrade to another image, roll back if not healthy")
     mode.add_argument("--rollback", action="store_true", help="go back to the previous image and data snapshot")
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
         if args.plan:
             rows = plan.capacity(inv)
             print(json.dumps([r.to_json() for r in rows], indent=2) if args.json else plan.render(rows))
-            return 0
+            return exit_codes.OK
         if not args.agents:
             raise CloneError("name at least one agent (or use --plan)")
         if args.purge_data and not args.destroy:
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
         else:
             results = clone(inv, args.agents, opts, progress, out=print if not args.json else (lambda *_: None))
         _report(results, args.json)
-        return 0
+        return exit_codes.OK
     except RolledBack as e:
         _report(e.results, args.json)
         print(f"clone: {e}", file=sys.stderr)
@@ -98,16 +100,13 @@ def main(argv=None) -> int:
     except CloneError as e:
         print(f"clone: {e}", file=sys.stderr)
         return e.exit_code
-    except PhaseError as e:  # a phase past its deadline: the operation failed, the input was fine
-        print(f"clone: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except HostError as e:  # a host tool's failure (qemu-img, ssh-keygen, guestfs) is the clone's at this edge
-        wrapped = CloneError(str(e))
+    except HostError as e:  # a host tool's failure (qemu-img, ssh-keygen, guestfs) or a phase past its deadline
+        wrapped = CloneError(str(e), exit_codes.FAILED)
         print(f"clone: {wrapped}", file=sys.stderr)
         return wrapped.exit_code
     except KeyboardInterrupt:
         print("clone: interrupted; run the same command again to converge", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 def _report(results, as_json: bool) -> None:

@@ -11,6 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from agentd import vm_files
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ class Verdict:
 
 def fetch_agent(api_url: str, agent: str, timeout: float = 5) -> Optional[dict]:
     """The collector's view of one agent, or None when it has none (404) or is unreachable."""
-    url = f"{api_url.rstrip('/')}/api/v1/agents/{agent}"
+    url = vm_files.agent_api_url(api_url, agent)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.loads(resp.read())
@@ -57,6 +59,7 @@ def wait_healthy(api_url: str, agent: str, version: str, since: float, *, deadli
                 return Verdict(False, "failed report",
                                f"{agent} on {version} reported unhealthy for {unhealthy_grace_s:.0f}s")
         if time.monotonic() >= end:
-            seen = f"last seen {last.get('image_version')}, healthy={last.get('healthy')}" if last else "no report at all"
+            seen = (f"last seen {last.get('image_version')}, healthy={last.get('healthy')}" if last
+                    else "no report at all")
             return Verdict(False, "health deadline", f"{agent}: no healthy report within {deadline_s:.0f}s ({seen})")
         time.sleep(poll_s)

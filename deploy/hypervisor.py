@@ -6,6 +6,7 @@ import time
 from typing import Optional
 
 from deploy.errors import CloneError
+from host import exit_codes
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,8 @@ class Hypervisor:
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise CloneError(f"libvirt {uri}: cannot connect ({e.get_error_message()}); is libvirtd running?") from None
+            raise CloneError(f"libvirt {uri}: cannot connect ({e.get_error_message()}); is libvirtd running?",
+                             exit_codes.FAILED) from None
         self.uri = uri
 
     def close(self) -> None:
@@ -43,7 +45,8 @@ class Hypervisor:
             if not dom.isActive():
                 dom.create()
         except self._libvirt.libvirtError as e:
-            raise CloneError(f"{name}: libvirt refused the domain: {e.get_error_message()}") from None
+            raise CloneError(f"{name}: libvirt refused the domain: {e.get_error_message()}",
+                             exit_codes.FAILED) from None
         log.info("libvirt: %s defined and started", name)
 
     def stop(self, name: str, timeout_s: float) -> None:
@@ -66,7 +69,8 @@ class Hypervisor:
             dom.destroy()
         except self._libvirt.libvirtError as e:
             if dom.isActive():
-                raise CloneError(f"{name}: could not stop the domain: {e.get_error_message()}") from None
+                raise CloneError(f"{name}: could not stop the domain: {e.get_error_message()}",
+                                 exit_codes.FAILED) from None
 
     def undefine(self, name: str) -> None:
         dom = self.domain(name)
@@ -77,7 +81,8 @@ class Hypervisor:
                 dom.destroy()
             dom.undefine()
         except self._libvirt.libvirtError as e:
-            raise CloneError(f"{name}: libvirt could not remove the domain: {e.get_error_message()}") from None
+            raise CloneError(f"{name}: libvirt could not remove the domain: {e.get_error_message()}",
+                             exit_codes.FAILED) from None
 
     def xml_of(self, name: str) -> Optional[str]:
         dom = self.domain(name)

@@ -1,56 +1,56 @@
-"""Published golden images: `agent-<version>.qcow2` with its manifest beside it. An image without its manifest is
-not published; "newest" is the manifest most recently renamed into place."""
+"""The clone's view of the published golden images; bake/publish.py is the one reader of their layout (file names,
+manifest, "newest"), so the bake and the clone can never disagree on which image is which."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from bake import publish
+from bake.errors import BakeError
 from deploy.errors import CloneError
+
+IMAGE_NAME = "agent"
 
 
 @dataclass(frozen=True)
 class Image:
     version: str
     path: Path
-    manifest: dict
+    manifest: publish.Manifest
     schema_path: Optional[Path]   # OpenClaw's config schema exported by the bake
 
     @property
     def baseline(self) -> dict:
-        return self.manifest.get("baseline", {})
-
-
-def _load(manifest_path: Path) -> Image:
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CloneError(f"image manifest {manifest_path}: unreadable ({e})") from None
-    version = manifest.get("version") or manifest_path.name[len("agent-"):-len(".manifest.json")]
-    qcow2 = manifest_path.with_name(f"agent-{version}.qcow2")
-    if not qcow2.exists():
-        raise CloneError(f"image {version}: manifest {manifest_path} has no {qcow2.name} beside it")
-    schema = manifest_path.with_name(f"agent-{version}.openclaw-schema.json")
-    return Image(version=str(version), path=qcow2, manifest=manifest, schema_path=schema if schema.exists() else None)
+        return self.manifest.baseline
 
 
 def find_image(images_dir: Path, wanted: Optional[str] = None) -> Image:
     """`wanted` is a version, a path to a .qcow2 (its manifest must be beside it) or None for the newest."""
+    try:
+        found = _find(images_dir, wanted)
+    except BakeError as e:  # a malformed manifest: the bake's error, the clone's at this edge
+        raise CloneError(str(e)) from None
+    if not found.qcow2.exists():
+        raise CloneError(f"image {found.version}: manifest {found.manifest_path} has no {found.qcow2.name} beside it")
+    return Image(version=found.version, path=found.qcow2, manifest=found.manifest, schema_path=found.schema_path)
+
+
+def _find(images_dir: Path, wanted: Optional[str]) -> publish.Published:
     if wanted and (wanted.endswith(".qcow2") or "/" in wanted):
         path = Path(wanted)
-        manifest = path.with_name(path.name[:-len(".qcow2")] + ".manifest.json")
         if not path.exists():
             raise CloneError(f"image {wanted}: no such file")
-        if not manifest.exists():
-            raise CloneError(f"image {wanted}: not published (no {manifest.name} beside it)")
-        return _load(manifest)
+        found = publish.beside(path)
+        if found is None:
+            raise CloneError(f"image {wanted}: not published (no manifest beside it)")
+        return found
     if wanted:
-        manifest = images_dir / f"agent-{wanted}.manifest.json"
-        if not manifest.exists():
+        found = publish.find(images_dir, IMAGE_NAME, wanted)
+        if found is None:
             raise CloneError(f"image {wanted}: not published in {images_dir}")
-        return _load(manifest)
-    manifests = sorted(images_dir.glob("agent-*.manifest.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    if not manifests:
+        return found
+    found = publish.newest(images_dir, IMAGE_NAME)
+    if found is None:
         raise CloneError(f"no published image in {images_dir} (run `make bake`)")
-    return _load(manifests[-1])
+    return found

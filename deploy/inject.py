@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+from agentd import vm_files
 from deploy.errors import CloneError
 from deploy.secrets import Secret
+from host import exit_codes
 from host.appliance import Drive, appliance
 
 log = logging.getLogger(__name__)
 HOME = "/home/agent"
 DATA_LABEL = "agent-home"
-INJECTED_JSON = "/etc/agentfleet/injected.json"
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def validate_ops(ops: tuple[Op, ...], agent: str) -> None:
 
 def baseline_of(ops: tuple[Op, ...]) -> dict[str, dict]:
     """The baseline agentd compares against: sha256, octal mode, owner per injected file."""
-    return {op.path: {"sha256": hashlib.sha256(op.data()).hexdigest(), "mode": f"{op.mode:04o}", "owner": op.owner}
-            for op in ops if isinstance(op, WriteFile)}
+    return vm_files.baseline_to_json({op.path: vm_files.FileState.of(hashlib.sha256(op.data()).hexdigest(), op.mode,
+                                                                     op.owner)
+                                      for op in ops if isinstance(op, WriteFile)})
 
 
 def inject(batch: list[AgentDisks]) -> dict[str, dict]:
@@ -102,7 +104,7 @@ def inject(batch: list[AgentDisks]) -> dict[str, dict]:
                 baselines[item.agent] = _inject_one(g, item, data_dev, facts)
                 log.info("guestfs: %s: %d operations in %.1fs", item.agent, len(item.ops), time.monotonic() - started)
     except RuntimeError as e:  # libguestfs reports every failure as RuntimeError
-        raise CloneError(f"libguestfs ({current}): {str(e).splitlines()[0][:300]}") from None
+        raise CloneError(f"libguestfs ({current}): {str(e).splitlines()[0][:300]}", exit_codes.FAILED) from None
     return baselines
 
 
@@ -143,7 +145,7 @@ def _inject_one(g, item: AgentDisks, data_dev: str, facts: ImageFacts) -> dict:
         baseline = baseline_of(ops)
         record = json.dumps({**dict(item.meta), "injected_at": int(time.time()), "baseline": baseline}, indent=2,
                             sort_keys=True)
-        ops += (WriteFile(INJECTED_JSON, record.encode() + b"\n", 0o644),)
+        ops += (WriteFile(vm_files.INJECTED_JSON, record.encode() + b"\n", 0o644),)
         # one tar_in per agent (skeleton, files, owners and modes) instead of several calls per file
         tar = _tar_of(ops, facts.ids, skeleton=facts.skeleton if item.seed_data else b"")
         _upload_from_memory(g, tar, "/", tar=True)

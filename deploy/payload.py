@@ -7,6 +7,7 @@ import time
 
 import yaml
 
+from agentd import vm_files
 from agentd.protocol import agent_token
 from deploy import openclaw_config
 from deploy.hostkeys import HostKey
@@ -19,27 +20,12 @@ from deploy.state import AgentState
 AGENT_OWNER = "agent:agent"
 
 
-def agentd_config(inv: Inventory, agent: Agent) -> dict:
-    """agentd.yaml as docs/contracts.md defines it."""
-    return {
-        "agent": agent.name,
-        "collector_url": inv.services.collector_url,
-        "token_file": "/etc/agentfleet/agentd.token",
-        "interval_s": 30,
-        "scan_interval_s": 300,
-        "watched_paths": ["/etc", "/usr/local/bin", "/opt/agentd"],
-        "spool_dir": "/var/lib/agentd/spool",
-        "spool_max": 10000,
-        "mattermost_url": inv.services.mattermost_url,
-        "openclaw_url": f"http://127.0.0.1:{openclaw_config.GATEWAY_PORT}",
-        "thresholds": {
-            "disk_percent": {"warn": 80, "fail": 95},
-            "memory_percent": {"warn": 90, "fail": 97},
-            "load_per_cpu": {"warn": 2.0, "fail": 4.0},
-            # a busy CPU alone only warns: agents compile and test; the load check fails a starved VM
-            "cpu_percent": {"warn": 90, "fail": 101},
-        },
-    }
+def agentd_config(inv: Inventory, agent: Agent) -> vm_files.Config:
+    """agentd's own config object: what this agent and the inventory decide; every other setting is agentd's
+    default (agentd/vm_files.py), never typed again here."""
+    return vm_files.Config(agent=agent.name, collector_url=inv.services.collector_url,
+                           mattermost_url=inv.services.mattermost_url,
+                           openclaw_url=f"http://127.0.0.1:{openclaw_config.GATEWAY_PORT}")
 
 
 def netplan(inv: Inventory, agent: Agent, mac: str) -> dict:
@@ -53,9 +39,9 @@ def netplan(inv: Inventory, agent: Agent, mac: str) -> dict:
         "routes": [{"to": "default", "via": gateway}], "nameservers": {"addresses": dns}}}}}
 
 
-def identity(inv: Inventory, agent: Agent, image: Image) -> dict:
-    return {"agent": agent.name, "host": agent.host, "role": agent.role, "ip": agent.ip,
-            "image_version": image.version, "cloned_at": int(time.time())}
+def identity(inv: Inventory, agent: Agent, image: Image) -> vm_files.Identity:
+    return vm_files.Identity(agent=agent.name, host=agent.host, role=agent.role, ip=agent.ip,
+                             image_version=image.version, cloned_at=int(time.time()))
 
 
 def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, secrets: AgentSecrets,
@@ -70,10 +56,11 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
         WriteFile("/etc/hosts", hosts.encode()),
         WriteFile("/etc/machine-id", f"{state.machine_id}\n".encode(), 0o444),
         WriteFile("/etc/netplan/01-agentfleet.yaml", yaml.safe_dump(netplan(inv, agent, state.mac)).encode(), 0o600),
-        Mkdir("/etc/agentfleet", 0o755),
-        WriteFile("/etc/agentfleet/identity.json", _json(identity(inv, agent, image))),
-        WriteFile("/etc/agentfleet/agentd.yaml", yaml.safe_dump(agentd_config(inv, agent), sort_keys=False).encode()),
-        WriteFile("/etc/agentfleet/agentd.token", Secret(token + "\n"), 0o600),
+        Mkdir(vm_files.ETC, 0o755),
+        WriteFile(vm_files.IDENTITY_JSON, _json(identity(inv, agent, image).to_json())),
+        WriteFile(vm_files.AGENTD_YAML, yaml.safe_dump(agentd_config(inv, agent).to_yaml_data(),
+                                                       sort_keys=False).encode()),
+        WriteFile(vm_files.AGENTD_TOKEN, Secret(token + "\n"), 0o600),
     ]
     for key in host_keys:
         ops.append(WriteFile(f"/etc/ssh/{key.private.name}", Secret(key.private.read_text()), 0o600))

@@ -51,7 +51,8 @@ def render(rows: list[HostUsage]) -> str:
     ram, ram_used = sum(r.ram_gb for r in rows), sum(r.ram_used_gb for r in rows)
     disk, disk_used = sum(r.disk_gb for r in rows), sum(r.disk_used_gb for r in rows)
     lines.append("-" * len(head))
-    lines.append(f"{'total':<10} {str(sum(len(r.agents) for r in rows)) + ' agents':<28} {sum(r.vcpu for r in rows):>4} "
+    agents = str(sum(len(r.agents) for r in rows)) + " agents"
+    lines.append(f"{'total':<10} {agents:<28} {sum(r.vcpu for r in rows):>4} "
                  f"{_gb(ram_used) + '/' + _gb(ram):>15} {_gb(ram - ram_used):>9} "
                  f"{_gb(disk_used) + '/' + _gb(disk):>16} {_gb(disk - disk_used):>10}")
     lines.append(f"RAM {_pct(ram_used, ram)} used, disk {_pct(disk_used, disk)} used")

@@ -16,6 +16,7 @@ from deploy.action import Action
 from deploy.boot import define_and_start
 from deploy.console import ConsoleWatch, console_log
 from deploy.context import CloneRun, Connections, Options
+from deploy.data_snapshots import snapshot_before_swap
 from deploy.decide import Work, decide
 from deploy.errors import RolledBack
 from deploy.health import wait_healthy
@@ -26,7 +27,6 @@ from deploy.inventory import Inventory
 from deploy.payload import agent_ops
 from deploy.result import Result, result_for
 from deploy.rollback import rollback_state
-from deploy.data_snapshots import snapshot_before_swap
 from deploy.secrets import load_secrets
 from deploy.state import Slot, save_state
 from host import accel

@@ -76,10 +76,12 @@ def run(cmd: Command | Sequence[str], *, log: Optional[TextIO] = None, capture: 
     Without `capture`, stdout and stderr are streamed together into `log` line by line (a bake's log shows DIB as it
     runs). With `capture`, stdout is returned and stderr kept for the error (and copied to `log` afterwards). The
     last lines of output go into CommandFailed, so the one-line error says what went wrong without scrolling."""
+    if isinstance(cmd, str) or (isinstance(cmd, Command) and isinstance(cmd.argv, str)):
+        raise TypeError("run() takes an argv list, never a shell string")
     if not isinstance(cmd, Command):
         cmd = Command(tuple(cmd))
-    if not cmd.argv or isinstance(cmd.argv, str):
-        raise TypeError("run() takes an argv list, never a shell string")
+    if not cmd.argv:
+        raise TypeError("run() needs a command: the argv list is empty")
     if log:
         log.write(f"$ {cmd.shell_line()}\n")
         log.flush()

@@ -6,12 +6,12 @@ The stub collector is deliberately tiny (http.server): it validates the bearer t
 from __future__ import annotations
 
 import grp
-import signal
-import socket
-import sqlite3
 import hashlib
 import json
 import pwd
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +24,7 @@ import requests
 import yaml
 
 from agentd.protocol import REPORTS_PATH, Report, agent_token, token_matches
+from agentd.vm_files import FileState, Identity
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = b"test-collector-secret"
@@ -65,8 +66,7 @@ def _owner(path: Path) -> str:
 
 def baseline_of(root: Path, rel: str) -> dict:
     p = root / rel
-    return {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "mode": "%04o" % (p.stat().st_mode & 0o7777),
-            "owner": _owner(p)}
+    return FileState.of(hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode, _owner(p)).to_json()
 
 
 def make_vm_tree(root: Path, agent: str = "athena", collector_url: str = "http://127.0.0.1:9",
@@ -85,8 +85,8 @@ def make_vm_tree(root: Path, agent: str = "athena", collector_url: str = "http:/
     image = {"name": "agent", "version": "v1abc", "baseline": {"/" + f: baseline_of(root, f) for f in image_files},
              "packages": {"dpkg": {"bash": "5.1-6ubuntu1", "curl": "7.81.0-1ubuntu1.15"}}}
     (agentfleet / "image.json").write_text(json.dumps(image))
-    (agentfleet / "identity.json").write_text(json.dumps(
-        {"agent": agent, "host": "hv1", "role": "research", "ip": "10.220.1.21", "image_version": "v1abc"}))
+    (agentfleet / "identity.json").write_text(json.dumps(Identity(
+        agent=agent, host="hv1", role="research", ip="10.220.1.21", image_version="v1abc").to_json()))
     token = agentfleet / "agentd.token"
     token.write_text(agent_token(SECRET, agent) + "\n")
     token.chmod(0o600)
@@ -99,7 +99,8 @@ def make_vm_tree(root: Path, agent: str = "athena", collector_url: str = "http:/
     path.write_text(yaml.safe_dump(cfg))
     injected = ["etc/hostname", "etc/agentfleet/identity.json", "etc/agentfleet/agentd.token",
                 "etc/agentfleet/agentd.yaml"]
-    (agentfleet / "injected.json").write_text(json.dumps({"baseline": {"/" + f: baseline_of(root, f) for f in injected}}))
+    baseline = {"/" + f: baseline_of(root, f) for f in injected}
+    (agentfleet / "injected.json").write_text(json.dumps({"baseline": baseline}))
     return path
 
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -71,17 +70,21 @@ def guest_root(image: Path):
 
 
 def publish(image: Path, images_dir: Path, version: str, schema: dict | None = None) -> Path:
-    """Lay out an image as the bake publishes it (qcow2, schema, then the manifest last)."""
-    images_dir.mkdir(parents=True, exist_ok=True)
-    dest = images_dir / f"agent-{version}.qcow2"
-    if image != dest:
-        shutil.copyfile(image, dest)
+    """A copy of `image` published by the bake's own publish() (the source is kept: tests publish it as several
+    versions); returns the published qcow2."""
+    from bake import publish as bake_publish
+
+    schema_file = None
     if schema is not None:
-        (images_dir / f"agent-{version}.openclaw-schema.json").write_text(json.dumps(schema))
-    manifest = {"version": version, "baseline": {}, "packages": {},
-                "qcow2": {"size": dest.stat().st_size, "sha256": sha256(dest)}}
-    (images_dir / f"agent-{version}.manifest.json").write_text(json.dumps(manifest))
-    return dest
+        images_dir.mkdir(parents=True, exist_ok=True)
+        schema_file = images_dir / f".schema-{version}.json"
+        schema_file.write_text(json.dumps(schema))
+    image_json = {"name": "agent", "version": version, "baseline": {}, "packages": {}}
+    published = bake_publish.publish(images_dir, "agent", version, image, image_json, schema_file, None,
+                                     keep_source=True)
+    if schema_file:
+        schema_file.unlink()
+    return published.qcow2
 
 
 def sha256(path: Path) -> str:
@@ -180,7 +183,8 @@ def allow_guestfwd_commands() -> bool:
     text = QEMU_CONF.read_text() if QEMU_CONF.exists() else ""
     if re.search(r"^\s*seccomp_sandbox\s*=\s*0\s*$", text, re.M):
         return False
-    QEMU_CONF.write_text(text + "\n# agentfleet tests: guestfwd cmd: forwards need QEMU to spawn nc\nseccomp_sandbox = 0\n")
+    QEMU_CONF.write_text(text + "\n# agentfleet tests: guestfwd cmd: forwards need QEMU to spawn nc\n"
+                                "seccomp_sandbox = 0\n")
     return True
 
 

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 def baked_image():
     """The golden image of images/agent.yaml, baked by the real pipeline (a cache hit when already published).
 
-    Returns bake.publish.Published: `.qcow2`, `.manifest_path`, `.manifest`, `.version`; the OpenClaw schema is
-    published beside it (`manifest["openclaw_schema"]`). Slow the first time (a full bake), instant afterwards.
+    Returns bake.publish.Published: `.qcow2`, `.manifest_path`, `.manifest` (a typed Manifest), `.version`,
+    `.schema_path` (OpenClaw's schema published beside it). Slow the first time (a full bake), instant afterwards.
     """
     from bake.pipeline import Layout, bake
     outcome = bake(REPO / "images" / "agent.yaml", Layout(REPO / "build"))

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.slow  # two collector starts and an agentd service: about 7 s
-
 from tests.agentd_fixtures import make_vm_tree, run_agentd, spawn_agentd
 from tests.collector_server import SECRET, free_port, start_collector
+
+pytestmark = pytest.mark.slow  # two collector starts and an agentd service: about 7 s
 
 
 class NotifySocket:

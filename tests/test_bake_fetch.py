@@ -29,7 +29,8 @@ def test_checksum_mismatch_names_the_artifact_and_keeps_nothing(tmp_path):
 
 
 def test_missing_source_names_the_artifact_and_the_status(tmp_path):
-    with pytest.raises(BakeError, match=r"artifacts.npm: https://registry.npmjs.org/npm/-/npm-0.0.0-nope.tgz answered 404"):
+    with pytest.raises(BakeError,
+                       match=r"artifacts.npm: https://registry.npmjs.org/npm/-/npm-0.0.0-nope.tgz answered 404"):
         download(Artifact("npm", "0.0.0", "https://registry.npmjs.org/npm/-/npm-0.0.0-nope.tgz", NPM_SHA), tmp_path)
 
 
@@ -60,8 +61,8 @@ def test_dry_run_prints_both_dib_runs_and_touches_nothing(tmp_path):
     spec = copy_images(tmp_path)
     lines = pipeline.dry_run(spec, pipeline.Layout(tmp_path / "build"))
     assert lines[0].startswith("would bake agent-")
-    assert any("disk-image-create" in l and "ubuntu-minimal" in l for l in lines)
-    assert any("agentfleet-base-tree" in l for l in lines)
+    assert any("disk-image-create" in line and "ubuntu-minimal" in line for line in lines)
+    assert any("agentfleet-base-tree" in line for line in lines)
     assert not (tmp_path / "build").exists()
 
 

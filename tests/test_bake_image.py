@@ -9,12 +9,13 @@ import time
 
 import pytest
 
+from bake import publish
 from bake.errors import BakeError
 from bake.hashing import file_sha256
 from bake.publish import Published, check_published
-from host.run import run
 from bake.verify import verify_image
 from host.accel import kvm_works
+from host.run import run
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -22,20 +23,21 @@ pytestmark = pytest.mark.slow
 
 def test_published_image_carries_a_manifest_that_matches_it(baked_image):
     m = baked_image.manifest
-    assert m["version"] == baked_image.version and len(m["version"]) == 12
-    assert m["pins"] == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2",
+    assert m.version == baked_image.version and len(m.version) == 12
+    assert m.pins == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2",
                          "@openclaw/mattermost": "2026.9.2"}
-    assert m["qcow2"]["sha256"] == file_sha256(baked_image.qcow2)
-    assert m["qcow2"]["size"] == baked_image.qcow2.stat().st_size
+    assert m.qcow2.sha256 == file_sha256(baked_image.qcow2)
+    assert m.qcow2.size == baked_image.qcow2.stat().st_size
     assert baked_image.qcow2.stat().st_mode & 0o222 == 0, "published images are read-only"
-    assert "linux-image-virtual" in m["packages"]["dpkg"] and "grub-pc" in m["packages"]["dpkg"]
-    assert m["packages"]["npm"]["openclaw"] == "2026.9.2"
-    assert m["baseline"]["/etc/passwd"]["owner"] == "root:root"
-    assert m["baseline"]["/etc/passwd"]["mode"] == "0644"
-    assert "/etc/machine-id" not in m["baseline"]
-    schema = json.loads((baked_image.qcow2.parent / m["openclaw_schema"]).read_text())
+    assert "linux-image-virtual" in m.packages["dpkg"] and "grub-pc" in m.packages["dpkg"]
+    assert m.packages["npm"]["openclaw"] == "2026.9.2"
+    assert m.baseline["/etc/passwd"]["owner"] == "root:root"
+    assert m.baseline["/etc/passwd"]["mode"] == "0644"
+    assert "/etc/machine-id" not in m.baseline
+    schema = json.loads(baked_image.schema_path.read_text())
     assert "properties" in schema
-    assert (baked_image.qcow2.parent / f"agent-{m['version']}.log").exists()
+    assert publish.paths(baked_image.qcow2.parent, "agent", m.version).log.exists()
+    assert publish.newest(baked_image.qcow2.parent, "agent").manifest == m, "what the bake wrote is what it reads"
 
 
 def test_unchanged_spec_is_a_cache_hit_that_bakes_nothing(baked_image):
@@ -66,22 +68,16 @@ def test_cache_hit_notices_a_modified_image(baked_image, tmp_path):
 
 
 def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plugins(baked_image, tmp_path):
-    import guestfs
+    from host.appliance import Drive, appliance
     dirty = tmp_path / "dirty.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(dirty)])
-    from host.accel import apply_guestfs_env
-    apply_guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(dirty), format="qcow2")
-    g.launch()
-    g.mount(g.inspect_os()[0], "/")
-    g.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
-    g.write("/etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
-    g.write("/root/.bash_history", "ls\n")
-    g.rm_rf("/opt/openclaw/plugin-cache")
-    g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
-    g.shutdown()
-    g.close()
+    with appliance([Drive(dirty)]) as g:
+        g.mount(g.inspect_os()[0], "/")
+        g.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+        g.write("/etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
+        g.write("/root/.bash_history", "ls\n")
+        g.rm_rf("/opt/openclaw/plugin-cache")
+        g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
     problems = verify_image(dirty, "22.23.3", "2026.9.2", tmp_path, plugins=("@openclaw/mattermost@2026.9.2",))
     text = "; ".join(problems)
     assert "/opt/openclaw/plugin-cache/_cacache missing" in text
@@ -89,7 +85,7 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
     assert "/etc/machine-id is not empty" in text
     assert "SSH host keys present: /etc/ssh/ssh_host_ed25519_key" in text
     assert "/root/.bash_history must not be in the golden image" in text
-    assert baked_image.manifest["qcow2"]["sha256"] == file_sha256(baked_image.qcow2), "the golden image was written"
+    assert baked_image.manifest.qcow2.sha256 == file_sha256(baked_image.qcow2), "the golden image was written"
 
 
 def test_golden_image_boots_to_a_login_prompt_and_its_unconfigured_agentd_says_so_on_the_console(baked_image,

@@ -12,9 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.clone_support import (REPO, TEST_SCHEMA, CollectorStub, clone_cli, ensure_libvirtd, libvirt_workdir,
-                                 make_synthetic_image,
-                                 publish, sha256, write_overlay, write_secrets)
+from tests.clone_support import (
+    REPO,
+    TEST_SCHEMA,
+    CollectorStub,
+    clone_cli,
+    ensure_libvirtd,
+    libvirt_workdir,
+    make_synthetic_image,
+    publish,
+    sha256,
+    write_overlay,
+    write_secrets,
+)
 
 pytestmark = pytest.mark.slow
 CANARY = "CANARY-7f3a9c1e-never-leak"
@@ -56,29 +66,22 @@ def state(site, agent):
 
 def read_guest(disks: list[tuple[Path, Path]], paths: list[str]) -> list[dict]:
     """Per (root, data) pair, path -> (bytes, mode, uid, gid), read from inside the disks (read-only, one launch)."""
-    from host import accel
-    import guestfs
+    from host.appliance import Drive, appliance
 
-    accel.apply_guestfs_env()
-    g = guestfs.GuestFS(python_return_dict=True)
-    for root, data in disks:
-        g.add_drive_opts(str(root), format="qcow2", readonly=True)
-        g.add_drive_opts(str(data), format="qcow2", readonly=True)
-    g.launch()
-    devices = g.list_devices()
     out = []
-    for i in range(len(disks)):
-        g.mount_ro(devices[2 * i] + "1", "/")
-        g.mount_ro(devices[2 * i + 1], "/home/agent")
-        files = {}
-        for p in paths:
-            if g.exists(p):
-                st = g.statns(p)
-                files[p] = (g.read_file(p) if g.is_file(p) else b"", stat.S_IMODE(st["st_mode"]), st["st_uid"],
-                            st["st_gid"])
-        out.append(files)
-        g.umount_all()
-    g.close()
+    with appliance([Drive(p, readonly=True) for pair in disks for p in pair]) as g:
+        devices = g.list_devices()
+        for i in range(len(disks)):
+            g.mount_ro(devices[2 * i] + "1", "/")
+            g.mount_ro(devices[2 * i + 1], "/home/agent")
+            files = {}
+            for p in paths:
+                if g.exists(p):
+                    st = g.statns(p)
+                    files[p] = (g.read_file(p) if g.is_file(p) else b"", stat.S_IMODE(st["st_mode"]), st["st_uid"],
+                                st["st_gid"])
+            out.append(files)
+            g.umount_all()
     return out
 
 
@@ -138,7 +141,8 @@ def test_every_injected_file_has_its_content_mode_and_owner_inside_the_disk(site
     assert f"10.0.2.15 {A}".encode() in f["/etc/hosts"][0]
     assert len(f["/etc/machine-id"][0].strip()) == 32 and f["/etc/machine-id"][0] != guest_files[B][
         "/etc/machine-id"][0]
-    assert b"10.0.2.15/24" in f["/etc/netplan/01-agentfleet.yaml"][0] and f["/etc/netplan/01-agentfleet.yaml"][1] == 0o600
+    netplan = f["/etc/netplan/01-agentfleet.yaml"]
+    assert b"10.0.2.15/24" in netplan[0] and netplan[1] == 0o600
     assert b"/home/agent ext4" in f["/etc/fstab"][0] and b"LABEL=cloudimg-rootfs /" in f["/etc/fstab"][0]
     identity = json.loads(f["/etc/agentfleet/identity.json"][0])
     assert (identity["agent"], identity["host"], identity["ip"], identity["image_version"]) == \

@@ -32,7 +32,8 @@ def field_or_junk(valid):
     return st.one_of(valid, JSON)
 
 
-CHECK = st.fixed_dictionaries({"name": field_or_junk(TEXT), "status": field_or_junk(st.sampled_from(["ok", "warn", "fail"]))},
+CHECK = st.fixed_dictionaries({"name": field_or_junk(TEXT),
+                                "status": field_or_junk(st.sampled_from(["ok", "warn", "fail"]))},
                               optional={"detail": field_or_junk(TEXT), "value": field_or_junk(NUMBERS | st.none()),
                                         "duration_ms": field_or_junk(NUMBERS), "extra": JSON})
 DRIFT = st.fixed_dictionaries({"path": field_or_junk(TEXT), "kind": field_or_junk(st.sampled_from(

@@ -4,7 +4,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .collector_server import report, running_collector
 
-
 ODD_HOST = 'hv"1\\\nx'
 
 

@@ -15,6 +15,7 @@ from agentd.protocol import MAX_JSON_DEPTH, REPORTS_PATH
 
 from .collector_server import SECRET, report, running_collector
 
+
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory):
     """One collector for the module: store calls time out after 1 s, report bodies after 1 s."""

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from collector.store import Incident, StoreUnavailable, open_store
 from agentd.protocol import Report
+from collector.store import Incident, StoreUnavailable, open_store
 
 from .collector_server import report
 from .postgres_server import postgres_server

@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from bake import fetch, lock
-from bake.hashing import file_sha256
+from bake import fetch, lock, publish
 from bake.pipeline import Layout, bake
 from bake.spec import load_spec
-from tests.clone_support import (JsonStub, clone_cli, ensure_libvirtd, guest_root, libvirt_workdir,
-                                 world_traversable, write_overlay)
+from tests.clone_support import (
+    JsonStub,
+    clone_cli,
+    ensure_libvirtd,
+    guest_root,
+    libvirt_workdir,
+    world_traversable,
+    write_overlay,
+)
 from tests.collector_server import SECRET, free_port, start_collector
 from tests.conftest import REPO
 
@@ -118,17 +124,13 @@ def derive_broken_image(good, dest: Path) -> Path:
     build's images dir, where a later clone could take it for the newest). A copy and one file written with
     libguestfs, not a third bake: what the replace must survive is an agentd that does not start."""
     version = f"{good.version}-broken"
-    qcow2 = dest / f"agent-{version}.qcow2"
-    shutil.copyfile(good.qcow2, qcow2)
-    with guest_root(qcow2) as g:
+    work = dest / f".agent-{version}.work.qcow2"
+    shutil.copyfile(good.qcow2, work)
+    with guest_root(work) as g:
         g.mkdir_p("/etc/systemd/system/agentd.service.d")
         g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
-    shutil.copyfile(good.qcow2.with_name(f"agent-{good.version}.openclaw-schema.json"),
-                    dest / f"agent-{version}.openclaw-schema.json")
-    manifest = {**good.manifest, "version": version,
-                "qcow2": {"size": qcow2.stat().st_size, "sha256": file_sha256(qcow2)}}
-    (dest / f"agent-{version}.manifest.json").write_text(json.dumps(manifest))
-    return qcow2
+    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
+    return publish.publish(dest, "agent", version, work, image_json, good.schema_path, None).qcow2
 
 
 class ReportWatch:
@@ -191,8 +193,8 @@ def test_fleet_end_to_end(baked_image, tmp_path):
     ssh_base = free_port()
     overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=baked_image.qcow2.parent,
                             secrets_file=secrets, collector_port=int(collector.url.rsplit(":", 1)[1]),
-                            ssh_port_base=ssh_base, agents=AGENTS, admin_key=key.with_suffix(".pub").read_text().strip(),
-                            ram_gb=2)
+                            ssh_port_base=ssh_base, agents=AGENTS,
+                            admin_key=key.with_suffix(".pub").read_text().strip(), ram_gb=2)
     text = overlay.read_text().replace("services:\n", f"services:\n  mattermost_url: http://10.0.2.100:{mattermost.port}\n")
     overlay.write_text(text)
 
@@ -275,8 +277,8 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                 assert identity["agent"] == agent and identity["image_version"] == v1
                 # the Mattermost channel (an official plugin, installed at first boot) logged in with the bot
                 # token that reached the gateway only through ~/.openclaw/.env
-                wait_for(f"{agent}'s Mattermost channel to log in", lambda: mattermost.logged_in(f"mm-{agent}-e2e"),
-                         120)
+                wait_for(f"{agent}'s Mattermost channel to log in",
+                         lambda agent=agent: mattermost.logged_in(f"mm-{agent}-e2e"), 120)
         with steps.step("4. change a managed file in athena: drift at the collector and on the page"):
             seq0 = agent_state(collector, "athena")["last_seq"]
             ssh("athena", "echo e2e-drift | sudo tee -a /etc/issue >/dev/null")

@@ -12,7 +12,6 @@ import re
 import shutil
 import stat
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -180,7 +179,8 @@ def plugin_box(tmp_path: Path):
     fake.chmod(0o755)
     (tmp_path / "cache" / "_cacache").mkdir(parents=True)
     (tmp_path / "home").mkdir()
-    (tmp_path / "plugins.env").write_text("AGENTFLEET_OPENCLAW_PLUGINS='@openclaw/mattermost@2026.9.2 @openclaw/x@1.0.0'\n")
+    (tmp_path / "plugins.env").write_text(
+        "AGENTFLEET_OPENCLAW_PLUGINS='@openclaw/mattermost@2026.9.2 @openclaw/x@1.0.0'\n")
 
     def install(**env: str) -> subprocess.CompletedProcess:
         return run_hook(ELEMENTS / "openclaw" / "openclaw-units" / "openclaw-plugins",
@@ -196,7 +196,8 @@ def test_boot_plugin_install_is_offline_pinned_once_and_cleans_up(plugin_box):
     assert first.returncode == 0, first.stderr
     calls = (box / "home" / "calls").read_text().splitlines()
     assert [c.split(" offline=")[0] for c in calls] == [
-        "plugins install @openclaw/mattermost@2026.9.2 --pin --force", "plugins install @openclaw/x@1.0.0 --pin --force"]
+        "plugins install @openclaw/mattermost@2026.9.2 --pin --force",
+        "plugins install @openclaw/x@1.0.0 --pin --force"]
     assert all("offline=true" in c and f"cache={box}/openclaw-plugins." in c for c in calls)
     assert (box / "home" / ".openclaw" / "agentfleet-plugins").read_text() == \
         "@openclaw/mattermost@2026.9.2 @openclaw/x@1.0.0"
@@ -278,7 +279,8 @@ def test_base_tree_unpacks_with_numeric_owners_capabilities_and_hard_links(tmp_p
     assert stat.S_IMODE(unpacked.stat().st_mode) == 0o4755
     assert "cap_net_raw" in subprocess.run(["getcap", str(unpacked)], capture_output=True, text=True).stdout
     assert unpacked.stat().st_ino == (root / "usr" / "bin" / "pinger-link").stat().st_ino
-    assert ((root / "etc" / "owned-by-4242").stat().st_uid, (root / "etc" / "owned-by-4242").stat().st_gid) == (4242, 4243)
+    owned = (root / "etc" / "owned-by-4242").stat()
+    assert (owned.st_uid, owned.st_gid) == (4242, 4243)
     for mount_point in ("proc", "sys", "dev", "run", "tmp"):
         assert (root / mount_point).is_dir(), f"/{mount_point} must exist for DIB's mounts"
     assert (root / "usr" / "sbin" / "policy-rc.d").is_file()

@@ -1,6 +1,5 @@
 """host.run: the one command runner of the bake and the clone, exercised with real processes."""
 import io
-import os
 import time
 
 import pytest
@@ -77,6 +76,8 @@ def test_without_capture_the_output_streams_into_the_log_after_the_command_line(
 
 
 def test_run_refuses_a_shell_string():
+    with pytest.raises(TypeError, match="argv list"):
+        run("echo hi")
     with pytest.raises(TypeError, match="argv list"):
         run(Command("echo hi"))
 

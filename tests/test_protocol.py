@@ -1,8 +1,15 @@
 """The report contract shared by agentd and the collector."""
 import pytest
 
-from agentd.protocol import (AGENT_NAME, MAX_JSON_DEPTH, Report, agent_token, json_depth_within, token_matches,
-                             valid_agent_name)
+from agentd.protocol import (
+    AGENT_NAME,
+    MAX_JSON_DEPTH,
+    Report,
+    agent_token,
+    json_depth_within,
+    token_matches,
+    valid_agent_name,
+)
 
 
 def test_token_is_hmac_of_agent_name_and_differs_per_agent():
@@ -22,7 +29,8 @@ def test_report_round_trips_through_json():
     ({"agent": "Athena!", "seq": 1, "sent_at": 0, "image_version": "v"}, "agent"),
     ({"agent": "athena", "seq": 0, "sent_at": 0, "image_version": "v"}, "seq"),
     ({"agent": "athena", "seq": 1, "sent_at": 0}, "image_version"),
-    ({"agent": "athena", "seq": 1, "sent_at": 0, "image_version": "v", "checks": [{"name": "x", "status": "bad"}]}, "status"),
+    ({"agent": "athena", "seq": 1, "sent_at": 0, "image_version": "v",
+      "checks": [{"name": "x", "status": "bad"}]}, "status"),
 ])
 def test_malformed_report_names_the_field(bad, field):
     with pytest.raises(ValueError, match=field):

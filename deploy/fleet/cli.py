@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true")
 
     p = argparse.ArgumentParser(prog="python -m deploy.fleet", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("trust", parents=[common], help="pin hosts' SSH keys")
     s.add_argument("hosts", nargs="+", metavar="HOST")

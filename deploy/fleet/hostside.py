@@ -183,7 +183,8 @@ def push_receive(args) -> dict:
             f.flush()
             os.fsync(f.fileno())
         except OSError as e:
-            raise HostStepError(f"writing {part}: {e.strerror} after {received} bytes (kept; push again resumes)")
+            raise HostStepError(f"writing {part}: {e.strerror} after {received} bytes (kept; push again resumes)") \
+                from None
     return {"received": received, "size": args.offset + received}
 
 
@@ -251,12 +252,14 @@ def setup(args) -> dict:
                                                         *missing]):
                 proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
                 if proc.returncode != 0:
-                    raise HostStepError(f"{' '.join(argv[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+                    last = (proc.stderr.strip().splitlines() or ['?'])[-1]
+                    raise HostStepError(f"{' '.join(argv[:2])} failed: {last}")
             done.append(f"installed {' '.join(missing)}")
     if args.bridge and not Path("/sys/class/net", args.bridge).exists():
         raise HostStepError(f"bridge {args.bridge} does not exist; create it (Debian: /etc/network/interfaces "
                             f"`auto {args.bridge}` / `iface {args.bridge} inet static` with `bridge_ports <nic>`; "
-                            f"Ubuntu: a netplan `bridges: {{{args.bridge}: {{interfaces: [<nic>]}}}}`) and run setup again")
+                            f"Ubuntu: a netplan `bridges: {{{args.bridge}: {{interfaces: [<nic>]}}}}`) "
+                            f"and run setup again")
     path = host_file()
     current = path.read_text().strip() if path.exists() else None
     if current and current != args.name and not args.rename:
