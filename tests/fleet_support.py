@@ -121,11 +121,18 @@ class Lab:
     env: dict = field(default_factory=dict)
 
     def overlay(self, agents: dict | None = None, **extra) -> Path:
-        """An inventory overlay placing the lab's hosts (and the agents given) over deploy/fleet.yaml."""
-        data = {"network": {"mode": "user"}, "hosts": {n: h.inventory_entry() for n, h in self.hosts.items()},
-                "agents": agents or {}, **extra}
-        path = self.work / "overlay.yaml"
+        """Write the lab's whole inventory (deploy/fleet.yaml's settings, the lab's hosts and the agents given, then
+        `extra` merged over) and make it the default: the seed's 10.220.1.x hosts are not in it, so no test can
+        reach for them."""
+        from deploy.inventory import deep_merge
+        data = yaml.safe_load((REPO / "deploy" / "fleet.yaml").read_text())
+        data["network"]["mode"] = "user"
+        data["hosts"] = {n: h.inventory_entry() for n, h in self.hosts.items()}
+        data["agents"] = agents or {}
+        data = deep_merge(data, extra)
+        path = self.work / "inventory.yaml"
         path.write_text(yaml.safe_dump(data))
+        self.env["AGENTFLEET_INVENTORY"] = str(path)
         return path
 
     def fleet(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -163,7 +170,7 @@ def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2, log_le
     control = Path(short_dir())
     lab = Lab(work, hosts, client_key, fleet_dir, control)
     lab.env = {"AGENTFLEET_FLEET_DIR": str(fleet_dir), "AGENTFLEET_SSH_CONTROL_DIR": str(control),
-               "AGENTFLEET_SSH_IDENTITY": str(client_key), "AGENTFLEET_INVENTORY": str(REPO / "deploy/fleet.yaml")}
+               "AGENTFLEET_SSH_IDENTITY": str(client_key), "AGENTFLEET_INVENTORY": "/nonexistent/call-lab.overlay"}
     return lab
 
 

@@ -42,12 +42,12 @@ def lab(tmp_path_factory):
                     secrets={"source": {"file": None, "command": [ansible_vault, "view", "--vault-password-file", str(password),
                                                     str(vault)]}, "key_map": KEY_MAP},
                     services={"collector_url": "http://10.0.2.100:8765"})
-        assert lab.fleet("trust", "c1", "c2", "--overlay", str(work / "overlay.yaml")).returncode == 0
+        assert lab.fleet("trust", "c1", "c2").returncode == 0
         yield lab
 
 
 def fleet(lab, *args, overlay=None):
-    return lab.fleet(*args, "--overlay", str(overlay or lab.work / "overlay.yaml"))
+    return lab.fleet(*args, *(["--overlay", str(overlay)] if overlay else []))
 
 
 def test_dry_run_of_agents_on_two_hosts_runs_each_hosts_clone_once_with_vault_secrets(lab):
@@ -92,7 +92,7 @@ def test_a_host_never_set_up_is_refused_when_the_fleet_drives_it(lab):
 
 
 def test_a_secret_missing_on_the_workstation_stops_before_any_host_is_touched(lab, tmp_path):
-    data = yaml.safe_load((lab.work / "overlay.yaml").read_text())
+    data = yaml.safe_load((lab.work / "inventory.yaml").read_text())
     data["secrets"]["key_map"]["gateway_token"] = "vault_gateway_of_{agent}"
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump(data))

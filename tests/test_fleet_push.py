@@ -28,12 +28,12 @@ def lab(tmp_path_factory):
         publish(raw, images, "v2", schema={"type": "object"})
         lab.images = images
         lab.overlay({}, images_dir=str(images))
-        assert lab.fleet("trust", "p1", "p2", "p3", "--overlay", str(work / "overlay.yaml")).returncode == 0
+        assert lab.fleet("trust", "p1", "p2", "p3").returncode == 0
         yield lab
 
 
 def push(lab, *args, hosts=("p1", "p2", "p3"), **kw):
-    return lab.fleet("push", *args, "--overlay", str(lab.work / "overlay.yaml"), *[f"--host={h}" for h in hosts],
+    return lab.fleet("push", *args, *[f"--host={h}" for h in hosts],
                      **kw)
 
 
@@ -64,7 +64,7 @@ def test_a_host_that_has_the_version_costs_nothing(lab):
 def test_a_push_killed_midway_resumes_with_only_the_rest_and_never_publishes_a_half_image(lab):
     env = {**os.environ, **lab.env}
     argv = [PYTHON, "-m", "deploy.fleet", "push", "v2", "--limit-mbps", "6", "--overlay",
-            str(lab.work / "overlay.yaml"), "--host=p1", "--host=p2"]
+            str(lab.work / "inventory.yaml"), "--host=p1", "--host=p2"]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     part = lab.hosts["p1"].images / ".agent-v2.qcow2.part"
@@ -106,7 +106,7 @@ def test_a_corrupted_copy_is_refused_removed_and_the_other_hosts_complete(lab):
 
 def test_a_host_without_the_space_is_named_and_nothing_is_sent_there(lab, tmp_path):
     import yaml
-    data = yaml.safe_load((lab.work / "overlay.yaml").read_text())
+    data = yaml.safe_load((lab.work / "inventory.yaml").read_text())
     small = tmp_path / "small"
     small.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)]).returncode != 0:

@@ -272,6 +272,7 @@ def push_publish(args) -> dict:
 CLONE_PACKAGES = ("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "python3-libvirt",
                   "python3-guestfs", "libguestfs-tools", "linux-image-amd64", "python3-venv", "openssh-client",
                   "netcat-openbsd")
+VENV_PACKAGES = ("pyyaml>=6", "jsonschema>=4.17")   # the clone's only needs beyond Debian's python3 modules
 
 
 def setup(args) -> dict:
@@ -289,6 +290,14 @@ def setup(args) -> dict:
                 if proc.returncode != 0:
                     raise HostStepError(f"{' '.join(argv[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
             done.append(f"installed {' '.join(missing)}")
+        venv = Path(args.agentfleet) / ".venv"
+        if not (venv / "bin" / "python").exists():
+            for argv in (["python3", "-m", "venv", "--system-site-packages", str(venv)],
+                         [str(venv / "bin" / "pip"), "install", "-q", *VENV_PACKAGES]):
+                proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                if proc.returncode != 0:
+                    raise HostStepError(f"{argv[0]} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            done.append(f"made {venv}")
     if args.bridge and not Path("/sys/class/net", args.bridge).exists():
         raise HostStepError(f"bridge {args.bridge} does not exist; create it (Debian: /etc/network/interfaces "
                             f"`auto {args.bridge}` / `iface {args.bridge} inet static` with `bridge_ports <nic>`; "
@@ -344,6 +353,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True)
     s.add_argument("--state-dir", required=True)
     s.add_argument("--bridge", default="")
+    s.add_argument("--agentfleet", required=True, help="the checkout (its .venv is made with --packages)")
     s.add_argument("--packages", action="store_true")
     s.add_argument("--rename", action="store_true")
     return p
