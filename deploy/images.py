@@ -19,6 +19,7 @@ class Image:
     path: Path
     manifest: publish.Manifest
     schema_path: Optional[Path]   # OpenClaw's config schema exported by the bake
+    manifest_path: Optional[Path] = None
 
     @property
     def baseline(self) -> dict:
@@ -33,7 +34,8 @@ def find_image(images_dir: Path, wanted: Optional[str] = None) -> Image:
         raise CloneError(str(e)) from None
     if not found.qcow2.exists():
         raise CloneError(f"image {found.version}: manifest {found.manifest_path} has no {found.qcow2.name} beside it")
-    return Image(version=found.version, path=found.qcow2, manifest=found.manifest, schema_path=found.schema_path)
+    return Image(version=found.version, path=found.qcow2, manifest=found.manifest, schema_path=found.schema_path,
+                 manifest_path=found.manifest_path)
 
 
 def _find(images_dir: Path, wanted: Optional[str]) -> publish.Published:

@@ -237,7 +237,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
 
     sec = data.get("secrets") or {}
     src = need(sec, "source", "secrets", dict, {})
-    kinds = [k for k in SECRET_SOURCES if k in src]
+    kinds = [k for k in SECRET_SOURCES if src.get(k) is not None]   # an overlay nulls the base's kind to switch
     if len(kinds) != 1:
         problems.append(f"secrets.source: needs exactly one of {SECRET_SOURCES}")
     kind = kinds[0] if kinds else "env"

@@ -3,8 +3,8 @@ another one, so no agent can end up with two VMs (same IP and MAC, two identitie
 
 The identity is one line in `/etc/agentfleet/host` (written by `python -m deploy.fleet setup HOST`);
 `AGENTFLEET_HOST_FILE` names another file (tests: one per simulated hypervisor). A hypervisor without the file is
-one never set up by the fleet tool (a single-host lab running clone.py by hand): the guard warns and lets it pass;
-the fleet tool itself never drives a host without it."""
+one never set up by the fleet tool (a single-host lab running clone.py by hand): the guard warns and lets it pass,
+except when the fleet tool drives it (`AGENTFLEET_PLACEMENT=required`): then it refuses."""
 from __future__ import annotations
 
 import logging
@@ -45,11 +45,14 @@ def check(inv: Inventory, agents: Iterable[str], path: Optional[Path] = None) ->
     path = path or host_file()
     me = this_host(path)
     if me is None:
+        if os.environ.get("AGENTFLEET_PLACEMENT") == "required":
+            raise CloneError(f"this hypervisor has no identity ({path} is missing); run "
+                             f"`python -m deploy.fleet setup HOST` for it first")
         log.warning("placement unchecked: %s is missing (`python -m deploy.fleet setup HOST` writes it)", path)
         return
     if me not in inv.hosts:
         raise CloneError(f"this hypervisor is {me!r} ({path}), a host the inventory does not have "
-                         f"({', '.join(inv.hosts)})")
+                         f"({', '.join(inv.hosts)}): is the inventory's address for it another machine's?")
     for name in agents:
         agent = inv.agent(name)
         if agent.host != me:

@@ -15,6 +15,8 @@ APT_PACKAGES=(
   python3-venv python3-systemd postgresql chromium chromium-driver
   # bench/collector.py: the HTTP load generator
   wrk
+  # the fleet tool's tests: real sshd instances on loopback play the hypervisors (never started as a service)
+  openssh-server
 )
 
 missing=()

@@ -121,11 +121,18 @@ class Lab:
     env: dict = field(default_factory=dict)
 
     def overlay(self, agents: dict | None = None, **extra) -> Path:
-        """An inventory overlay placing the lab's hosts (and the agents given) over deploy/fleet.yaml."""
-        data = {"network": {"mode": "user"}, "hosts": {n: h.inventory_entry() for n, h in self.hosts.items()},
-                "agents": agents or {}, **extra}
-        path = self.work / "overlay.yaml"
+        """Write the lab's whole inventory (deploy/fleet.yaml's settings, the lab's hosts and the agents given, then
+        `extra` merged over) and make it the default: the seed's 10.220.1.x hosts are not in it, so no test can
+        reach for them."""
+        from deploy.inventory import deep_merge
+        data = yaml.safe_load((REPO / "deploy" / "fleet.yaml").read_text())
+        data["network"]["mode"] = "user"
+        data["hosts"] = {n: h.inventory_entry() for n, h in self.hosts.items()}
+        data["agents"] = agents or {}
+        data = deep_merge(data, extra)
+        path = self.work / "inventory.yaml"
         path.write_text(yaml.safe_dump(data))
+        self.env["AGENTFLEET_INVENTORY"] = str(path)
         return path
 
     def fleet(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -134,7 +141,7 @@ class Lab:
                               env={**os.environ, **self.env, **(env or {})}, timeout=timeout)
 
 
-def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2) -> Lab:
+def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2, log_level: str = "VERBOSE") -> Lab:
     Path("/run/sshd").mkdir(exist_ok=True)              # sshd's privilege separation dir
     client_key = keygen(work / "workstation_key", "fleet-tests")
     hosts = {}
@@ -154,7 +161,7 @@ def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2) -> Lab
             f"PidFile {root / 'sshd.pid'}",
             f"AuthorizedKeysFile {root / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "UsePAM no", "StrictModes no", "MaxSessions 64", "MaxStartups 64", "LogLevel VERBOSE",
+            "UsePAM no", "StrictModes no", "MaxSessions 64", "MaxStartups 64", f"LogLevel {log_level}",
             f"SetEnv AGENTFLEET_HOST_FILE={host.host_file}",
             "Subsystem sftp internal-sftp", ""]))
         host.start()
@@ -163,16 +170,61 @@ def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2) -> Lab
     control = Path(short_dir())
     lab = Lab(work, hosts, client_key, fleet_dir, control)
     lab.env = {"AGENTFLEET_FLEET_DIR": str(fleet_dir), "AGENTFLEET_SSH_CONTROL_DIR": str(control),
-               "AGENTFLEET_SSH_IDENTITY": str(client_key), "AGENTFLEET_INVENTORY": str(REPO / "deploy/fleet.yaml")}
+               "AGENTFLEET_SSH_IDENTITY": str(client_key), "AGENTFLEET_INVENTORY": "/nonexistent/call-lab.overlay"}
     return lab
 
 
 @contextlib.contextmanager
-def running_lab(work: Path, names: tuple[str, ...], first_address: int = 2) -> Iterator[Lab]:
-    lab = start_lab(work, names, first_address)
+def running_lab(work: Path, names: tuple[str, ...], first_address: int = 2,
+                log_level: str = "VERBOSE") -> Iterator[Lab]:
+    lab = start_lab(work, names, first_address, log_level)
     try:
         yield lab
     finally:
         for host in lab.hosts.values():
             host.stop()
         shutil.rmtree(lab.control_dir, ignore_errors=True)
+
+
+class ProcessWatch:
+    """Scans every process's argv and environment while a test runs: a secret must never show in either."""
+
+    def __init__(self, needle: bytes):
+        import threading
+        self.needle, self.seen, self.scans = needle, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in Path("/proc").glob("[0-9]*"):
+                for name in ("cmdline", "environ"):
+                    with contextlib.suppress(OSError):
+                        if self.needle in (proc / name).read_bytes():
+                            self.seen.append(f"{proc.name}/{name}")
+            self.scans += 1
+
+    def __enter__(self) -> "ProcessWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def files_holding(root: Path, needle: bytes, skip=lambda p: False) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and not p.is_socket() and not skip(p)
+            and needle in p.read_bytes()]
+
+
+def write_vault(work: Path, values: dict) -> tuple[Path, Path]:
+    """The seed's Ansible Vault as its user keeps it: one flat mapping, encrypted with a password file."""
+    password = work / "vault-password"
+    password.write_text("correct horse battery staple\n")
+    password.chmod(0o600)
+    vault = work / "passwd.yml"
+    vault.write_text(yaml.safe_dump(values))
+    subprocess.run([str(Path(PYTHON).parent / "ansible-vault"), "encrypt", "--vault-password-file", str(password),
+                    str(vault)], check=True, capture_output=True)
+    return vault, password

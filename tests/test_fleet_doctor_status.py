@@ -31,8 +31,16 @@ def lab(tmp_path_factory):
         yield lab
 
 
+@pytest.fixture
+def control():
+    """A fresh control dir short enough for SSH master sockets: no master reused from earlier tests."""
+    path = short_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def fleet(lab, *args, **kw):
-    return lab.fleet(*args, "--overlay", str(lab.work / "overlay.yaml"), *[f"--host={h}" for h in lab.hosts], **kw)
+    return lab.fleet(*args, *[f"--host={h}" for h in lab.hosts], **kw)
 
 
 def state_json(host, agent, version):
@@ -48,7 +56,7 @@ def test_a_host_never_contacted_is_refused_until_trusted(lab):
     for name, host in lab.hosts.items():
         assert (f"{name}: no pinned host key for root@{host.address}:{host.port}; run `python -m deploy.fleet trust "
                 f"{name}`") in proc.stdout
-    trusted = lab.fleet("trust", "h1", "h2", "h3", "--overlay", str(lab.work / "overlay.yaml"))
+    trusted = lab.fleet("trust", "h1", "h2", "h3", )
     assert trusted.returncode == 0, trusted.stderr
     pinned = (lab.fleet_dir / "known_hosts").read_text().splitlines()
     assert sorted(line.split()[0] for line in pinned) == ["h1", "h2", "h3"]    # pinned by inventory name
@@ -79,7 +87,7 @@ def test_doctor_fails_a_host_with_another_identity_old_code_or_no_libvirt(lab, t
     for d in ("deploy", "host", "agentd", "bake"):
         shutil.copytree(REPO / d, other / d, ignore=shutil.ignore_patterns("__pycache__"))
     (other / "deploy" / "clone.py").write_text((REPO / "deploy" / "clone.py").read_text() + "# older\n")
-    data = yaml.safe_load((lab.work / "overlay.yaml").read_text())
+    data = yaml.safe_load((lab.work / "inventory.yaml").read_text())
     data["hosts"]["h2"]["ssh"]["agentfleet"] = str(other)
     data["hosts"]["h3"]["uri"] = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
     overlay = tmp_path / "overlay.yaml"
@@ -95,7 +103,7 @@ def test_doctor_fails_a_host_with_another_identity_old_code_or_no_libvirt(lab, t
 
 
 def test_doctor_says_where_agentfleet_is_missing(lab, tmp_path):
-    data = yaml.safe_load((lab.work / "overlay.yaml").read_text())
+    data = yaml.safe_load((lab.work / "inventory.yaml").read_text())
     data["hosts"]["h2"]["ssh"]["agentfleet"] = "/nonexistent/agentfleet"
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump(data))
@@ -104,7 +112,7 @@ def test_doctor_says_where_agentfleet_is_missing(lab, tmp_path):
     assert "h2: agentfleet not found at /nonexistent/agentfleet" in proc.stdout
 
 
-def test_a_changed_host_key_is_refused_naming_the_host_while_the_others_answer(lab, tmp_path):
+def test_a_changed_host_key_is_refused_naming_the_host_while_the_others_answer(lab, control):
     h2 = lab.hosts["h2"]
     key = h2.root / "ssh_host_ed25519_key"
     saved = key.read_bytes(), key.with_suffix(".pub").read_bytes()
@@ -113,7 +121,7 @@ def test_a_changed_host_key_is_refused_naming_the_host_while_the_others_answer(l
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     h2.start()
     try:
-        proc = fleet(lab, "doctor", env={"AGENTFLEET_SSH_CONTROL_DIR": short_dir()})  # no master reused
+        proc = fleet(lab, "doctor", env={"AGENTFLEET_SSH_CONTROL_DIR": control})
     finally:
         h2.stop()
         key.write_bytes(saved[0]), key.with_suffix(".pub").write_bytes(saved[1])
@@ -156,9 +164,9 @@ def test_status_shows_domains_disk_versions_collector_health_and_differences(lab
     assert took < 10
 
 
-def test_every_call_has_a_hard_timeout_and_reuses_one_connection(lab, tmp_path):
-    inv = load(REPO / "deploy/fleet.yaml", [lab.work / "overlay.yaml"])
-    control = Path(short_dir())
+def test_every_call_has_a_hard_timeout_and_reuses_one_connection(lab, control):
+    inv = load(lab.work / "inventory.yaml")
+    control = Path(control)
     ssh = Ssh(SshConfig(known_hosts=lab.fleet_dir / "known_hosts", control_dir=control, identity=lab.client_key))
     h1 = inv.hosts["h1"]
     log_before = lab.hosts["h1"].log.read_text().count("Accepted publickey")

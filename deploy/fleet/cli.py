@@ -73,7 +73,8 @@ def _add_late_commands(sub, common) -> None:
             s.add_argument("--purge-data", action="store_true", help="delete the data disks too")
     s = sub.add_parser("setup", parents=[common], help="prepare hypervisors for agentfleet")
     s.add_argument("hosts", nargs="+", metavar="HOST")
-    s.add_argument("--no-packages", action="store_true", help="do not apt-get install the clone's packages")
+    s.add_argument("--no-packages", action="store_true", help="no apt-get install of the clone's packages, no venv")
+    s.add_argument("--code", action="store_true", help="ship this workstation's agentfleet code to the host first")
     s.add_argument("--rename", action="store_true", help="change a host's identity file written before")
 
 

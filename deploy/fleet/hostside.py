@@ -160,59 +160,94 @@ def push_begin(args) -> dict:
     have = {}
     for name in args.files:
         _check_name(name)
-        part = _part(images, name)
-        have[name] = part.stat().st_size if part.exists() else 0
+        part, verified = _part(images, name), _verified(images, name)
+        have[name] = -1 if verified.exists() else part.stat().st_size if part.exists() else 0   # -1: verified
     return {"published": args.version in published(images), "partial": have, "free_bytes": free_bytes(images)}
 
 
 def push_receive(args) -> dict:
-    """Append standard input to the partial file from `offset` (what the host said it had); fsync'd on the way."""
+    """Append standard input to the partial file from `offset` (what push-begin said was here). The whole file is
+    hashed on the way (the part already here first), so a complete file is verified against the manifest's sha256
+    without a second read; a mismatch removes the part (a corrupted copy must not be resumed from either)."""
     images = Path(args.images)
-    part = _part(images, _check_name(args.name))
+    name = _check_name(args.name)
+    part = _part(images, name)
+    digest = hashlib.sha256()
+    hashing = _Hasher(digest)
     received = 0
     with open(part, "ab") as f:
         if f.tell() < args.offset:
             raise HostStepError(f"{part.name} has {f.tell()} bytes, the sender resumes at {args.offset}")
         f.truncate(args.offset)
+        with open(part, "rb") as before:            # the part already here counts in the hash
+            while chunk := before.read(4 * CHUNK):
+                hashing.put(chunk)
         f.seek(args.offset)
         stdin = sys.stdin.buffer
         try:
             while chunk := stdin.read1(CHUNK):
+                if args.offset + received + len(chunk) > args.size:
+                    raise HostStepError(f"{name}: more bytes arrived than its {args.size}")
                 f.write(chunk)
+                hashing.put(chunk)
                 received += len(chunk)
             f.flush()
             os.fsync(f.fileno())
         except OSError as e:
             raise HostStepError(f"writing {part}: {e.strerror} after {received} bytes (kept; push again resumes)") \
                 from None
-    return {"received": received, "size": args.offset + received}
+        finally:
+            hashing.close()
+    size = args.offset + received
+    if size < args.size:
+        raise HostStepError(f"{name}: the stream ended at {size} of {args.size} bytes (kept; push again resumes)")
+    if args.sha256 and digest.hexdigest() != args.sha256:
+        part.unlink()
+        raise HostStepError(f"{name}: sha256 {digest.hexdigest()[:12]}... differs from the manifest's "
+                            f"{args.sha256[:12]}...; the corrupted copy was removed, push again")
+    if args.sha256:
+        os.replace(part, _verified(images, name))
+    return {"received": received, "size": size}
+
+
+class _Hasher:
+    """sha256 in a second thread (hashlib releases the GIL), so hashing overlaps the pipe and the disk."""
+
+    def __init__(self, digest):
+        import queue
+        import threading
+        self.queue: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=16)
+        self.thread = threading.Thread(target=self._run, args=(digest,), daemon=True)
+        self.thread.start()
+
+    def _run(self, digest) -> None:
+        while (chunk := self.queue.get()) is not None:
+            digest.update(chunk)
+
+    def put(self, chunk: bytes) -> None:
+        self.queue.put(chunk)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+
+def _verified(images: Path, name: str) -> Path:
+    return images / f".{name}.verified"
 
 
 def push_publish(args) -> dict:
-    """Verify the qcow2 against the manifest's sha256 and size, then rename the files in, manifest last."""
+    """Rename the received files in, the qcow2 only if it was verified, the manifest (standard input) last."""
     images = Path(args.images)
     manifest_bytes = sys.stdin.buffer.read()
     try:
-        manifest = json.loads(manifest_bytes)
-        expected = manifest["qcow2"]["sha256"]
-        expected_size = int(manifest["qcow2"]["size"])
+        json.loads(manifest_bytes)["qcow2"]["sha256"]
     except (ValueError, KeyError, TypeError):
-        raise HostStepError("the manifest sent has no qcow2 sha256 and size") from None
+        raise HostStepError("the manifest sent has no qcow2 sha256") from None
     version = args.version
-    qcow2 = _part(images, f"agent-{version}.qcow2")
+    qcow2 = _verified(images, f"agent-{version}.qcow2")
     if not qcow2.exists():
-        raise HostStepError(f"{qcow2.name}: nothing received")
-    size = qcow2.stat().st_size
-    if size != expected_size:
-        raise HostStepError(f"{qcow2.name}: {size} bytes, the manifest says {expected_size}; push again to resume")
-    h = hashlib.sha256()
-    with open(qcow2, "rb") as f:
-        while chunk := f.read(4 * CHUNK):
-            h.update(chunk)
-    if h.hexdigest() != expected:
-        qcow2.unlink()                    # a corrupted copy must not be resumed from either
-        raise HostStepError(f"agent-{version}.qcow2: sha256 {h.hexdigest()[:12]}... differs from the manifest's "
-                            f"{expected[:12]}...; the corrupted copy was removed, push again")
+        raise HostStepError(f"agent-{version}.qcow2: no verified copy here; push again")
     for extra in args.extra:              # the OpenClaw schema, before the image is visible
         part = _part(images, _check_name(extra))
         if part.exists():
@@ -224,19 +259,21 @@ def push_publish(args) -> dict:
         f.write(manifest_bytes)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, images / f"agent-{version}.manifest.json")   # last: now the version is published
     dirfd = os.open(images, os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
-    return {"published": version, "sha256": expected}
+    return {"published": version}
 
 
 # ------------------------------------------------------------------------------------------------------- setup
 CLONE_PACKAGES = ("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "python3-libvirt",
                   "python3-guestfs", "libguestfs-tools", "linux-image-amd64", "python3-venv", "openssh-client",
                   "netcat-openbsd")
+VENV_PACKAGES = ("pyyaml>=6", "jsonschema>=4.17")   # the clone's only needs beyond Debian's python3 modules
 
 
 def setup(args) -> dict:
@@ -255,6 +292,14 @@ def setup(args) -> dict:
                     last = (proc.stderr.strip().splitlines() or ['?'])[-1]
                     raise HostStepError(f"{' '.join(argv[:2])} failed: {last}")
             done.append(f"installed {' '.join(missing)}")
+        venv = Path(args.agentfleet) / ".venv"
+        if not (venv / "bin" / "python").exists():
+            for argv in (["python3", "-m", "venv", "--system-site-packages", str(venv)],
+                         [str(venv / "bin" / "pip"), "install", "-q", *VENV_PACKAGES]):
+                proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                if proc.returncode != 0:
+                    raise HostStepError(f"{argv[0]} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            done.append(f"made {venv}")
     if args.bridge and not Path("/sys/class/net", args.bridge).exists():
         raise HostStepError(f"bridge {args.bridge} does not exist; create it (Debian: /etc/network/interfaces "
                             f"`auto {args.bridge}` / `iface {args.bridge} inet static` with `bridge_ports <nic>`; "
@@ -299,6 +344,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True)
     s.add_argument("--name", required=True)
     s.add_argument("--offset", type=int, required=True)
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--sha256", default="", help="verify the complete file (the qcow2; the schema has none)")
     s = sub.add_parser("push-publish")
     s.add_argument("--images", required=True)
     s.add_argument("--version", required=True)
@@ -309,6 +356,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True)
     s.add_argument("--state-dir", required=True)
     s.add_argument("--bridge", default="")
+    s.add_argument("--agentfleet", required=True, help="the checkout (its .venv is made with --packages)")
     s.add_argument("--packages", action="store_true")
     s.add_argument("--rename", action="store_true")
     return p
