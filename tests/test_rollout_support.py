@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterable, Optional
@@ -60,7 +61,7 @@ class SimulatedHosts(HostFiles):
         super().__init__(root, placement)
         self.url, self.period_s = collector_url, period_s
         self.broken, self.sick, self.silent = set(broken), set(sick), set(silent)
-        self.seq = {a: 0 for a in placement}
+        self.seq = {a: last_seq(collector_url, a) for a in placement}  # as agentd: continue above the collector's
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         for agent in placement:
@@ -90,6 +91,16 @@ class SimulatedHosts(HostFiles):
         self._stop.set()
         if self._thread:
             self._thread.join(5)
+
+
+def last_seq(url: str, agent: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/agents/{agent}", timeout=5) as resp:
+            return int(json.loads(resp.read())["last_seq"])
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return 0
+        raise
 
 
 def post_report(url: str, agent: str, seq: int, version: str, host: str, failing: bool = False) -> None:
@@ -134,6 +145,8 @@ class FakeClone:
                 st.update(previous=st["current"], current=version, pending=version, swaps=st["swaps"] + 1, down=True)
                 self.sim.write(agent, st)
                 time.sleep(0.05)
+                self.sim.write(agent, {**st, "down": False})
+            elif st["down"]:  # swapped, never proven healthy (a run cut off): clone.py's "resume" starts the domain
                 self.sim.write(agent, {**st, "down": False})
             waiting.append(agent)
         if self.hold_agents & set(waiting):
@@ -181,6 +194,26 @@ class FakeClone:
         if not self.calls_path.exists():
             return []
         return [json.loads(line) for line in self.calls_path.read_text().splitlines() if line.strip()]
+
+
+class EventLog:
+    """A Reporter keeping every progress event, for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self.reports: list = []
+
+    def event(self, event) -> None:
+        self.events.append(event)
+
+    def text(self, text: str) -> None:
+        pass
+
+    def report(self, report: dict) -> None:
+        self.reports.append(report)
+
+    def phases(self, agent: str) -> list[str]:
+        return [e.phase for e in self.events if e.agent == agent]
 
 
 def fast_options(journal_dir: Path, **overrides) -> RolloutOptions:
