@@ -170,3 +170,62 @@ def test_a_second_rollout_of_the_same_fleet_is_refused_while_one_runs(fleet, col
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert len(fake.calls()) == 1
+
+
+# ------------------------------------------------------------------------------------- the verb, as `fleet rollout`
+def verb(inv, fake, collector, tmp_path, *argv):
+    import argparse
+    import io
+
+    from deploy.rollout import add_arguments, run_verb
+    parser = argparse.ArgumentParser(prog="fleet rollout")
+    add_arguments(parser)
+    args = parser.parse_args([*argv, "--journal-dir", str(tmp_path / "journal"), "--min-healthy", "0.5",
+                              "--stale-after", "3", "--poll", "0.1"])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = run_verb(args, inv, replace_on_host=fake.replace, rollback_on_host=fake.rollback, push=lambda v: None,
+                    health=CollectorHealth(collector.url), stdout=stdout, stderr=stderr)
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def test_dry_run_prints_the_waves_hosts_and_agents_and_touches_nothing(fleet, collector, tmp_path):
+    inv, sim, fake = fleet()
+    code, out, err = verb(inv, fake, collector, tmp_path, V2, "--dry-run")
+    assert (code, err) == (0, "")
+    assert "wave 0 (canary): 1 agent(s) - r710: apollo" in out
+    assert "wave 3: 2 agent(s) - r820: ares, poseidon" in out and "wave 4: 1 agent(s) - r420: athena" in out
+    assert "rollout of v2bbbbbbbbbb: dry-run" in out
+    assert fake.calls() == [] and not (tmp_path / "journal").exists()
+
+
+def test_json_lines_carry_live_progress_then_the_final_report(fleet, collector, tmp_path):
+    inv, sim, fake = fleet()
+    code, out, err = verb(inv, fake, collector, tmp_path, V2, "--agents", "hermes,ares", "--canary", "1", "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {line["event"] for line in lines[:-1]} == {"progress"} and lines[-1]["event"] == "report"
+    progress = [(e["wave"], e["agent"], e["phase"]) for e in lines if e.get("agent")]
+    assert progress[:4] == [(0, "hermes", "replacing"), (0, "hermes", "replaced"), (0, "hermes", "healthy"),
+                            (0, "hermes", "passed")]
+    assert all(a["elapsed_s"] <= b["elapsed_s"] for a, b in zip(lines[:-1], lines[1:-1]))
+    report = lines[-1]
+    assert (report["state"], report["exit_code"], report["version"]) == ("done", 0, V2)
+    assert {a["agent"]: a["now"] for a in report["agents"]} == {"hermes": V2, "ares": V2}
+    assert report["waves"][1]["hosts"] == {"r820": ["ares"]}
+
+
+def test_status_shows_the_last_rollout_and_bad_input_is_one_line_with_exit_2(fleet, collector, tmp_path):
+    inv, sim, fake = fleet(broken=[("apollo", V2)])
+    assert verb(inv, fake, collector, tmp_path, "--status")[:2] == (0, "no rollout of this fleet is journaled\n")
+    code, out, err = verb(inv, fake, collector, tmp_path, V2)
+    assert code == EXIT_HALTED and "wave 0 apollo@r710 replacing" in out and "wave 0 apollo@r710 rolled-back" in out
+    code, out, err = verb(inv, fake, collector, tmp_path, "--status")
+    assert code == 0 and "rollout of v2bbbbbbbbbb: halted: wave 0: apollo@r710 rolled-back" in out
+    assert "apollo       r710        0  v1aaaaaaaaaa     v1aaaaaaaaaa     rolled-back" in out
+    for argv, message in [((), "rollout: name the image VERSION to roll out (or use --status)\n"),
+                          ((V2, "--agents", "zeus"), "rollout: --agents: unknown agent(s) zeus (inventory has: "),
+                          ((V2, "--waves", "0"), "rollout: --waves: '0' is not a positive count or a share like 25%\n"),
+                          ((V2,), "rollout: the rollout of v2bbbbbbbbbb halted (wave 0: apollo@r710 rolled-back")]:
+        code, out, err = verb(inv, fake, collector, tmp_path, *argv)
+        assert (code, out) == (2, "") and err.startswith(message) and err.count("\n") == 1
+    assert len(fake.calls()) == 1

@@ -6,7 +6,8 @@ import yaml
 
 from deploy import inventory as inventory_mod
 from deploy.rollout import RolloutError, RolloutOptions, Size, plan
-from deploy.rollout.options import options_from_args, add_arguments
+from deploy.rollout import add_arguments
+from deploy.rollout.options import options_from_args
 from deploy.rollout.planner import Plan
 
 OLD, NEW = "old111111111", "new222222222"

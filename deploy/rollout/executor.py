@@ -28,6 +28,7 @@ def run_rollout(inventory: Inventory, version: str, options: RolloutOptions, *, 
                 out: Reporter = SilentReporter()) -> RolloutReport:
     """Upgrade the scope to `version`. Returns the report (its exit_code: 0 done, 4 halted, 5 refused on a degraded
     fleet); raises RolloutError for a usage error or a refusal that changed nothing (exit 2)."""
+    scope_of(inventory, options)  # a bad scope is a usage error before anything is read or locked
     run = _Run(inventory, version, options, replace_on_host, rollback_on_host, push, health, out)
     if options.dry_run:
         return run.dry_run()
@@ -73,7 +74,6 @@ class _Run:
         return {name: seen.image_version for name, seen in fleet.agents.items()}
 
     def dry_run(self) -> RolloutReport:
-        scope_of(self.inv, self.opt)  # bad scope is a usage error even in a dry run
         try:
             current, note = self._current_versions(), ""
         except RolloutError as e:
@@ -94,7 +94,7 @@ class _Run:
             if state == "running":
                 raise RolloutError(f"an unfinished rollout of {old_version} is journaled in {path}; "
                                    f"finish it (run it again) or pass --restart to plan {self.version} anew")
-            if state == "halted" and old_version == self.version:
+            if state == "halted" and old_version == self.version and (old.data.get("halt") or {}).get("wave") is not None:
                 reason = (old.data.get("halt") or {}).get("reason", "")
                 raise RolloutError(f"the rollout of {self.version} halted ({reason}); "
                                    f"fix the cause, then pass --restart to plan it anew")
@@ -269,7 +269,8 @@ def _fresh_journal_data(inv: Inventory, p: Plan, options: RolloutOptions) -> dic
                         "phase": "skipped" if name in p.skipped else "pending", "version": None, "message":
                         f"already on {p.version}" if name in p.skipped else "", "updated_at": time.time()}
     return {"version": p.version, "inventory": list(inv.sources), "options": options.to_json(), "plan": p.to_json(),
-            "waves": [{"index": w.index, "canary": w.canary, "agents": list(w.agents), "state": "pending"}
+            "waves": [{"index": w.index, "canary": w.canary, "agents": list(w.agents),
+                       "hosts": {h: list(a) for h, a in w.hosts}, "state": "pending"}
                       for w in p.waves], "agents": agents}
 
 

@@ -1,5 +1,5 @@
 """The rollout's options, each declared once: the frozen dataclass the code uses, the CLI flags that fill it
-(`add_arguments(parser)` + `options_from_args(args)`, so `fleet rollout` is a few lines), and the wave-size syntax."""
+(`add_flags(parser)` + `options_from_args(args)`; deploy/rollout/cli.py makes them the verb), and the wave-size syntax."""
 from __future__ import annotations
 
 import argparse
@@ -66,7 +66,7 @@ class RolloutOptions:
     dry_run: bool = False
     restart: bool = False                        # forget a halted or unfinished rollout's journal and plan anew
     journal_dir: Path = field(default_factory=default_journal_dir)
-    poll_s: float = 2.0                          # how often the gates look at the collector
+    poll_s: float = 1.0                          # how often the gates look at the collector
 
     def to_json(self) -> dict:
         return {"canary": self.canary, "canary_orchestrator": self.canary_orchestrator,
@@ -77,8 +77,8 @@ class RolloutOptions:
                 "revert_wave": self.revert_wave}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of `fleet rollout VERSION` (the fleet tool adds the positional VERSION and --json itself)."""
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The option flags of `fleet rollout` (cli.add_arguments adds them with VERSION and --json)."""
     d = RolloutOptions()
     p.add_argument("--canary", type=int, default=d.canary, metavar="N",
                    help=f"agents in the first wave, never the orchestrator unless --canary-orchestrator "
@@ -97,6 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {d.wave_deadline_s:g})")
     p.add_argument("--stale-after", type=float, default=d.stale_after_s, metavar="S",
                    help=f"an agent silent this long counts as degraded (default {d.stale_after_s:g})")
+    p.add_argument("--poll", type=float, default=d.poll_s, metavar="S",
+                   help=f"seconds between two looks at the collector during a wave (default {d.poll_s:g})")
     p.add_argument("--agents", default="", metavar="A,B", help="limit the rollout to these agents")
     p.add_argument("--hosts", default="", metavar="H,I", help="limit the rollout to the agents of these hosts")
     p.add_argument("--revert-wave", action="store_true",
@@ -117,13 +119,15 @@ def options_from_args(args: argparse.Namespace) -> RolloutOptions:
     for flag in ("min_healthy", "wave_deadline", "stale_after"):
         if getattr(args, flag) < 0:
             raise RolloutError(f"--{flag.replace('_', '-')}: must not be negative")
+    if args.poll <= 0:
+        raise RolloutError("--poll: must be positive")
     waves = tuple(Size.parse(w, "--waves") for w in args.waves.split(",")) if args.waves else DEFAULT_WAVES
     max_unavailable = Size.parse(args.max_unavailable, "--max-unavailable") if args.max_unavailable else None
     return RolloutOptions(canary=args.canary, canary_orchestrator=args.canary_orchestrator, waves=waves,
                           max_unavailable=max_unavailable, min_healthy_s=args.min_healthy,
                           wave_deadline_s=args.wave_deadline, stale_after_s=args.stale_after,
                           agents=_names(args.agents), hosts=_names(args.hosts), revert_wave=args.revert_wave,
-                          dry_run=args.dry_run, restart=args.restart,
+                          dry_run=args.dry_run, restart=args.restart, poll_s=args.poll,
                           journal_dir=args.journal_dir or default_journal_dir())
 
 
