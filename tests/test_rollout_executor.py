@@ -86,6 +86,20 @@ def test_a_failing_canary_halts_is_rolled_back_and_no_other_agent_is_touched(fle
     assert len(fake.calls()) == 1
 
 
+def test_a_rollout_killed_after_a_failure_was_journaled_halts_on_rerun_without_asking_again(fleet, collector,
+                                                                                             tmp_path):
+    inv, sim, fake = fleet(broken=[("apollo", V2)])
+    assert rollout(inv, fake, collector, fast_options(tmp_path / "journal")).exit_code == EXIT_HALTED
+    # the journal as a kill right after apollo's outcome was written leaves it (each step is its own atomic write)
+    journal = Journal.read(Journal.path_for(tmp_path / "journal", inv))
+    journal.data["waves"][0].update(state="running", finished_at=None, reason=None)
+    journal.set(state="running", halt=None)
+    report = rollout(inv, fake, collector, fast_options(tmp_path / "journal", wave_deadline_s=60))
+    assert (report.state, report.exit_code) == ("halted", EXIT_HALTED) and report.elapsed_s < 10
+    assert "wave 0: apollo@r710 rolled-back" in report.reason
+    assert len(fake.calls()) == 1
+
+
 @pytest.mark.parametrize("revert", [False, True])
 def test_a_failed_wave_keeps_its_passed_agents_on_the_new_version_unless_revert_wave(fleet, collector, tmp_path,
                                                                                       revert):

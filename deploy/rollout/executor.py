@@ -116,6 +116,10 @@ class _Run:
             ws = j.data["waves"][wave.index]
             if ws["state"] == "passed":
                 continue
+            if ws["state"] == "failed":  # killed after the failure was journaled, before the end
+                if self.opt.revert_wave:
+                    self._revert(wave)
+                return self._end("halted", f"wave {wave.index}: {ws.get('reason', '')}", wave.index)
             refused = self._gate_before(p, wave, resumed=ws["state"] == "running")
             if refused:
                 return self._end("refused", f"wave {wave.index} not started: {refused}", wave.index)
@@ -148,6 +152,10 @@ class _Run:
         wave (after the replaces still running have returned: none is left behind). Returns why it failed."""
         j = self.journal
         phase = {a: j.agent(a)["phase"] for a in wave.agents}
+        already = [a for a in wave.agents if phase[a] in ("rolled-back", "error")]
+        if already:  # the wave failed, then the rollout was killed before it journaled the halt
+            a = already[0]
+            return f"{a}@{wave.host_of(a)} {phase[a]}: {j.agent(a).get('message', '')}"
         passed = {a for a in wave.agents if phase[a] == "passed"}
         ready = {a for a in wave.agents if phase[a] == "replaced"}
         # "replacing" = cut off by a kill: asked again; clone.py's per-agent state makes that a no-op or a resume
@@ -183,8 +191,10 @@ class _Run:
                             for a in wave.agents if a not in passed]
                     failure = f"wave deadline {self.opt.wave_deadline_s:.0f}s passed ({'; '.join(late)})"
                     break
-                cf.wait(list(futures), timeout=self.opt.poll_s, return_when=cf.FIRST_COMPLETED) if futures \
-                    else time.sleep(self.opt.poll_s)
+                if futures:
+                    cf.wait(list(futures), timeout=self.opt.poll_s, return_when=cf.FIRST_COMPLETED)
+                else:
+                    time.sleep(self.opt.poll_s)
             for f in cf.as_completed(list(futures)):  # never leave a replace running behind a halt
                 self._record(wave, futures.pop(f), f.result(), ready)
             return failure
@@ -227,12 +237,19 @@ class _Run:
             self.out.event(self._event("passed", wave.index, a, wave.host_of(a)))
 
     def _revert(self, wave: Wave) -> None:
-        """--revert-wave: the wave's agents still on the new version go back to their previous image."""
+        """--revert-wave: the wave's agents still on the new version go back to their previous image. Each is
+        journaled `reverting` before the call and never asked again after a kill: clone.py --rollback swaps current
+        and previous, so a repeated call would undo the revert."""
         back = {h: [a for a in agents if self.journal.agent(a)["phase"] in ("replaced", "passed")]
                 for h, agents in wave.hosts}
         back = {h: agents for h, agents in back.items() if agents}
         if not back:
             return
+        for agents in back.values():
+            for a in agents:
+                self.journal.data["agents"][a].update(phase="reverting", version=None, updated_at=time.time(),
+                                                      message="revert cut off: see `fleet status` before acting")
+        self.journal.save()
         with cf.ThreadPoolExecutor(max_workers=len(back), thread_name_prefix="rollout-revert") as pool:
             futures = {}
             for host, agents in back.items():
