@@ -191,10 +191,12 @@ class _Run:
                             for a in wave.agents if a not in passed]
                     failure = f"wave deadline {self.opt.wave_deadline_s:.0f}s passed ({'; '.join(late)})"
                     break
+                due = streaks.due_in(a for a in wave.agents if a not in passed)
+                pause = self.opt.poll_s if due is None else min(self.opt.poll_s, due + 0.01)
                 if futures:
-                    cf.wait(list(futures), timeout=self.opt.poll_s, return_when=cf.FIRST_COMPLETED)
+                    cf.wait(list(futures), timeout=pause, return_when=cf.FIRST_COMPLETED)
                 else:
-                    time.sleep(self.opt.poll_s)
+                    time.sleep(pause)
             for f in cf.as_completed(list(futures)):  # never leave a replace running behind a halt
                 self._record(wave, futures.pop(f), f.result(), ready)
             return failure

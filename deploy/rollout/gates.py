@@ -63,6 +63,13 @@ class HealthyStreaks:
                     passed.add(name)
         return passed
 
+    def due_in(self, agents: Iterable[str]) -> Optional[float]:
+        """Seconds until the first running streak among `agents` reaches min_healthy (None: none running), so the
+        next look can be taken right then instead of up to a poll period late."""
+        now = self.clock()
+        left = [start + self.min_healthy_s - now for a in agents if (start := self.since.get(a)) is not None]
+        return max(0.0, min(left)) if left else None
+
     def started(self, name: str) -> bool:
         return self.since.get(name) is not None
 
