@@ -120,6 +120,20 @@ def test_a_failed_wave_keeps_its_passed_agents_on_the_new_version_unless_revert_
         assert [c["kind"] for c in fake.calls()] == ["replace", "replace"]
 
 
+def test_an_agent_that_fails_after_clone_py_accepted_it_never_passes_min_healthy_and_the_deadline_halts(
+        fleet, collector, tmp_path):
+    inv, sim, fake = fleet(sours=[("hermes", V2)])
+    options = fast_options(tmp_path / "journal", agents=("hermes", "ares"), canary=1, min_healthy_s=1.5,
+                           wave_deadline_s=3.0, revert_wave=True)
+    report = rollout(inv, fake, collector, options)
+    assert (report.state, report.exit_code) == ("halted", EXIT_HALTED)
+    assert report.reason.startswith("wave 0: wave deadline 3s passed (hermes: unhealthy on v2bbbbbbbbbb")
+    rows = {r.agent: r for r in report.rows}
+    assert (rows["hermes"].now, rows["hermes"].phase) == (V1, "reverted")      # replaced, never passed, put back
+    assert (rows["ares"].now, rows["ares"].phase) == (V1, "pending")
+    assert [(c["kind"], c["agents"]) for c in fake.calls()] == [("replace", ["hermes"]), ("rollback", ["hermes"])]
+
+
 @pytest.mark.parametrize("flaw", ["sick", "silent"])
 def test_a_degraded_fleet_refuses_to_start_a_wave_and_names_the_agent(fleet, collector, tmp_path, flaw):
     inv, sim, fake = fleet(**{flaw: ["hermes"]})

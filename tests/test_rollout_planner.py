@@ -77,7 +77,8 @@ def test_scope_limits_to_the_named_agents_and_hosts():
     p = plan(inv, NEW, everyone_on(inv, OLD), RolloutOptions(hosts=("r820",)))
     assert p.scope == ("prometheus", "ares", "poseidon")
     assert waves(p) == [["prometheus"], ["ares"], ["poseidon"]]   # 25 % of 3 rounds down to 1
-    p = plan(inv, NEW, everyone_on(inv, OLD), RolloutOptions(agents=("hermes", "ares", "apollo"), hosts=("r820", "r8202")))
+    opts = RolloutOptions(agents=("hermes", "ares", "apollo"), hosts=("r820", "r8202"))
+    p = plan(inv, NEW, everyone_on(inv, OLD), opts)
     assert p.scope == ("hermes", "ares")
     with pytest.raises(RolloutError, match="--agents: unknown agent.*zeus"):
         plan(inv, NEW, {}, RolloutOptions(agents=("zeus",)))

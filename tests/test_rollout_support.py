@@ -3,8 +3,8 @@
 - `SimulatedHosts`: each hypervisor a directory with one state file per agent ({current, previous, pending, swaps,
   down}), the shape of clone.py's per-agent state; a thread plays the agents' VMs, posting real signed reports to a
   real collector with the image version the state file says they run. A version listed as broken for an agent
-  reports a failing `agentd_unit` check, as an image whose agentd cannot start would; `sick`/`silent` agents report
-  unhealthy or nothing at all.
+  reports a failing `agentd_unit` check, as an image whose agentd cannot start would; a sour one starts healthy and
+  fails after SOUR_AFTER_S (after clone.py accepted it); `sick`/`silent` agents report unhealthy or nothing at all.
 - `FakeClone`: ReplaceOnHost/RollbackOnHost with clone.py's semantics on those files (swap once, then wait for the
   collector to show the new version healthy, else roll back and exit 3; an agent already swapped is resumed, never
   swapped again), answering as a clone.py process would (exit code, --json stdout, stderr), parsed by the real
@@ -31,6 +31,7 @@ from deploy.rollout import (CollectorHealth, ReplaceOutcome, RolloutOptions, Siz
 from deploy.rollout.journal import atomic_write
 
 SECRET = b"test-collector-secret"  # tests/collector_server.py's
+SOUR_AFTER_S = 0.5  # a "sour" (agent, version) reports healthy this long after its boot, then fails
 
 
 def fleet_inventory():
@@ -56,11 +57,12 @@ class HostFiles:
 
 class SimulatedHosts(HostFiles):
     def __init__(self, root: Path, collector_url: str, placement: dict[str, str], version: str, *,
-                 broken: Iterable[tuple[str, str]] = (), sick: Iterable[str] = (), silent: Iterable[str] = (),
-                 period_s: float = 0.2) -> None:
+                 broken: Iterable[tuple[str, str]] = (), sours: Iterable[tuple[str, str]] = (),
+                 sick: Iterable[str] = (), silent: Iterable[str] = (), period_s: float = 0.2) -> None:
         super().__init__(root, placement)
         self.url, self.period_s = collector_url, period_s
-        self.broken, self.sick, self.silent = set(broken), set(sick), set(silent)
+        self.broken, self.sours, self.sick, self.silent = set(broken), set(sours), set(sick), set(silent)
+        self.booted: dict[tuple[str, str], float] = {}  # (agent, version) -> when it first reported it
         self.seq = {a: last_seq(collector_url, a) for a in placement}  # as agentd: continue above the collector's
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -73,7 +75,9 @@ class SimulatedHosts(HostFiles):
             state = self.read(agent)
             if state["down"] or agent in self.silent:
                 continue
-            failing = agent in self.sick or (agent, state["current"]) in self.broken
+            booted = self.booted.setdefault((agent, state["current"]), time.monotonic())
+            soured = (agent, state["current"]) in self.sours and time.monotonic() - booted > SOUR_AFTER_S
+            failing = agent in self.sick or (agent, state["current"]) in self.broken or soured
             self.seq[agent] += 1
             post_report(self.url, agent, self.seq[agent], state["current"], host, failing)
 

@@ -94,8 +94,9 @@ class _Run:
             if state == "running":
                 raise RolloutError(f"an unfinished rollout of {old_version} is journaled in {path}; "
                                    f"finish it (run it again) or pass --restart to plan {self.version} anew")
-            if state == "halted" and old_version == self.version and (old.data.get("halt") or {}).get("wave") is not None:
-                reason = (old.data.get("halt") or {}).get("reason", "")
+            halt = old.data.get("halt") or {}
+            if state == "halted" and old_version == self.version and halt.get("wave") is not None:
+                reason = halt.get("reason", "")
                 raise RolloutError(f"the rollout of {self.version} halted ({reason}); "
                                    f"fix the cause, then pass --restart to plan it anew")
         p = make_plan(self.inv, self.version, self._current_versions(), self.opt)
@@ -261,11 +262,12 @@ class _Run:
             for f in cf.as_completed(futures):
                 host, agents = futures[f]
                 for a, o in f.result().items():
-                    ok = o.outcome is Outcome.ROLLED_BACK
-                    self.journal.set_agent(a, phase="reverted" if ok else "error",
-                                           version=o.version or (self.journal.agent(a)["from_version"] if ok else None),
-                                           message=("reverted by --revert-wave" if ok else f"revert failed: {o.message}"))
-                    self.out.event(self._event("reverted" if ok else "error", wave.index, a, host, o.message))
+                    if o.outcome is Outcome.ROLLED_BACK:
+                        self.journal.set_agent(a, phase="reverted", message="reverted by --revert-wave",
+                                               version=o.version or self.journal.agent(a)["from_version"])
+                    else:
+                        self.journal.set_agent(a, phase="error", version=None, message=f"revert failed: {o.message}")
+                    self.out.event(self._event(self.journal.agent(a)["phase"], wave.index, a, host, o.message))
 
     # ------------------------------------------------------------------------------------------------ reporting
     def _end(self, state: str, reason: str, wave: Optional[int]) -> RolloutReport:

@@ -53,7 +53,8 @@ class HealthyStreaks:
             elif age is not None and age > self.stale_after_s:
                 self._break(name, f"silent for {age:.0f}s")
             elif not seen.healthy:
-                self._break(name, f"unhealthy on {self.version}" + (f" ({', '.join(seen.failing)})" if seen.failing else ""))
+                failing = f" ({', '.join(seen.failing)})" if seen.failing else ""
+                self._break(name, f"unhealthy on {self.version}{failing}")
             else:
                 start = self.since.get(name)
                 if start is None:

@@ -1,5 +1,5 @@
 """The rollout's options, each declared once: the frozen dataclass the code uses, the CLI flags that fill it
-(`add_flags(parser)` + `options_from_args(args)`; deploy/rollout/cli.py makes them the verb), and the wave-size syntax."""
+(`add_flags(parser)` + `options_from_args(args)`; deploy/rollout/cli.py makes them the verb), and the wave sizes."""
 from __future__ import annotations
 
 import argparse

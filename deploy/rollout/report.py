@@ -20,7 +20,7 @@ class AgentRow:
     wave: Optional[int]
     was: Optional[str]             # the version it ran when the rollout planned it (None: never reported)
     now: Optional[str]             # the version it runs now as far as the rollout knows (None: unknown)
-    phase: str                     # skipped, pending, replacing, replaced, passed, rolled-back, reverting, reverted, error
+    phase: str                     # skipped pending replacing replaced passed rolled-back reverting reverted error
     message: str = ""
 
 
