@@ -64,3 +64,23 @@ def test_a_wave_passes_only_after_min_healthy_of_unbroken_healthy_reports_on_the
 def test_an_unreachable_collector_is_one_rollout_error_naming_it():
     with pytest.raises(RolloutError, match=r"collector http://127\.0\.0\.1:9/api/v1/agents: .*refused"):
         CollectorHealth("http://127.0.0.1:9").snapshot()
+
+
+def test_a_failing_report_that_came_and_went_between_two_looks_starts_the_streak_again(collector):
+    health = CollectorHealth(collector.url)
+    clock = [100.0]
+    streaks = HealthyStreaks("v2", min_healthy_s=10, stale_after_s=5, clock=lambda: clock[0],
+                             failing_between=health.failing_between)
+    post_report(collector.url, "between", 1, "v2", "r720xd")
+    assert streaks.observe(health.snapshot(), ["between"]) == set() and streaks.since["between"] == 100.0
+    clock[0] = 106.0
+    post_report(collector.url, "between", 2, "v2", "r720xd")
+    post_report(collector.url, "between", 3, "v2", "r720xd", failing=True)   # never seen by a look...
+    post_report(collector.url, "between", 4, "v2", "r720xd")
+    assert health.failing_between("between", 1, 4) == [3]
+    assert streaks.observe(health.snapshot(), ["between"]) == set() and streaks.since["between"] == 106.0
+    clock[0] = 112.0                                                          # 12 s after the first look
+    post_report(collector.url, "between", 5, "v2", "r720xd")
+    assert streaks.observe(health.snapshot(), ["between"]) == set()           # only 6 s since the failure
+    clock[0] = 116.0
+    assert streaks.observe(health.snapshot(), ["between"]) == {"between"}

@@ -167,7 +167,8 @@ class _Run:
                 j.data["agents"][a].update(phase="replacing", version=None, message="", updated_at=time.time())
         j.save()
         failure: Optional[str] = None
-        streaks = HealthyStreaks(self.version, self.opt.min_healthy_s, self.opt.stale_after_s)
+        streaks = HealthyStreaks(self.version, self.opt.min_healthy_s, self.opt.stale_after_s,
+                                 failing_between=self.health.failing_between)
         announced: set[str] = set()
         deadline = time.monotonic() + self.opt.wave_deadline_s
         pool = cf.ThreadPoolExecutor(max_workers=max(1, len(calls)), thread_name_prefix="rollout-host")
@@ -222,12 +223,11 @@ class _Run:
     def _observe(self, wave: Wave, streaks: HealthyStreaks, waiting: list[str], passed: set[str],
                  announced: set[str]) -> None:
         try:
-            fleet = self.health.snapshot()
+            newly = streaks.observe(self.health.snapshot(), waiting)
         except RolloutError as e:  # a collector hiccup is not a failure; the deadline is
             for a in waiting:
                 streaks.why_not[a] = str(e)
             return
-        newly = streaks.observe(fleet, waiting)
         for a in waiting:
             if streaks.started(a) and a not in announced:
                 announced.add(a)

@@ -3,7 +3,8 @@
 Before a wave: the fleet in scope must not already be degraded (an agent unhealthy, silent longer than the
 staleness bound, or never seen by the collector): we refuse to touch anything more and name them.
 After a wave: every agent of it must report healthy on the new version, continuously, for min_healthy seconds
-(`HealthyStreaks`); a look that finds it unhealthy, on another version or silent starts its streak over."""
+(`HealthyStreaks`); a look that finds it unhealthy, on another version or silent starts its streak over, and so
+does a failing report that came and went between two looks (the agent's seq jumped: its history is read)."""
 from __future__ import annotations
 
 import time
@@ -37,7 +38,9 @@ class HealthyStreaks:
     min_healthy_s: float
     stale_after_s: float
     clock: Callable[[], float] = time.monotonic
+    failing_between: Optional[Callable[[str, int, int], list[int]]] = None   # HealthSource.failing_between
     since: dict[str, Optional[float]] = field(default_factory=dict)
+    seq: dict[str, int] = field(default_factory=dict)   # the last seq seen during a running streak
     why_not: dict[str, str] = field(default_factory=dict)
 
     def observe(self, fleet: FleetHealth, agents: Iterable[str]) -> set[str]:
@@ -57,8 +60,10 @@ class HealthyStreaks:
                 self._break(name, f"unhealthy on {self.version}{failing}")
             else:
                 start = self.since.get(name)
-                if start is None:
-                    self.since[name] = start = now
+                missed = self._missed_failures(name, seen.last_seq) if start is not None else []
+                if start is None or missed:
+                    self.since[name] = start = now   # a failure between two looks: the streak starts again now
+                self.seq[name] = seen.last_seq
                 self.why_not[name] = f"healthy for {now - start:.0f}s of {self.min_healthy_s:.0f}s"
                 if now - start >= self.min_healthy_s:
                     passed.add(name)
@@ -74,6 +79,13 @@ class HealthyStreaks:
     def started(self, name: str) -> bool:
         return self.since.get(name) is not None
 
+    def _missed_failures(self, name: str, last_seq: int) -> list[int]:
+        before = self.seq.get(name)
+        if self.failing_between is None or before is None or last_seq <= before + 1:
+            return []
+        return self.failing_between(name, before, last_seq)
+
     def _break(self, name: str, why: str) -> None:
         self.since[name] = None
+        self.seq.pop(name, None)
         self.why_not[name] = why

@@ -8,6 +8,7 @@ import email.utils
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -15,6 +16,7 @@ from deploy.rollout.errors import RolloutError
 from deploy.rollout.interfaces import AgentHealth, FleetHealth
 
 AGENTS_PATH = "/api/v1/agents"
+HISTORY_MAX = 1000  # the collector's cap on /history?limit
 
 
 class CollectorHealth:
@@ -35,6 +37,19 @@ class CollectorHealth:
         except ValueError:
             raise RolloutError(f"collector {url}: answer is not JSON") from None
         return parse_agents(rows, collector_now(date))
+
+
+    def failing_between(self, agent: str, after_seq: int, upto_seq: int) -> list[int]:
+        limit = max(1, min(HISTORY_MAX, upto_seq - after_seq + 50))  # + reports newer than the look
+        url = f"{self.api_url}{AGENTS_PATH}/{urllib.parse.quote(agent)}/history?limit={limit}"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
+                points = json.loads(resp.read())
+            return [int(p["seq"]) for p in points if after_seq < int(p["seq"]) <= upto_seq and p.get("failing")]
+        except (urllib.error.URLError, OSError) as e:
+            raise RolloutError(f"collector {url}: {getattr(e, 'reason', e)}") from None
+        except (ValueError, KeyError, TypeError):
+            raise RolloutError(f"collector {url}: history is not the expected JSON list") from None
 
 
 def collector_now(date_header: str | None) -> float:

@@ -73,3 +73,7 @@ class HealthSource(Protocol):
     """The collector's view of the fleet. Raises RolloutError when it cannot be read."""
 
     def snapshot(self) -> FleetHealth: ...
+
+    def failing_between(self, agent: str, after_seq: int, upto_seq: int) -> list[int]:
+        """The seqs in (after_seq, upto_seq] whose report had a failing check: what happened between two looks."""
+        ...
