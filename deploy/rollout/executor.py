@@ -1,7 +1,8 @@
 """Run a rollout: push, then wave after wave (gate before, one replace per host in parallel, gate after), halting
 at the first failure; every step journaled so the same command continues after a kill.
 
-The one entry point the fleet CLI calls is `run_rollout(...)`; `rollout_status(...)` backs `--status`."""
+`run_rollout(...)` is the entry point (deploy/rollout/cli.py's `run_verb` wraps it as the CLI verb);
+`rollout_status(...)` backs `--status`."""
 from __future__ import annotations
 
 import concurrent.futures as cf

@@ -34,8 +34,9 @@ class RolloutReport:
     elapsed_s: float = 0.0
 
     @property
-    def exit_code(self) -> int:
-        return EXIT_BY_STATE.get(self.state, EXIT_HALTED)
+    def exit_code(self) -> Optional[int]:
+        """The rollout's exit code; None while it runs or after it was interrupted (it has not ended)."""
+        return EXIT_BY_STATE.get(self.state)
 
     def to_json(self) -> dict:
         return {"state": self.state, "exit_code": self.exit_code, "version": self.version, "reason": self.reason,
