@@ -50,7 +50,11 @@ def parser() -> argparse.ArgumentParser:
                    help="print disks, files (secrets masked), domain XML; touch nothing")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--replace", action="store_true", help="upgrade to another image, roll back if not healthy")
-    mode.add_argument("--rollback", action="store_true", help="go back to the previous image and data snapshot")
+    mode.add_argument("--rollback", action="store_true",
+                      help="go back to the previous image; the data disk is kept as it is")
+    p.add_argument("--restore-data", action="store_true",
+                   help="with --rollback: also restore /home/agent to the snapshot taken before the current image "
+                        "(discards what the agent wrote since; its age is shown first)")
     mode.add_argument("--destroy", action="store_true", help="remove the domain and root disks (data disk kept)")
     p.add_argument("--purge-data", action="store_true", help="with --destroy: delete the data disk too")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (default: the host's from the inventory)")
@@ -79,18 +83,21 @@ def main(argv=None) -> int:
             raise CloneError("name at least one agent (or use --plan)")
         if args.purge_data and not args.destroy:
             raise CloneError("--purge-data only goes with --destroy")
+        if args.restore_data and not args.rollback:
+            raise CloneError("--restore-data only goes with --rollback")
         if not args.destroy:  # removing a stray copy is allowed anywhere
             placement.check(inv, args.agents)
         opts = Options(image=args.image, dry_run=args.dry_run, replace=args.replace, connect=args.connect,
                        health_timeout_s=args.health_timeout, unhealthy_grace_s=args.unhealthy_grace,
-                       stop_timeout_s=args.stop_timeout)
+                       stop_timeout_s=args.stop_timeout, restore_data=args.restore_data)
         progress = Progress(quiet=args.json and not args.verbose, prefix="clone: ")
+        out = print if not args.json else (lambda *_: None)
         if args.destroy:
             results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data)
         elif args.rollback:
-            results = rollback(inv, args.agents, opts, progress)
+            results = rollback(inv, args.agents, opts, progress, out=out)
         else:
-            results = clone(inv, args.agents, opts, progress, out=print if not args.json else (lambda *_: None))
+            results = clone(inv, args.agents, opts, progress, out=out)
         _report(results, args.json)
         return exit_codes.OK
     except RolledBack as e:

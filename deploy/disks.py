@@ -53,8 +53,13 @@ def snapshot_delete(path: Path, name: str) -> None:
 
 
 def snapshot_list(path: Path) -> list[str]:
+    return list(snapshot_dates(path))
+
+
+def snapshot_dates(path: Path) -> dict[str, float]:
+    """Snapshot name -> when it was taken (epoch seconds), oldest first; readable while the VM runs (-U)."""
     info = json.loads(_qemu_img("info", "-U", "--output=json", str(path)))
-    return [s["name"] for s in info.get("snapshots", [])]
+    return {s["name"]: s.get("date-sec", 0) + s.get("date-nsec", 0) / 1e9 for s in info.get("snapshots", [])}
 
 
 def _qemu_img(*args: str) -> str:

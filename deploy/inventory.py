@@ -190,13 +190,30 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
             return default
         value = mapping[key]
         if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
-            problems.append(f"{where}.{key}: wrong type {type(value).__name__}")
+            problems.append(f"{where}.{key}: must be {_expected(types)}; {_read_as(value)}")
             return None if default is ... else default
         return value
 
     def path(value: Optional[str]) -> Path:
         p = Path(os.path.expanduser(value or "."))
         return p if p.is_absolute() else (base_dir / p).resolve()
+
+    def strings(items: list, where: str) -> tuple[str, ...]:
+        """Each item of a list as written, or a problem naming it: str() would turn an unquoted `012` into "10" and
+        `yes` into "True" without a word."""
+        bad = [f"{where}[{i}]: must be a string; {_read_as(item)} (quote it)"
+               for i, item in enumerate(items) if not isinstance(item, str)]
+        problems.extend(bad)
+        return tuple(item for item in items if isinstance(item, str))
+
+    def addresses(items: list, where: str) -> tuple[str, ...]:
+        out = strings(items, where)
+        for i, item in enumerate(out):
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                problems.append(f"{where}[{i}]: {item!r} is not an IP address")
+        return out
 
     net = data.get("network") or {}
     mode = need(net, "mode", "network", str, "bridge")
@@ -208,7 +225,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     except ValueError as e:
         problems.append(f"network.subnet: {e}")
     network = Network(mode=mode, subnet=subnet, gateway=str(need(net, "gateway", "network", str, "")),
-                      dns=tuple(map(str, need(net, "dns", "network", list, []))),
+                      dns=addresses(need(net, "dns", "network", list, []), "network.dns"),
                       bridge=need(net, "bridge", "network", str, "br0"),
                       ssh_port_base=need(net, "ssh_port_base", "network", int, 2200),
                       collector_forward=need(net, "collector_forward", "network", str, "10.0.2.100"))
@@ -245,15 +262,17 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     if kind == "command" and (not isinstance(command, list) or not command):
         problems.append("secrets.source.command: must be a non-empty argv list")
         command = ()
+    command = strings(command or [], "secrets.source.command")
+    secrets_file = need(src, "file", "secrets.source") if kind == "file" else None
+    env_prefix = need(src, "env", "secrets.source", str, "") if kind == "env" else ""
     key_map = need(sec, "key_map", "secrets", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in key_map.items()):
         problems.append("secrets.key_map: must map our key names to the source's key names")
         key_map = {}
-    secrets = SecretsSpec(source=kind, file=path(src["file"]) if kind == "file" else None,
-                          env_prefix=src.get("env") or "AGENTFLEET_SECRET_" if kind == "env" else "AGENTFLEET_SECRET_",
-                          command=tuple(map(str, command or ())),
-                          shared=tuple(need(sec, "shared", "secrets", list, [])),
-                          per_agent=tuple(need(sec, "per_agent", "secrets", list, [])),
+    secrets = SecretsSpec(source=kind, file=path(secrets_file) if secrets_file else None,
+                          env_prefix=env_prefix or "AGENTFLEET_SECRET_", command=command,
+                          shared=strings(need(sec, "shared", "secrets", list, []), "secrets.shared"),
+                          per_agent=strings(need(sec, "per_agent", "secrets", list, []), "secrets.per_agent"),
                           key_map=tuple(key_map.items()))
     unmapped = [k for k in (*secrets.shared, *secrets.per_agent) if key_map and k not in key_map]
     if unmapped:
@@ -262,6 +281,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
         problems.append("secrets.shared: must name collector_secret (agentd's token is minted from it)")
 
     default_state = need(data, "state_dir", "inventory", str, "/var/lib/agentfleet")
+    images_dir = need(data, "images_dir", "inventory", str, "../build/images")
     hosts: dict[str, Host] = {}
     for name, h in (need(data, "hosts", "inventory", dict, {}) or {}).items():
         where = f"hosts.{name}"
@@ -321,8 +341,23 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     if problems:
         raise CloneError("inventory " + " + ".join(sources or ("?",)) + ": " + "; ".join(problems))
     return Inventory(network=network, services=services, admin_keys=admin_keys, secrets=secrets,
-                     images_dir=path(data.get("images_dir") or "../build/images"), hosts=hosts, agents=agents,
+                     images_dir=path(images_dir), hosts=hosts, agents=agents,
                      sources=sources)
+
+
+def _expected(types) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}
+    if types == (int, float):
+        return "a number"
+    return " or ".join(names.get(t, t.__name__) for t in (types if isinstance(types, tuple) else (types,)))
+
+
+def _read_as(value: Any) -> str:
+    """What YAML made of a value, in words an operator recognises: unquoted, `012` is the integer 10, `yes` True."""
+    kinds = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "null",
+             list: "a list", dict: "a mapping"}
+    kind = kinds.get(type(value), f"a {type(value).__name__}")
+    return f"YAML reads it as {kind}" if isinstance(value, (list, dict)) else f"YAML reads {value!r} as {kind}"
 
 
 def _ssh_target(raw: Any, where: str, problems: list[str]) -> Optional[SshTarget]:

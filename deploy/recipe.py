@@ -177,7 +177,8 @@ def _await_replace(run: CloneRun, w: Work, since: float, console: ConsoleWatch) 
         _prune_overlays(run, w)
         return _result(run, w, f"healthy on {version} ({verdict.detail})", Action.REPLACE), None
     log.warning("%s: replace failed (%s: %s); rolling back", w.agent.name, verdict.reason, verdict.detail)
-    state = rollback_state(run, w.agent, w.state, force=True)
+    # automatic: minutes after the swap, the new image never healthy, so /home/agent goes back too (rollback.py)
+    state = rollback_state(run, w.agent, w.state, force=True, restore_data=True)
     why = f"{w.agent.name}: rolled back to {state.current.image_version} ({verdict.reason}: {verdict.detail})"
     return _result(run, w.evolve(state=state), why, Action.ROLLBACK), why
 

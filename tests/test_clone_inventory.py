@@ -57,6 +57,43 @@ def test_bad_inventory_names_the_entry_at_fault(tmp_path, overlay, message):
     assert message in str(err.value)
 
 
+# Values YAML reads as something other than what was written are refused, never passed through str() (an unquoted
+# 012 is the integer 10, yes is True) and never left to crash later with a TypeError.
+@pytest.mark.parametrize("overlay, message", [
+    ({"network": {"dns": ["8.8.8.8", 10]}}, "network.dns[1]: must be a string; YAML reads 10 as an integer"),
+    ({"network": {"dns": ["8.8.8.8", "dns.example"]}}, "network.dns[1]: 'dns.example' is not an IP address"),
+    ({"secrets": {"source": {"command": ["vault", "view", 12]}}},
+     "secrets.source.command[2]: must be a string; YAML reads 12 as an integer"),
+    ({"secrets": {"source": {"command": ["vault", True]}}},
+     "secrets.source.command[1]: must be a string; YAML reads True as a boolean"),
+    ({"secrets": {"shared": ["collector_secret", 7]}}, "secrets.shared[1]: must be a string; YAML reads 7 as"),
+    ({"secrets": {"per_agent": [{"gateway_token": 1}]}}, "secrets.per_agent[0]: must be a string; YAML reads it as a"),
+    ({"secrets": {"source": {"file": 600}}}, "secrets.source.file: must be a string; YAML reads 600 as an integer"),
+    ({"secrets": {"source": {"file": None}}}, "secrets.source.file: missing"),
+    ({"secrets": {"source": {"env": 5}}}, "secrets.source.env: must be a string; YAML reads 5 as an integer"),
+    ({"images_dir": 2026}, "images_dir: must be a string; YAML reads 2026 as an integer"),
+    ({"images_dir": ["/srv/images"]}, "images_dir: must be a string; YAML reads it as a list"),
+    ({"agents": {"athena": {"vcpu": "4"}}}, "agents.athena.vcpu: must be an integer; YAML reads '4' as a string"),
+])
+def test_a_value_yaml_reads_as_another_type_is_refused_naming_its_key(overlay, message):
+    data = inventory.deep_merge(yaml.safe_load(FLEET.read_text()), overlay)
+    if "source" in overlay.get("secrets", {}):
+        data["secrets"]["source"] = overlay["secrets"]["source"]      # replaced, not merged with the base's file
+    with pytest.raises(CloneError) as err:
+        inventory.parse(data, base_dir=FLEET.parent)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_refuses_a_mistyped_inventory_value_in_one_line_without_a_traceback(tmp_path, capsys):
+    from deploy import clone
+    path = tmp_path / "overlay.yaml"
+    path.write_text("images_dir: 2026\nsecrets: {source: {file: 600}}\n")
+    assert clone.main(["--overlay", str(path), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "secrets.source.file: must be a string" in err and "images_dir: must be a string" in err
+
+
 def test_duplicate_agent_name_is_refused_not_silently_merged(tmp_path):
     text = FLEET.read_text().replace("  apollo:", "  athena:", 1)
     path = tmp_path / "fleet.yaml"

@@ -1,6 +1,7 @@
 """The clone against real parts: libguestfs injects into real overlays, a real libvirtd defines, starts, replaces
 and destroys TCG domains, a loopback stub plays the collector. One module-wide site; tests run in file order and
-build on each other (clone -> no-op -> refuse -> replace -> rolled-back replace -> rollback -> destroy)."""
+build on each other (clone -> no-op -> refuse -> replace -> rolled-back replace -> rollback (root only,
+then with its data) -> destroy)."""
 from __future__ import annotations
 
 import json
@@ -251,12 +252,56 @@ def test_replace_without_a_healthy_report_rolls_back_with_exit_code_3(site, clon
     assert f"{A}-root-v2.qcow2" in virsh("dumpxml", A) and virsh("domstate", A).strip() == "running"
 
 
-def test_manual_rollback_returns_to_the_previous_image(site, cloned):
+def write_guest_data(data_disk: Path, path: str, content: bytes) -> None:
+    """Write a file into an agent's (stopped) data disk, as the agent's work would be; path as inside the VM."""
+    from host.appliance import Drive, appliance
+
+    with appliance([Drive(data_disk)]) as g:
+        g.mount(g.list_devices()[0], "/")
+        g.write(path.removeprefix("/home/agent"), content)
+
+
+WORK = "/home/agent/work-since-the-upgrade.txt"
+
+
+def test_manual_rollback_goes_back_on_the_root_only_and_keeps_the_agents_work(site, cloned):
+    data = site["work"] / "storage" / f"{A}-data.qcow2"
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", A], capture_output=True)  # free the disk's lock
+    probe = site["work"] / "storage" / "probe-root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(site["images"] / "agent-v1.qcow2"), str(probe)], check=True)
+    env = read_guest([(probe, data)], ["/home/agent/.openclaw/.env"])[0]["/home/agent/.openclaw/.env"][0]
+    # v3's replace wrote a .env with the ROTATED token; its automatic rollback restored the snapshot
+    assert CANARY.encode() in env and b"ROTATED" not in env
+    write_guest_data(data, WORK, b"the agent's work after the upgrade\n")
     proc = cli(site, A, "--rollback", "--stop-timeout", "2", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[0]["image_version"] == "v3"   # the previous slot was the rolled-back v3
-    proc = cli(site, A, "--rollback", "--stop-timeout", "2", "--json")
+    result = json.loads(proc.stdout)[0]
+    assert result["image_version"] == "v3"                        # the previous slot was the rolled-back v3
+    assert "data disk kept as it is" in result["message"] and "restoring" not in proc.stderr
+    assert f"{A}-root-v3.qcow2" in virsh("dumpxml", A) and virsh("domstate", A).strip() == "running"
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", A], capture_output=True)
+    assert read_guest([(probe, data)], [WORK])[0][WORK][0] == b"the agent's work after the upgrade\n"
+
+
+def test_manual_rollback_with_restore_data_shows_the_snapshots_age_first_and_restores_it(site, cloned):
+    data = site["work"] / "storage" / f"{A}-data.qcow2"
+    before = state(site, A)
+    dry = cli(site, A, "--rollback", "--restore-data", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would roll back to v2, root and data: /home/agent back to snapshot pre-v3 (taken " in dry.stdout
+    assert state(site, A) == before and virsh("domstate", A).strip() == "shut off"     # the dry run changed nothing
+    proc = cli(site, A, "--rollback", "--restore-data", "--stop-timeout", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["image_version"] == "v2"
+    assert f"clone: {A}: restoring /home/agent to snapshot pre-v3 (taken " in proc.stderr
+    assert "what the agent wrote since is discarded" in proc.stderr
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", A], capture_output=True)
+    probe = site["work"] / "storage" / "probe-root.qcow2"
+    files = read_guest([(probe, data)], [WORK, "/home/agent/.openclaw/.env"])[0]
+    assert WORK not in files and CANARY.encode() in files["/home/agent/.openclaw/.env"][0]
+    subprocess.run(["virsh", "-c", "qemu:///system", "start", A], capture_output=True)
+    assert virsh("domstate", A).strip() == "running"
 
 
 def test_a_replace_killed_midway_converges_when_run_again(site, cloned):
@@ -288,14 +333,3 @@ def test_destroy_removes_domain_and_root_disks_but_keeps_the_data_disk(site, clo
     assert A not in virsh("list", "--all", "--name").split()
     assert not list(storage.glob(f"{A}-root-*")) and (storage / f"{A}-data.qcow2").exists()
     assert (site["work"] / f"state/{A}/ssh/ssh_host_ed25519_key").exists()    # identity survives for a re-clone
-
-
-def test_rollback_restored_the_data_disk_as_the_old_version_left_it(site, cloned):
-    # v3's replace wrote a .env with the ROTATED token before rolling back; the snapshot must have undone it
-    storage = site["work"] / "storage"
-    overlay = storage / "probe-root.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                    str(site["images"] / "agent-v1.qcow2"), str(overlay)], check=True)
-    files = read_guest([(overlay, storage / f"{A}-data.qcow2")], ["/home/agent/.openclaw/.env"])[0]
-    assert CANARY.encode() in files["/home/agent/.openclaw/.env"][0]
-    assert b"ROTATED" not in files["/home/agent/.openclaw/.env"][0]
