@@ -69,7 +69,7 @@ def test_bad_inventory_names_the_entry_at_fault(tmp_path, overlay, message):
     ({"secrets": {"shared": ["collector_secret", 7]}}, "secrets.shared[1]: must be a string; YAML reads 7 as"),
     ({"secrets": {"per_agent": [{"gateway_token": 1}]}}, "secrets.per_agent[0]: must be a string; YAML reads it as a"),
     ({"secrets": {"source": {"file": 600}}}, "secrets.source.file: must be a string; YAML reads 600 as an integer"),
-    ({"secrets": {"source": {"file": None}}}, "secrets.source.file: missing"),
+    ({"secrets": {"source": {"file": None}}}, "secrets.source: needs exactly one of"),  # null unsets the base's kind
     ({"secrets": {"source": {"env": 5}}}, "secrets.source.env: must be a string; YAML reads 5 as an integer"),
     ({"images_dir": 2026}, "images_dir: must be a string; YAML reads 2026 as an integer"),
     ({"images_dir": ["/srv/images"]}, "images_dir: must be a string; YAML reads it as a list"),

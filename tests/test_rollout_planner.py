@@ -5,8 +5,7 @@ import pytest
 import yaml
 
 from deploy import inventory as inventory_mod
-from deploy.rollout import RolloutError, RolloutOptions, Size, plan
-from deploy.rollout import add_arguments
+from deploy.rollout import RolloutError, RolloutOptions, Size, add_arguments, plan
 from deploy.rollout.options import options_from_args
 from deploy.rollout.planner import Plan
 

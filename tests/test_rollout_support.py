@@ -26,8 +26,15 @@ from typing import Iterable, Optional
 
 from agentd.protocol import REPORTS_PATH, agent_token
 from deploy import inventory as inventory_mod
-from deploy.rollout import (CollectorHealth, ReplaceOutcome, RolloutOptions, Size, TextReporter, outcomes_from_clone,
-                            run_rollout)
+from deploy.rollout import (
+    CollectorHealth,
+    ReplaceOutcome,
+    RolloutOptions,
+    Size,
+    TextReporter,
+    outcomes_from_clone,
+    run_rollout,
+)
 from deploy.rollout.journal import atomic_write
 
 SECRET = b"test-collector-secret"  # tests/collector_server.py's

@@ -17,7 +17,8 @@ from deploy.rollout.gates import HealthyStreaks, degraded
 from deploy.rollout.interfaces import HealthSource, Outcome, Push, ReplaceOnHost, ReplaceOutcome, RollbackOnHost
 from deploy.rollout.journal import Journal, fleet_lock, lock_holder
 from deploy.rollout.options import RolloutOptions
-from deploy.rollout.planner import Plan, Wave, plan as make_plan, scope_of
+from deploy.rollout.planner import Plan, Wave, scope_of
+from deploy.rollout.planner import plan as make_plan
 from deploy.rollout.progress import ProgressEvent, Reporter, SilentReporter
 from deploy.rollout.report import AgentRow, RolloutReport, rows_from_journal
 
@@ -26,11 +27,11 @@ _PHASE_OF = {Outcome.REPLACED: "replaced", Outcome.ROLLED_BACK: "rolled-back", O
 
 def run_rollout(inventory: Inventory, version: str, options: RolloutOptions, *, replace_on_host: ReplaceOnHost,
                 rollback_on_host: RollbackOnHost, push: Push, health: HealthSource,
-                out: Reporter = SilentReporter()) -> RolloutReport:
+                out: Optional[Reporter] = None) -> RolloutReport:
     """Upgrade the scope to `version`. Returns the report (its exit_code: 0 done, 4 halted, 5 refused on a degraded
     fleet); raises RolloutError for a usage error or a refusal that changed nothing (exit 2)."""
     scope_of(inventory, options)  # a bad scope is a usage error before anything is read or locked
-    run = _Run(inventory, version, options, replace_on_host, rollback_on_host, push, health, out)
+    run = _Run(inventory, version, options, replace_on_host, rollback_on_host, push, health, out or SilentReporter())
     if options.dry_run:
         return run.dry_run()
     path = Journal.path_for(options.journal_dir, inventory)

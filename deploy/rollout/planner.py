@@ -20,6 +20,7 @@ from deploy.inventory import Agent, Inventory
 from deploy.rollout.errors import RolloutError
 from deploy.rollout.options import RolloutOptions
 
+
 @dataclass(frozen=True)
 class Wave:
     index: int                                   # 0-based; the canary wave, when there is one, is 0
