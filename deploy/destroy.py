@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from deploy import disks
 from deploy.action import Action
 from deploy.context import Connections, Options
+from deploy.errors import CloneError
 from deploy.inventory import Inventory
 from deploy.result import Result
-from deploy.state import load_state, save_state
+from deploy.state import AgentState, load_state, save_state
 from host.progress import Progress
 
 DEADLINE_S = 300
@@ -23,7 +25,9 @@ def destroy(inv: Inventory, names: list[str], opts: Options, progress: Progress,
             with progress.phase(f"destroy: {agent.name}", DEADLINE_S):
                 state_dir = inv.state_dir(agent)
                 st = load_state(state_dir)
-                conns.get(inv, agent).undefine(agent.name)
+                hv = conns.get(inv, agent)
+                _refuse_a_domain_we_did_not_make(hv, agent.name, st)
+                hv.undefine(agent.name)
                 for path in inv.host_of(agent).storage_dir.glob(f"{agent.name}-root-*.qcow2*"):
                     path.unlink()
                 data = Path(st.data_disk) if st else disks.data_disk_path(inv.host_of(agent).storage_dir, agent.name)
@@ -40,3 +44,13 @@ def destroy(inv: Inventory, names: list[str], opts: Options, progress: Progress,
         return results
     finally:
         conns.close()
+
+
+def _refuse_a_domain_we_did_not_make(hv, name: str, st: Optional[AgentState]) -> None:
+    """A domain of that name whose UUID is not the one recorded here belongs to someone else (another run, another
+    tool): never remove it. A domain with no state at all is a stray the clone refuses to adopt; removing it is what
+    --destroy is for."""
+    dom = hv.domain(name)
+    if dom is not None and st is not None and dom.UUIDString() != st.uuid:
+        raise CloneError(f"{name}: the domain of that name has UUID {dom.UUIDString()}, not {st.uuid} recorded in "
+                         f"this hypervisor's state; not removing a VM agentfleet did not make here")

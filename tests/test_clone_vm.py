@@ -326,6 +326,19 @@ def test_a_replace_killed_midway_converges_when_run_again(site, cloned):
     assert not list((site["work"] / "storage").glob("*.partial"))
 
 
+def test_destroy_refuses_a_domain_whose_uuid_is_not_the_recorded_one(site, cloned):
+    """Another run's (or tool's) VM of the same name is never removed."""
+    path = site["work"] / "state" / B / "state.json"
+    original = path.read_text()
+    path.write_text(original.replace(state(site, B)["uuid"], "00000000-0000-4000-8000-000000000000"))
+    try:
+        proc = cli(site, B, "--destroy")
+    finally:
+        path.write_text(original)
+    assert proc.returncode == 2 and "not removing a VM agentfleet did not make here" in proc.stderr
+    assert B in virsh("list", "--all", "--name").split()
+
+
 def test_destroy_removes_domain_and_root_disks_but_keeps_the_data_disk(site, cloned):
     proc = cli(site, A, "--destroy")
     assert proc.returncode == 0, proc.stderr
