@@ -71,6 +71,10 @@ def _add_late_commands(sub, common) -> None:
         s.add_argument("--timeout", type=float, default=3600, help="hard limit per host call (s, default 3600)")
         if name == "destroy":
             s.add_argument("--purge-data", action="store_true", help="delete the data disks too")
+    from deploy import rollout
+    s = sub.add_parser("rollout", parents=[common], help="upgrade every agent: canary, then waves gated on health")
+    rollout.add_arguments(s, with_json=False)
+    s.add_argument("--collector", metavar="URL", help="collector API URL (default services.collector_api_url)")
     s = sub.add_parser("setup", parents=[common], help="prepare hypervisors for agentfleet")
     s.add_argument("hosts", nargs="+", metavar="HOST")
     s.add_argument("--no-packages", action="store_true", help="no apt-get install of the clone's packages, no venv")
@@ -145,6 +149,11 @@ def cmd_remote_clone(args, inv: Inventory, ssh: Ssh) -> int:
     return remote_clone.main(args, inv, ssh)
 
 
+def cmd_rollout(args, inv: Inventory, ssh: Ssh) -> int:
+    from deploy.fleet import rollout_verb
+    return rollout_verb.main(args, inv, ssh)
+
+
 def cmd_setup(args, inv: Inventory, ssh: Ssh) -> int:
     from deploy.fleet import setup
     return setup.main(args, inv, ssh, select_hosts(inv, args.hosts))
@@ -152,4 +161,4 @@ def cmd_setup(args, inv: Inventory, ssh: Ssh) -> int:
 
 COMMANDS = {"trust": cmd_trust, "doctor": cmd_doctor, "status": cmd_status, "push": cmd_push,
             "clone": cmd_remote_clone, "replace": cmd_remote_clone, "rollback": cmd_remote_clone,
-            "destroy": cmd_remote_clone, "setup": cmd_setup}
+            "destroy": cmd_remote_clone, "rollout": cmd_rollout, "setup": cmd_setup}
