@@ -26,7 +26,7 @@ def lab(tmp_path_factory):
                     services={"collector_url": collector.url, "collector_api_url": collector.url})
         assert lab.fleet("trust", "r1", "r2").returncode == 0
         lab.collector = collector
-        for seq, agent in enumerate(AGENTS, start=1):
+        for agent in AGENTS:
             status, _ = collector.post(report(agent, 1, image_version="v1", host=AGENTS[agent]))
             assert status == 200, agent
         yield lab
