@@ -9,8 +9,16 @@ from deploy.rollout.clone_result import outcomes_from_clone
 from deploy.rollout.errors import EXIT_DEGRADED, EXIT_HALTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RolloutError
 from deploy.rollout.executor import rollout_status, run_rollout
 from deploy.rollout.health import CollectorHealth
-from deploy.rollout.interfaces import (AgentHealth, FleetHealth, HealthSource, Outcome, Push, ReplaceOnHost,
-                                        ReplaceOutcome, RollbackOnHost)
+from deploy.rollout.interfaces import (
+                                        AgentHealth,
+                                        FleetHealth,
+                                        HealthSource,
+                                        Outcome,
+                                        Push,
+                                        ReplaceOnHost,
+                                        ReplaceOutcome,
+                                        RollbackOnHost,
+)
 from deploy.rollout.options import RolloutOptions, Size, options_from_args
 from deploy.rollout.planner import Plan, Wave, plan
 from deploy.rollout.progress import JsonReporter, ProgressEvent, Reporter, SilentReporter, TextReporter
