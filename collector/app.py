@@ -153,7 +153,7 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> Response:
         text = render_metrics(await store.agents(), counters, alerts.open_counts(), notifier.stats.sent,
-                              notifier.stats.failed, config.stale_after_s, time.time())
+                              notifier.stats.failed, config.stale_after_s, time.time(), store.health().ok)
         return Response(text, media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
