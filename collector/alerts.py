@@ -27,8 +27,8 @@ class Changes:
     closed: tuple[Incident, ...] = ()
     messages: tuple[str, ...] = ()
 
-    def __bool__(self) -> bool:
-        return bool(self.opened or self.closed or self.messages)
+    def __add__(self, other: "Changes") -> "Changes":
+        return Changes(self.opened + other.opened, self.closed + other.closed, self.messages + other.messages)
 
 
 @dataclass
