@@ -185,8 +185,9 @@ async def _parse(request: Request, secret: bytes, body_timeout_s: float) -> Repo
     if declared is not None and declared.isdigit() and int(declared) > MAX_REPORT_BYTES:
         raise _Rejected(413, "oversized", f"report larger than {MAX_REPORT_BYTES} bytes")
     try:
-        raw = await asyncio.wait_for(_read_body(request), body_timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(body_timeout_s):  # not wait_for: no extra task per report (Python >= 3.11)
+            raw = await _read_body(request)
+    except TimeoutError:
         raise _Rejected(408, "slow_body", f"report body not received within {body_timeout_s:g} s") from None
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)

@@ -120,7 +120,8 @@ def outside_code_spans(message: str) -> str:
 def test_agent_supplied_text_reaches_mattermost_inert(tmp_path, webhook):
     with running_collector(tmp_path, "--interval-s", "60", webhook_url=webhook.url) as c:
         c.post(report("athena", 1, host="hv1\n@channel FORGED LOG LINE", checks=failing("disk", HOSTILE + "x" * 500),
-                      drift=[{"path": "/etc/" + HOSTILE, "kind": "mode", "expected": "@all", "actual": "[x](http://e)"}]))
+                      drift=[{"path": "/etc/" + HOSTILE, "kind": "mode", "expected": "@all",
+                              "actual": "[x](http://e)"}]))
         messages = webhook.wait_for(2)
         for message in messages:
             markdown = outside_code_spans(message)
