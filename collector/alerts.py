@@ -27,8 +27,8 @@ class Changes:
     closed: tuple[Incident, ...] = ()
     messages: tuple[str, ...] = ()
 
-    def __bool__(self) -> bool:
-        return bool(self.opened or self.closed or self.messages)
+    def __add__(self, other: "Changes") -> "Changes":
+        return Changes(self.opened + other.opened, self.closed + other.closed, self.messages + other.messages)
 
 
 @dataclass
@@ -104,15 +104,15 @@ class Alerts:
         """Time-based incidents: no report for too long, a gap open past its grace period."""
         pending = _Pending()
         for state in agents:
-            who = _who(state.agent, state.host)
             silent_s = now - state.last_seen
             if silent_s > self.stale_after_s:
                 if self._open(pending, state.agent, STALE, "", now, f"no report for {silent_s:.0f} s"):
-                    pending.messages.append(f":red_circle: {who} is stale: no report for {silent_s:.0f} s "
-                                            f"(last seq {state.last_seq})")
+                    pending.messages.append(f":red_circle: {_who(state.agent, state.host)} is stale: no report for "
+                                            f"{silent_s:.0f} s (last seq {state.last_seq})")
             if state.gap_since is not None and now - state.gap_since >= self.gap_grace_s:
                 missing = f"seq {state.contiguous_seq + 1} onwards missing below {state.last_seq}"
                 if self._open(pending, state.agent, GAP, "", now, missing):
+                    who = _who(state.agent, state.host)
                     pending.messages.append(f":red_circle: {who}: reports lost? {missing} for "
                                             f"{now - state.gap_since:.0f} s")
             elif state.gap_since is None:

@@ -15,16 +15,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from agentd.protocol import Report, SpoolState
 
 from .config import CollectorError
-from .records import (
-    AgentState,
-    GapAcknowledgement,
-    HistoryPoint,
-    Incident,
-    Ingested,
-    StoreUnavailable,
-    canonical_json,
-    latest_from_canonical,
-)
+from .records import AgentState, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable, canonical_json
 
 LAYOUT = 2  # 1: agents.latest and reports.body held the body as received; 2: the canonical form (records.py)
 
@@ -50,8 +41,7 @@ SCHEMA = (
 )
 
 AGENT_COLUMNS = ("agent, host, role, image_version, first_seen, last_seen, sent_at, last_seq, contiguous_seq, "
-                 "gap_since, healthy, drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, "
-                 "latest")
+                 "gap_since, healthy, drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, latest")
 
 UPSERT_LATEST = f"""INSERT INTO agents ({AGENT_COLUMNS}) VALUES ({", ".join("?" * 17)})
     ON CONFLICT (agent) DO UPDATE SET host = excluded.host, role = excluded.role,
@@ -265,13 +255,12 @@ def _ingest(tx: _Cursor, report: Report, received_at: float) -> Ingested:
 def _agent_state(row: tuple) -> AgentState:
     (agent, host, role, image_version, first_seen, last_seen, sent_at, last_seq, contiguous_seq, gap_since, healthy,
      drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, latest) = row
-    checks, drift, metrics = latest_from_canonical(latest)
     return AgentState(
         agent=agent, host=host, role=role, image_version=image_version, first_seen=first_seen, last_seen=last_seen,
         sent_at=sent_at, last_seq=last_seq, contiguous_seq=contiguous_seq, gap_since=gap_since,
         healthy=bool(healthy), drift_count=drift_count, canary_lag_s=canary_lag_s,
         spool=SpoolState(depth=spool_depth, oldest_age_s=spool_oldest_age_s, dropped=spool_dropped),
-        checks=checks, drift=drift, metrics=metrics)
+        latest_json=latest)
 
 
 def _history_point(seq: int, sent_at: float, received_at: float, body: str) -> HistoryPoint:

@@ -23,7 +23,8 @@ class Counters:
 
 
 def render_metrics(agents: Iterable[AgentState], counters: Counters, open_alerts: dict[str, int],
-                   notifications_sent: int, notifications_failed: int, stale_after_s: float, now: float) -> str:
+                   notifications_sent: int, notifications_failed: int, stale_after_s: float, now: float,
+                   store_ok: bool = True) -> str:
     agents = list(agents)
     out: list[str] = []
 
@@ -58,6 +59,8 @@ def render_metrics(agents: Iterable[AgentState], counters: Counters, open_alerts
     per_agent("agentfleet_agent_spool_dropped_reports", "Reports the agent's bounded spool dropped, ever.",
               lambda a: a.spool.dropped)
     family("agentfleet_collector_agents", "gauge", "Agents known to the collector.", [({}, len(agents))])
+    family("agentfleet_collector_store_up", "gauge", "1 when the store's last writes and reads succeeded in time "
+           "(as /healthz says).", [({}, int(store_ok))])
     family("agentfleet_collector_reports_received_total", "counter", "Report POSTs received.",
            [({}, counters.received)])
     family("agentfleet_collector_reports_stored_total", "counter", "Reports stored.", [({}, counters.stored)])

@@ -1,13 +1,15 @@
 """What the store holds and hands out: typed, frozen and already parsed.
 
 The store writes an agent's latest checks, drift and metrics in a canonical form of its own (`canonical_json`),
-built from a report that `Report.from_json` accepted, so a read only decodes JSON of a known, shallow shape: it
-never parses again, let alone validates again, what an agent sent.
+built from a report that `Report.from_json` accepted, so a read only decodes JSON of a known, shallow shape (and
+only when it looks at them: the sweep and /metrics never do): it never parses again, let alone validates again,
+what an agent sent.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Optional
 
 from agentd.protocol import CheckResult, DriftEntry, Report, SpoolState
@@ -36,9 +38,23 @@ class AgentState:
     drift_count: int
     canary_lag_s: Optional[float]
     spool: SpoolState
-    checks: tuple[CheckResult, ...]
-    drift: tuple[DriftEntry, ...]
-    metrics: dict[str, float]
+    latest_json: str = field(repr=False)  # canonical (records.canonical_json): decoded only when someone looks
+
+    @cached_property
+    def _latest(self) -> tuple[tuple[CheckResult, ...], tuple[DriftEntry, ...], dict[str, float]]:
+        return latest_from_canonical(self.latest_json)
+
+    @property
+    def checks(self) -> tuple[CheckResult, ...]:
+        return self._latest[0]
+
+    @property
+    def drift(self) -> tuple[DriftEntry, ...]:
+        return self._latest[1]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self._latest[2]
 
     @property
     def failing(self) -> list[str]:

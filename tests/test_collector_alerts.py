@@ -120,7 +120,8 @@ def outside_code_spans(message: str) -> str:
 def test_agent_supplied_text_reaches_mattermost_inert(tmp_path, webhook):
     with running_collector(tmp_path, "--interval-s", "60", webhook_url=webhook.url) as c:
         c.post(report("athena", 1, host="hv1\n@channel FORGED LOG LINE", checks=failing("disk", HOSTILE + "x" * 500),
-                      drift=[{"path": "/etc/" + HOSTILE, "kind": "mode", "expected": "@all", "actual": "[x](http://e)"}]))
+                      drift=[{"path": "/etc/" + HOSTILE, "kind": "mode", "expected": "@all",
+                              "actual": "[x](http://e)"}]))
         messages = webhook.wait_for(2)
         for message in messages:
             markdown = outside_code_spans(message)
@@ -140,3 +141,20 @@ def test_inert_text_is_one_capped_code_span_without_mentions_or_links():
     assert "@all" not in text and "http://" not in text and "www." not in text
     assert "\n" not in text and "\r" not in text and "\u202e" not in text and len(text) <= 90
     assert inert("") == "` `" and one_line("a\nb\rc\u2028d") == "a b c d"
+
+
+def test_an_incident_the_store_did_not_take_is_evaluated_again_and_announced_then():
+    from agentd.protocol import Report
+    from collector.alerts import Alerts
+
+    alerts = Alerts(stale_after_s=90, gap_grace_s=60)
+    failing_report = Report.from_json(report("athena", 1, checks=failing()))
+    first = alerts.on_latest_report(failing_report, 1.0)
+    assert [i.key for i in first.opened] == ["disk"] and len(first.messages) == 1
+    alerts.revert(first)  # the store was unavailable: nothing was announced
+    assert alerts.agent_incidents("athena") == []
+    again = alerts.on_latest_report(failing_report, 2.0)
+    assert [i.key for i in again.opened] == ["disk"] and len(again.messages) == 1
+    recovered = alerts.on_latest_report(Report.from_json(report("athena", 2)), 3.0)
+    alerts.revert(recovered)
+    assert [i.key for i in alerts.agent_incidents("athena")] == ["disk"]

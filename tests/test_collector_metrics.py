@@ -63,6 +63,7 @@ def test_collector_counters_count_stored_duplicates_and_rejects(scraped):
     assert value(scraped, "agentfleet_collector_reports_rejected_total", reason="bad_token") == 1
     assert value(scraped, "agentfleet_collector_reports_rejected_total", reason="invalid") == 1
     assert value(scraped, "agentfleet_collector_agents") == 2
+    assert value(scraped, "agentfleet_collector_store_up") == 1
 
 
 def test_open_alerts_are_counted_by_kind(scraped):

@@ -132,6 +132,7 @@ def test_a_write_locked_database_never_blocks_reads_and_healthz_and_reports_get_
             urllib.request.urlopen(request, timeout=2)
         assert unhealthy.value.code == 503 and unhealthy.value.headers["Retry-After"] == "1"
         assert "write" in json.loads(unhealthy.value.read())["store"]
+        assert "agentfleet_collector_store_up 0" in c.get("/metrics")[1]
     finally:
         holder.wait(10)
     assert c.post(report("locked", 2)) == (200, {"status": "stored"})
