@@ -1,6 +1,7 @@
 """Secrets for the clone, read from the source the inventory names: a 0600 YAML file, environment variables, a
-command whose output is YAML (e.g. `ansible-vault view`), or standard input (what the fleet tool sends over SSH). Values are wrapped in Secret so repr/str/format mask them;
-only `reveal()` gives the value, and only the injection calls it.
+command whose output is YAML (e.g. `ansible-vault view`), or standard input (what the fleet tool sends over SSH).
+Values are wrapped in Secret so repr/str/format mask them; only `reveal()` gives the value, and only the injection
+calls it.
 
 YAML shape (file and command): {shared: {key: value}, agents: {<agent>: {key: value}}}.
 Environment: <prefix><KEY> for shared keys, <prefix><AGENT>_<KEY> for per-agent keys (upper case).

@@ -176,7 +176,8 @@ def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2, log_le
 
 
 @contextlib.contextmanager
-def running_lab(work: Path, names: tuple[str, ...], first_address: int = 2, log_level: str = "VERBOSE") -> Iterator[Lab]:
+def running_lab(work: Path, names: tuple[str, ...], first_address: int = 2,
+                log_level: str = "VERBOSE") -> Iterator[Lab]:
     lab = start_lab(work, names, first_address, log_level)
     try:
         yield lab

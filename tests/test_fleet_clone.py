@@ -17,7 +17,8 @@ AGENT = {"vcpu": 1, "ram_gb": 1, "disk_gb": 1, "role": "test"}
 KEY_MAP = {"collector_secret": "vault_agentfleet_collector_secret",
            "anthropic_api_key": "vault_openclaw_anthropic_api_key",
            "openai_api_key": "vault_openclaw_openai_api_key", "google_api_key": "vault_openclaw_google_api_key",
-           "mattermost_bot_token": "vault_mattermost_bot_token", "gateway_token": "vault_openclaw_gateway_token_{agent}"}
+           "mattermost_bot_token": "vault_mattermost_bot_token",
+           "gateway_token": "vault_openclaw_gateway_token_{agent}"}
 VAULT = {"vault_agentfleet_collector_secret": "collector-secret", "vault_openclaw_anthropic_api_key": CANARY,
          "vault_openclaw_openai_api_key": "sk-openai", "vault_openclaw_google_api_key": "google",
          "vault_mattermost_bot_token": "mm-bot", "vault_mattermost_postgres_password": "pg",
@@ -39,8 +40,10 @@ def lab(tmp_path_factory):
         lab.overlay({"fa": {"host": "c1", "ip": "10.220.1.210", **AGENT},
                      "fc": {"host": "c1", "ip": "10.220.1.212", **AGENT},
                      "fb": {"host": "c2", "ip": "10.220.1.211", **AGENT}},
-                    secrets={"source": {"file": None, "command": [ansible_vault, "view", "--vault-password-file", str(password),
-                                                    str(vault)]}, "key_map": KEY_MAP},
+                    secrets={"source": {"file": None,   # the base's kind nulled: an overlay switching sources
+                                        "command": [ansible_vault, "view", "--vault-password-file", str(password),
+                                                    str(vault)]},
+                             "key_map": KEY_MAP},
                     services={"collector_url": "http://10.0.2.100:8765"})
         assert lab.fleet("trust", "c1", "c2").returncode == 0
         yield lab

@@ -156,7 +156,8 @@ def test_status_shows_domains_disk_versions_collector_health_and_differences(lab
     assert rows[("zeta", "wrong host")]["problem"] == "wrong host: on h2"
     assert rows[("zeta", "extra on h2")]["host"] == "h1"
     assert rows[("stray", "extra on h1")]["host"] == ""
-    assert rows[("kappa", "missing")]["health"] == "unhealthy" and rows[("kappa", "missing")]["reported_version"] == "v0"
+    kappa = rows[("kappa", "missing")]
+    assert (kappa["health"], kappa["reported_version"]) == ("unhealthy", "v0")
     assert rows[("omega", "host unreachable")]["domain"] == "?"
     assert [e.split(":")[0] for e in st["host_errors"]] == ["h3"] and st["drift_total"] == 1
     assert "test   h1    running" in text and "5 differing from the inventory" in text

@@ -32,8 +32,8 @@ log = logging.getLogger("fleet")
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--inventory", type=Path, help="inventory YAML (default $AGENTFLEET_INVENTORY or "
-                                                      "deploy/fleet.yaml)")
+    common.add_argument("--inventory", type=Path,
+                        help="inventory YAML (default $AGENTFLEET_INVENTORY or deploy/fleet.yaml)")
     common.add_argument("--overlay", type=Path, action="append", default=[], help="YAML merged over it (repeatable)")
     common.add_argument("--host", action="append", default=[], metavar="HOST", help="only these hosts (repeatable)")
     common.add_argument("--identity", type=Path, help="SSH private key (default $AGENTFLEET_SSH_IDENTITY or yours)")
@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true")
 
     p = argparse.ArgumentParser(prog="python -m deploy.fleet", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("trust", parents=[common], help="pin hosts' SSH keys")
     s.add_argument("hosts", nargs="+", metavar="HOST")
@@ -60,8 +61,8 @@ def _add_late_commands(sub, common) -> None:
     s = sub.add_parser("push", parents=[common], help="send a published image to every host lacking it")
     s.add_argument("version", nargs="?", help="image version (default: the newest published here)")
     s.add_argument("--limit-mbps", type=float, default=0, help="cap each host's stream (MB/s; default none)")
-    for name, what in (("clone", "clone (or start) agents"), ("replace", "upgrade agents to --image, roll back if "
-                                                                          "unhealthy"),
+    for name, what in (("clone", "clone (or start) agents"),
+                       ("replace", "upgrade agents to --image, roll back if unhealthy"),
                        ("rollback", "go back to the previous image"), ("destroy", "remove agents' VMs")):
         s = sub.add_parser(name, parents=[common], help=what)
         s.add_argument("agents", nargs="+", metavar="AGENT")

@@ -298,7 +298,8 @@ def setup(args) -> dict:
                                                         *missing]):
                 proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
                 if proc.returncode != 0:
-                    raise HostStepError(f"{' '.join(argv[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                    raise HostStepError(f"{' '.join(argv[:2])} failed: {tail}")
             done.append(f"installed {' '.join(missing)}")
         venv = Path(args.agentfleet) / ".venv"
         if not (venv / "bin" / "python").exists():
@@ -311,7 +312,8 @@ def setup(args) -> dict:
     if args.bridge and not Path("/sys/class/net", args.bridge).exists():
         raise HostStepError(f"bridge {args.bridge} does not exist; create it (Debian: /etc/network/interfaces "
                             f"`auto {args.bridge}` / `iface {args.bridge} inet static` with `bridge_ports <nic>`; "
-                            f"Ubuntu: a netplan `bridges: {{{args.bridge}: {{interfaces: [<nic>]}}}}`) and run setup again")
+                            f"Ubuntu: a netplan `bridges: {{{args.bridge}: {{interfaces: [<nic>]}}}}`) "
+                            f"and run setup again")
     path = host_file()
     current = path.read_text().strip() if path.exists() else None
     if current and current != args.name and not args.rename:

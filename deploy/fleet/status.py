@@ -118,7 +118,9 @@ def status(ssh: Ssh, inv: Inventory, hosts: Sequence[Host], collector_url: str) 
 def _age(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
-    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
 
 
 def render(st: Status) -> str:
