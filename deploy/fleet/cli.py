@@ -69,6 +69,10 @@ def _add_late_commands(sub, common) -> None:
         s.add_argument("--image", help="image version on the hosts (default: their newest)")
         s.add_argument("--dry-run", action="store_true", help="print what each host would do; touch nothing")
         s.add_argument("--timeout", type=float, default=3600, help="hard limit per host call (s, default 3600)")
+        s.add_argument("--stop-timeout", type=float, metavar="S", help="clone.py's (a guest's shutdown grace)")
+        if name == "replace":
+            s.add_argument("--health-timeout", type=float, metavar="S", help="clone.py's (wait for a healthy report)")
+            s.add_argument("--unhealthy-grace", type=float, metavar="S", help="clone.py's (unhealthy reports allowed)")
         if name == "destroy":
             s.add_argument("--purge-data", action="store_true", help="delete the data disks too")
     s = sub.add_parser("setup", parents=[common], help="prepare hypervisors for agentfleet")
