@@ -175,6 +175,9 @@ def main() -> int:
         images = image_source(args, work)
         path = qcow2_of(images)
         size_mb = path.stat().st_size / 1e6
+        total = 3 * size_mb
+        print(f"three hosts, {size_mb:.0f} MB each ({total:.0f} MB in all), loopback sshd, {os.cpu_count()} cores",
+              flush=True)
         with running_lab(work, HOSTS, 180) as lab:
             lab.overlay({}, images_dir=str(images))
             fleet(lab, "trust", *HOSTS)
@@ -184,29 +187,27 @@ def main() -> int:
             for name in HOSTS:
                 ssh.run(inv.hosts[name], ["true"])                         # masters up, like the push's
             pipe = raw_pipe(lab, ssh, inv, path)
+            print(f"  raw pipe (ssh cat > /dev/null, parallel) {pipe:7.1f} s  {total / pipe:7.0f} MB/s", flush=True)
             push_s, proc = fleet(lab, "push", "--json")
             results = json.loads(proc.stdout)["hosts"]
             assert all(r["result"] == "pushed" for r in results), proc.stdout
+            print(f"  fleet push (verified, published)         {push_s:7.1f} s  {total / push_s:7.0f} MB/s   "
+                  f"{push_s / pipe:.2f}x the raw pipe (goal <= 1.2x)", flush=True)
             again_s, _ = fleet(lab, "push", "--json")
+            print(f"  push again (every host has it)           {again_s:7.1f} s", flush=True)
             clear_hosts(lab)
             usual = usual_way(lab, ssh, inv, path)
+            print(f"  usual way (scp + sha256sum, serial)      {usual:7.1f} s  {total / usual:7.0f} MB/s   "
+                  f"push {usual / push_s:.1f}x faster (goal >= 2x)", flush=True)
             clear_hosts(lab)
-            resumed = killed_then_resumed(lab, path)
+            for host, held, sent in killed_then_resumed(lab, path):
+                print(f"  killed at {held:4.0%} on {host}, the resume moved {sent:4.0%} of the image "
+                      f"(goal <= 55 % after 50 %)", flush=True)
         cold, warm = status_40(work)
+        print(f"  status, 40 agents on 5 hosts             {cold:7.2f} s cold (new SSH masters), {warm:.2f} s warm "
+              f"(goal < 2 s)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    total = 3 * size_mb
-    print(f"three hosts, {size_mb:.0f} MB each ({total:.0f} MB in all), loopback sshd, {os.cpu_count()} cores")
-    print(f"  raw pipe (ssh cat > /dev/null, parallel) {pipe:7.1f} s  {total / pipe:7.0f} MB/s")
-    print(f"  fleet push (verified, published)         {push_s:7.1f} s  {total / push_s:7.0f} MB/s   "
-          f"{push_s / pipe:.2f}x the raw pipe (goal <= 1.2x)")
-    print(f"  usual way (scp + sha256sum, serial)      {usual:7.1f} s  {total / usual:7.0f} MB/s   "
-          f"push {usual / push_s:.1f}x faster (goal >= 2x)")
-    print(f"  push again (every host has it)           {again_s:7.1f} s")
-    for host, held, sent in resumed:
-        print(f"  killed at {held:4.0%} on {host}, the resume moved {sent:4.0%} of the image (goal <= 55 % after 50 %)")
-    print(f"  status, 40 agents on 5 hosts             {cold:7.2f} s cold (new SSH masters), {warm:.2f} s warm "
-          f"(goal < 2 s)")
     return 0
 
 

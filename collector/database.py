@@ -41,7 +41,8 @@ SCHEMA = (
 )
 
 AGENT_COLUMNS = ("agent, host, role, image_version, first_seen, last_seen, sent_at, last_seq, contiguous_seq, "
-                 "gap_since, healthy, drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, latest")
+                 "gap_since, healthy, drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, "
+                 "latest")
 
 UPSERT_LATEST = f"""INSERT INTO agents ({AGENT_COLUMNS}) VALUES ({", ".join("?" * 17)})
     ON CONFLICT (agent) DO UPDATE SET host = excluded.host, role = excluded.role,

@@ -143,6 +143,7 @@ class Lab:
 
 def start_lab(work: Path, names: tuple[str, ...], first_address: int = 2, log_level: str = "VERBOSE") -> Lab:
     Path("/run/sshd").mkdir(exist_ok=True)              # sshd's privilege separation dir
+    work.mkdir(parents=True, exist_ok=True)
     client_key = keygen(work / "workstation_key", "fleet-tests")
     hosts = {}
     for i, name in enumerate(names):

@@ -40,8 +40,9 @@ def lab(tmp_path_factory):
         lab.overlay({"fa": {"host": "c1", "ip": "10.220.1.210", **AGENT},
                      "fc": {"host": "c1", "ip": "10.220.1.212", **AGENT},
                      "fb": {"host": "c2", "ip": "10.220.1.211", **AGENT}},
-                    secrets={"source": {"file": None, "command": [ansible_vault, "view", "--vault-password-file",
-                                                                  str(password), str(vault)]},
+                    secrets={"source": {"file": None,   # the base's kind nulled: an overlay switching sources
+                                        "command": [ansible_vault, "view", "--vault-password-file", str(password),
+                                                    str(vault)]},
                              "key_map": KEY_MAP},
                     services={"collector_url": "http://10.0.2.100:8765"})
         assert lab.fleet("trust", "c1", "c2").returncode == 0

@@ -49,6 +49,7 @@ def lab():
             golden = work / "synthetic.qcow2"
             make_synthetic_image(golden)
             publish(golden, work / "ws-images", "s1", TEST_SCHEMA)
+            publish(golden, work / "ws-images", "s2", TEST_SCHEMA)
             secrets = write_secrets(work / "secrets.yaml", (A, B), canary=CANARY)
             agent = {"vcpu": 1, "ram_gb": 1, "disk_gb": 1, "role": "test"}
             hosts = {n: h.inventory_entry(uri="qemu:///system") for n, h in lab.hosts.items()}
@@ -92,13 +93,29 @@ def test_agents_on_two_hosts_are_cloned_in_one_command_with_secrets_only_on_stdi
         assert files_holding(host.root, CANARY.encode(), skip=lambda p: p.name.endswith("-data.qcow2")) == []
 
 
+def test_replace_on_two_hosts_merges_a_success_and_a_rollback_into_exit_code_3(lab):
+    pushed = fleet(lab, "push", "s2", "--json")
+    assert pushed.returncode == 0, pushed.stderr
+    lab.stub.report(A, "s2", healthy=True)                  # only A's new image ever reports healthy
+    proc = fleet(lab, "replace", A, B, "--image", "s2", "--stop-timeout", "2", "--health-timeout", "8",
+                 "--unhealthy-grace", "4", "--json")
+    assert proc.returncode == 3, proc.stderr
+    out = json.loads(proc.stdout)
+    results = {r["agent"]: r for r in out["results"]}
+    assert (results[A]["host"], results[A]["action"], results[A]["image_version"]) == ("v1host", "replace", "s2")
+    assert len(out["errors"]) == 1 and out["errors"][0].startswith(f"v2host: {B}: ")
+    assert proc.stderr.strip() == f"fleet: {out['errors'][0]}"
+    state = json.loads((lab.hosts["v2host"].state / B / "state.json").read_text())
+    assert state["current"]["image_version"] == "s1"           # B rolled back to what it ran
+
+
 def test_status_then_destroy_across_both_hosts(lab):
-    lab.stub.report(A, "s1", healthy=True)
     st = fleet(lab, "status", "--json")
     rows = {r["agent"]: r for r in json.loads(st.stdout)["agents"]}
     assert (rows[A]["domain"], rows[A]["image_on_disk"], rows[A]["health"], rows[A]["problem"]) == (
-        "running", "s1", "healthy", "")
-    assert (rows[B]["host"], rows[B]["domain"], rows[B]["health"]) == ("v2host", "running", "never reported")
+        "running", "s2", "healthy", "")
+    assert (rows[B]["host"], rows[B]["domain"], rows[B]["image_on_disk"], rows[B]["health"]) == (
+        "v2host", "running", "s1", "never reported")
     proc = fleet(lab, "destroy", A, B, "--json")
     assert proc.returncode == 0, proc.stderr
     assert {r["agent"]: r["action"] for r in json.loads(proc.stdout)["results"]} == {A: "destroy", B: "destroy"}

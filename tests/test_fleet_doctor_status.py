@@ -157,7 +157,7 @@ def test_status_shows_domains_disk_versions_collector_health_and_differences(lab
     assert rows[("zeta", "extra on h2")]["host"] == "h1"
     assert rows[("stray", "extra on h1")]["host"] == ""
     kappa = rows[("kappa", "missing")]
-    assert kappa["health"] == "unhealthy" and kappa["reported_version"] == "v0"
+    assert (kappa["health"], kappa["reported_version"]) == ("unhealthy", "v0")
     assert rows[("omega", "host unreachable")]["domain"] == "?"
     assert [e.split(":")[0] for e in st["host_errors"]] == ["h3"] and st["drift_total"] == 1
     assert "test   h1    running" in text and "5 differing from the inventory" in text

@@ -98,8 +98,11 @@ def test_a_corrupted_copy_is_refused_removed_and_the_other_hosts_complete(lab):
     golden = lab.hosts["p3"].images
     assert not part.exists() and not (golden / "agent-v2.qcow2").exists()
     assert not (golden / "agent-v2.manifest.json").exists()
-    again = push(lab, "v2", "--json", hosts=("p3",))
+    again = push(lab, "v2", hosts=("p3",))
     assert again.returncode == 0, again.stderr
+    total = (SIZE + (lab.images / "agent-v2.openclaw-schema.json").stat().st_size) / 1e6
+    assert f"push p3: {total:.1f}/{total:.1f} MB, " in again.stderr and " MB/s" in again.stderr   # progress
+    assert "p3        pushed" in again.stdout
     assert sha256(golden / "agent-v2.qcow2") == sha256(lab.images / "agent-v2.qcow2")
 
 

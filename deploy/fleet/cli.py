@@ -32,8 +32,8 @@ log = logging.getLogger("fleet")
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--inventory", type=Path, help="inventory YAML (default $AGENTFLEET_INVENTORY or "
-                                                      "deploy/fleet.yaml)")
+    common.add_argument("--inventory", type=Path,
+                        help="inventory YAML (default $AGENTFLEET_INVENTORY or deploy/fleet.yaml)")
     common.add_argument("--overlay", type=Path, action="append", default=[], help="YAML merged over it (repeatable)")
     common.add_argument("--host", action="append", default=[], metavar="HOST", help="only these hosts (repeatable)")
     common.add_argument("--identity", type=Path, help="SSH private key (default $AGENTFLEET_SSH_IDENTITY or yours)")
@@ -61,14 +61,18 @@ def _add_late_commands(sub, common) -> None:
     s = sub.add_parser("push", parents=[common], help="send a published image to every host lacking it")
     s.add_argument("version", nargs="?", help="image version (default: the newest published here)")
     s.add_argument("--limit-mbps", type=float, default=0, help="cap each host's stream (MB/s; default none)")
-    for name, what in (("clone", "clone (or start) agents"), ("replace", "upgrade agents to --image, roll back if "
-                                                                          "unhealthy"),
+    for name, what in (("clone", "clone (or start) agents"),
+                       ("replace", "upgrade agents to --image, roll back if unhealthy"),
                        ("rollback", "go back to the previous image"), ("destroy", "remove agents' VMs")):
         s = sub.add_parser(name, parents=[common], help=what)
         s.add_argument("agents", nargs="+", metavar="AGENT")
         s.add_argument("--image", help="image version on the hosts (default: their newest)")
         s.add_argument("--dry-run", action="store_true", help="print what each host would do; touch nothing")
         s.add_argument("--timeout", type=float, default=3600, help="hard limit per host call (s, default 3600)")
+        s.add_argument("--stop-timeout", type=float, metavar="S", help="clone.py's (a guest's shutdown grace)")
+        if name == "replace":
+            s.add_argument("--health-timeout", type=float, metavar="S", help="clone.py's (wait for a healthy report)")
+            s.add_argument("--unhealthy-grace", type=float, metavar="S", help="clone.py's (unhealthy reports allowed)")
         if name == "destroy":
             s.add_argument("--purge-data", action="store_true", help="delete the data disks too")
     from deploy import rollout

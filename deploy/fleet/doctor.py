@@ -47,10 +47,8 @@ def judge(host: Host, outcome: Outcome, expected_version: str, min_free_gb: floa
           newest: Optional[str]) -> HostReport:
     """Turn one host's facts (or its failure) into pass/fail checks."""
     if not outcome.ok:
-        reach = "unreachable" in outcome.error or "no answer" in outcome.error or "host key" in outcome.error \
-            or "login refused" in outcome.error
-        checks = [Check("reachable", not reach, outcome.error)]
-        if not reach:
+        checks = [Check("reachable", not outcome.ssh_failed, outcome.error)]
+        if not outcome.ssh_failed:
             checks.append(Check("agentfleet", False, outcome.error))
         return HostReport(host.name, tuple(checks))
     f = outcome.value

@@ -6,3 +6,8 @@ class FleetError(Exception):
     """A user-facing failure of a fleet operation; the message starts with the host or agent at fault."""
 
     exit_code = 2
+
+
+class SshFailed(FleetError):
+    """The SSH connection itself failed (unreachable, host key refused, login refused, no answer in time): doctor's
+    "reachable" column, as opposed to a step that ran on the host and failed there."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from deploy.errors import CloneError
-from deploy.fleet.errors import FleetError
+from deploy.fleet.errors import FleetError, SshFailed
 from deploy.fleet.ssh import SSH_FAILED, Ssh, check_remote, each_host, explain, kill_group, remote_python
 from deploy.images import find_image
 from deploy.inventory import Host, Inventory
@@ -170,7 +170,7 @@ def _stream(ssh: Ssh, host: Host, f: SourceFile, offset: int, images: str, tick:
         watchdog.cancel()
     text = b"".join(errors).decode(errors="replace")
     if proc.returncode == SSH_FAILED:
-        raise FleetError(explain(host, text, ssh.config.known_hosts))
+        raise SshFailed(explain(host, text, ssh.config.known_hosts))
     if proc.returncode != 0:
         tail = text.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         raise FleetError(f"{host.name}: push of {f.name} failed: {tail[0]}")
@@ -207,4 +207,3 @@ def main(args, inv: Inventory, ssh: Ssh, hosts: Sequence[Host]) -> int:
         if r.result == "failed":
             print(f"fleet: {r.error}", file=sys.stderr)
     return 2 if any(r.result == "failed" for r in results) else 0
-

@@ -82,6 +82,9 @@ def run_host(ssh: Ssh, inv: Inventory, host: Host, names: list[str], mode: str, 
         clone_args += ["--image", args.image]
     if getattr(args, "purge_data", False):
         clone_args.append("--purge-data")
+    for option in ("stop_timeout", "health_timeout", "unhealthy_grace"):
+        if getattr(args, option, None) is not None:
+            clone_args += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     clone_args += ["--dry-run"] if args.dry_run else ["--json"]
     done = ssh.run(host, remote_python(host, clone_args, env={"AGENTFLEET_PLACEMENT": "required"}),
                    stdin=stdin_for(inv, host, secrets, names), timeout=args.timeout)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
-from deploy.fleet.errors import FleetError
+from deploy.fleet.errors import FleetError, SshFailed
 from deploy.inventory import Host
 from host.run import child_env
 
@@ -122,10 +122,10 @@ class Ssh:
         try:
             proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, env=child_env())
         except subprocess.TimeoutExpired:
-            raise FleetError(f"{host.name}: no answer within {timeout:.0f} s (ssh {host.ssh.address})") from None
+            raise SshFailed(f"{host.name}: no answer within {timeout:.0f} s (ssh {host.ssh.address})") from None
         stderr = proc.stderr.decode(errors="replace")
         if proc.returncode == SSH_FAILED:
-            raise FleetError(explain(host, stderr, self.config.known_hosts))
+            raise SshFailed(explain(host, stderr, self.config.known_hosts))
         return Completed(host.name, proc.returncode, proc.stdout, stderr)
 
     def popen(self, host: Host, remote: Sequence[str]) -> subprocess.Popen:
@@ -164,6 +164,7 @@ class Outcome:
     host: str
     value: object = None
     error: str = ""
+    ssh_failed: bool = False      # the connection failed, not a step on the host
 
     @property
     def ok(self) -> bool:
@@ -176,7 +177,7 @@ def each_host(hosts: Sequence[Host], step: Callable[[Host], T]) -> dict[str, Out
         try:
             return Outcome(host.name, value=step(host))
         except FleetError as e:
-            return Outcome(host.name, error=str(e))
+            return Outcome(host.name, error=str(e), ssh_failed=isinstance(e, SshFailed))
         except Exception as e:  # a bug on one host must not lose the other hosts' results
             return Outcome(host.name, error=f"{host.name}: {type(e).__name__}: {e}")
     if not hosts:
@@ -258,4 +259,3 @@ def fingerprints(lines: Sequence[str]) -> list[str]:
     proc = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input="".join(f"{x}\n" for x in lines),
                           capture_output=True, text=True, env=child_env())
     return proc.stdout.strip().splitlines()
-
