@@ -19,7 +19,24 @@ from tests.clone_support import (REPO, TEST_SCHEMA, CollectorStub, clone_cli, en
 
 pytestmark = pytest.mark.slow
 CANARY = "CANARY-7f3a9c1e-never-leak"
-AGENTS = A, B = ("cvm-athena", "cvm-apollo")  # own names: never clash with other suites' domains
+# Own names, and per run: this file running from two checkouts at once (CI and an engineer) must not share domains
+# (one run's teardown destroyed the other's cvm-athena) nor forwarded SSH ports.
+RUN = f"{os.getpid() % 100000:05d}"
+AGENTS = A, B = (f"cvm{RUN}-athena", f"cvm{RUN}-apollo")
+
+
+def free_port_pair(start: int = 22300, end: int = 23300) -> int:
+    """A base port whose next port is free too (user-mode networking forwards base + agent index)."""
+    import socket
+    for base in range(start, end, 2):
+        try:
+            with socket.socket() as s1, socket.socket() as s2:
+                s1.bind(("127.0.0.1", base))
+                s2.bind(("127.0.0.1", base + 1))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no two free ports in {start}..{end}")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +51,7 @@ def site():
     stub = CollectorStub()
     secrets = write_secrets(work / "secrets.yaml", AGENTS, canary=CANARY)
     overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=images, secrets_file=secrets,
-                            collector_port=stub.port, ssh_port_base=22300, agents=AGENTS)
+                            collector_port=stub.port, ssh_port_base=free_port_pair(), agents=AGENTS)
     site = {"work": work, "images": images, "overlay": overlay, "stub": stub, "secrets": secrets,
             "golden_sha": {v: sha256(images / f"agent-{v}.qcow2") for v in ("v1", "v2", "v3")}}
     yield site
