@@ -53,9 +53,11 @@ def netplan(inv: Inventory, agent: Agent, mac: str) -> dict:
         "routes": [{"to": "default", "via": gateway}], "nameservers": {"addresses": dns}}}}}
 
 
-def identity(inv: Inventory, agent: Agent, image: Image) -> dict:
+def identity(inv: Inventory, agent: Agent, image: Image, state: AgentState) -> dict:
+    """cloned_at is the first clone's time from the state (so an --update that changes nothing here writes the same
+    bytes); states written before it was recorded get the time of this injection."""
     return {"agent": agent.name, "host": agent.host, "role": agent.role, "ip": agent.ip,
-            "image_version": image.version, "cloned_at": int(time.time())}
+            "image_version": image.version, "cloned_at": state.cloned_at or int(time.time())}
 
 
 def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, secrets: AgentSecrets,
@@ -71,7 +73,7 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
         WriteFile("/etc/machine-id", f"{state.machine_id}\n".encode(), 0o444),
         WriteFile("/etc/netplan/01-agentfleet.yaml", yaml.safe_dump(netplan(inv, agent, state.mac)).encode(), 0o600),
         Mkdir("/etc/agentfleet", 0o755),
-        WriteFile("/etc/agentfleet/identity.json", _json(identity(inv, agent, image))),
+        WriteFile("/etc/agentfleet/identity.json", _json(identity(inv, agent, image, state))),
         WriteFile("/etc/agentfleet/agentd.yaml", yaml.safe_dump(agentd_config(inv, agent), sort_keys=False).encode()),
         WriteFile("/etc/agentfleet/agentd.token", Secret(token + "\n"), 0o600),
     ]
