@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         progress = Progress(quiet=args.json and not args.verbose, prefix="clone: ")
         out = print if not args.json else (lambda *_: None)
         if args.destroy:
-            results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data)
+            results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data, out=out)
         elif args.rollback:
             results = rollback(inv, args.agents, opts, progress, out=out)
         else:

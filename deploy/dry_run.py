@@ -52,6 +52,6 @@ def _show_update(run: CloneRun, w: Work, ops: tuple[Op, ...]) -> Result:
     for line in render(changes):
         out(line)
     changed = [c.path for c in changes if c.changes]
-    planned = result_for(run.inv, w.agent, w.state, run.domain_type, w.action,
-                         f"dry run: would update {len(changed)} file(s)" + (f": {', '.join(changed)}" if changed else ""))
+    what = f"{len(changed)} file(s)" + (f": {', '.join(changed)}" if changed else "")
+    planned = result_for(run.inv, w.agent, w.state, run.domain_type, w.action, f"dry run: would update {what}")
     return replace(planned, dry_run=True)
