@@ -10,16 +10,23 @@ class Action(str, enum.Enum):
     RESUME = "resume"      # a replace was swapped in but never proven healthy: boot it and wait again
     NOOP = "noop"          # already runs this image
     REPLACE = "replace"    # another image: new overlay beside the old, swap, wait for health, roll back if not
+    UPDATE = "update"      # same image: inject what inventory and secrets give today into the current overlay, restart
     ROLLBACK = "rollback"  # back to the previous overlay (by hand or after a failed replace)
     DESTROY = "destroy"    # domain and root overlays removed; the data disk kept unless purged
 
     @property
     def builds_disks(self) -> bool:
+        """A new root overlay (and, the first time, a data disk), swapped into place once injected."""
         return self in (Action.CLONE, Action.REPLACE)
 
     @property
+    def injects(self) -> bool:
+        """Goes through prepare and inject: into new disks, or (update) into the agent's own, the VM stopped."""
+        return self.builds_disks or self is Action.UPDATE
+
+    @property
     def boots(self) -> bool:
-        return self in (Action.CLONE, Action.START, Action.RESUME, Action.REPLACE)
+        return self in (Action.CLONE, Action.START, Action.RESUME, Action.REPLACE, Action.UPDATE)
 
     @property
     def awaits_health(self) -> bool:

@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
                    help="with --rollback: also restore /home/agent to the snapshot taken before the current image "
                         "(discards what the agent wrote since; its age is shown first)")
     mode.add_argument("--destroy", action="store_true", help="remove the domain and root disks (data disk kept)")
+    mode.add_argument("--update", action="store_true",
+                      help="same image: inject what inventory and secrets give today (files, secrets, drift baseline) "
+                           "into the current overlay and restart the VM (stopped while its disks are written)")
     p.add_argument("--purge-data", action="store_true", help="with --destroy: delete the data disk too")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (default: the host's from the inventory)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
@@ -85,15 +88,17 @@ def main(argv=None) -> int:
             raise CloneError("--purge-data only goes with --destroy")
         if args.restore_data and not args.rollback:
             raise CloneError("--restore-data only goes with --rollback")
+        if args.update and args.image:
+            raise CloneError("--update keeps each agent's image; use --replace --image to change it")
         if not args.destroy:  # removing a stray copy is allowed anywhere
             placement.check(inv, args.agents)
         opts = Options(image=args.image, dry_run=args.dry_run, replace=args.replace, connect=args.connect,
                        health_timeout_s=args.health_timeout, unhealthy_grace_s=args.unhealthy_grace,
-                       stop_timeout_s=args.stop_timeout, restore_data=args.restore_data)
+                       stop_timeout_s=args.stop_timeout, restore_data=args.restore_data, update=args.update)
         progress = Progress(quiet=args.json and not args.verbose, prefix="clone: ")
         out = print if not args.json else (lambda *_: None)
         if args.destroy:
-            results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data)
+            results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data, out=out)
         elif args.rollback:
             results = rollback(inv, args.agents, opts, progress, out=out)
         else:

@@ -21,6 +21,7 @@ class Options:
     unhealthy_grace_s: float = 120
     stop_timeout_s: float = 120
     keep_snapshots: int = 3
+    update: bool = False            # --update: re-inject into the current overlay (same image), restart
     restore_data: bool = False      # --rollback: restore the data snapshot too (by hand the root only goes back)
 
 

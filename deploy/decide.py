@@ -40,6 +40,8 @@ def decide(run: CloneRun, agent: Agent, image: Image, connected: bool = True) ->
     defined = bool(hv and hv.domain(agent.name))
     work = Work(agent, state_dir, st, Action.CLONE, disks.root_disk_path(storage, agent.name, image.version),
                 Path(st.data_disk))
+    if run.opts.update:
+        return _decide_update(work, st)
     if st.current is None:
         if running:
             raise CloneError(f"{agent.name}: a domain of that name is running but has no agentfleet state; "
@@ -55,3 +57,19 @@ def decide(run: CloneRun, agent: Agent, image: Image, connected: bool = True) ->
         raise CloneError(f"{agent.name}: runs image {st.current.image_version}; {image.version} differs "
                          f"(use --replace to upgrade)")
     return work.evolve(action=Action.REPLACE, previous=st.current)
+
+
+def check_updatable(agent: Agent, st: Optional[AgentState]) -> None:
+    """--update writes into the agent's current overlay: there must be one, and no replace half done."""
+    if st is None or st.current is None:
+        raise CloneError(f"{agent.name}: no VM to update (clone it first)")
+    if st.pending is not None:
+        raise CloneError(f"{agent.name}: a replace to {st.pending.image_version} is not finished; run it again or "
+                         f"--rollback before --update")
+    if not Path(st.current.root_disk).exists():
+        raise CloneError(f"{agent.name}: its root overlay {st.current.root_disk} is missing; nothing to update")
+
+
+def _decide_update(work: Work, st: AgentState) -> Work:
+    check_updatable(work.agent, st)
+    return work.evolve(action=Action.UPDATE, root_disk=Path(st.current.root_disk))

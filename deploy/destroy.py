@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from deploy import disks
 from deploy.action import Action
 from deploy.context import Connections, Options
 from deploy.errors import CloneError
-from deploy.inventory import Inventory
+from deploy.inventory import Agent, Inventory
 from deploy.result import Result
 from deploy.state import AgentState, load_state, save_state
 from host.progress import Progress
@@ -17,7 +17,9 @@ DEADLINE_S = 300
 
 
 def destroy(inv: Inventory, names: list[str], opts: Options, progress: Progress,
-            purge_data: bool = False) -> list[Result]:
+            purge_data: bool = False, out: Callable[[str], None] = print) -> list[Result]:
+    if opts.dry_run:
+        return [_show(inv, inv.agent(n), purge_data, out) for n in dict.fromkeys(names)]
     conns = Connections(opts.connect)
     try:
         results = []
@@ -54,3 +56,17 @@ def _refuse_a_domain_we_did_not_make(hv, name: str, st: Optional[AgentState]) ->
     if dom is not None and st is not None and dom.UUIDString() != st.uuid:
         raise CloneError(f"{name}: the domain of that name has UUID {dom.UUIDString()}, not {st.uuid} recorded in "
                          f"this hypervisor's state; not removing a VM agentfleet did not make here")
+
+
+def _show(inv: Inventory, agent: Agent, purge_data: bool, out: Callable[[str], None]) -> Result:
+    """--destroy --dry-run: what would be removed, from the state file and the storage dir; nothing is touched."""
+    st = load_state(inv.state_dir(agent))
+    data = Path(st.data_disk) if st else disks.data_disk_path(inv.host_of(agent).storage_dir, agent.name)
+    roots = sorted(str(p) for p in inv.host_of(agent).storage_dir.glob(f"{agent.name}-root-*.qcow2*"))
+    out(f"== {agent.name}: would remove the domain {agent.name} (stopped first if it runs)")
+    for root in roots:
+        out(f"remove {root}")
+    out(f"remove {data} (and its snapshots)" if purge_data else f"keep {data}")
+    kept = "data disk purged" if purge_data else f"data disk kept: {data}"
+    return Result(agent.name, Action.DESTROY, data_disk=str(data), dry_run=True,
+                  message=f"dry run: would remove the domain and {len(roots)} root disk(s); {kept}")

@@ -62,6 +62,20 @@ class AgentDisks:
     seed_data: bool                      # a fresh data disk: format it and copy the image's /home/agent skeleton
     ops: tuple[Op, ...] = field(default=())
     meta: tuple[tuple[str, str], ...] = ()  # extra keys for injected.json (agent, image_version)
+    # --update: the disks are the agent's own (its live root overlay), not fresh ones over the golden image. Owners
+    # come from its own /etc/passwd; /etc/fstab is left as it is; the baseline keeps its entries for files not
+    # written again, so drift in them is still seen.
+    updating: bool = False
+
+
+@dataclass(frozen=True)
+class Injected:
+    """What one agent's injection recorded: the new drift baseline, and the one it replaced (empty on a fresh disk)."""
+    baseline: dict
+    previous: dict
+
+    def changed(self) -> tuple[str, ...]:
+        return tuple(sorted(p for p, entry in self.baseline.items() if self.previous.get(p) != entry))
 
 
 def validate_ops(ops: tuple[Op, ...], agent: str) -> None:
@@ -82,8 +96,9 @@ def baseline_of(ops: tuple[Op, ...]) -> dict[str, dict]:
                                       for op in ops if isinstance(op, WriteFile)})
 
 
-def inject(batch: list[AgentDisks]) -> dict[str, dict]:
-    """Apply every agent's operations in one launch; returns agent -> the baseline written to injected.json."""
+def inject(batch: list[AgentDisks]) -> dict[str, Injected]:
+    """Apply every agent's operations in one launch; returns agent -> the baseline written to injected.json (and
+    the one it replaced)."""
     for item in batch:
         validate_ops(item.ops, item.agent)
     drives = [Drive(p) for item in batch for p in (item.root_disk, item.data_disk)]
@@ -100,8 +115,11 @@ def inject(batch: list[AgentDisks]) -> dict[str, dict]:
                 root_part = root_dev + "1" if root_dev + "1" in partitions else root_dev
                 started = time.monotonic()
                 g.mount(root_part, "/")
-                facts = facts or _image_facts(g)   # every overlay of a run has the same backing image
-                baselines[item.agent] = _inject_one(g, item, data_dev, facts)
+                if item.updating:
+                    baselines[item.agent] = _update_one(g, item, data_dev)
+                else:
+                    facts = facts or _image_facts(g)   # every new overlay of a run has the same backing image
+                    baselines[item.agent] = Injected(_inject_one(g, item, data_dev, facts), {})
                 log.info("guestfs: %s: %d operations in %.1fs", item.agent, len(item.ops), time.monotonic() - started)
     except RuntimeError as e:  # libguestfs reports every failure as RuntimeError
         raise CloneError(f"libguestfs ({current}): {str(e).splitlines()[0][:300]}", exit_codes.FAILED) from None
@@ -152,6 +170,50 @@ def _inject_one(g, item: AgentDisks, data_dev: str, facts: ImageFacts) -> dict:
     finally:
         g.umount_all()
     return baseline
+
+
+def _update_one(g, item: AgentDisks, data_dev: str) -> Injected:
+    """Root (the agent's live overlay, the VM stopped) is mounted at /: write the files again over the data disk
+    mounted at /home/agent, and a baseline that records them as they are now."""
+    previous = _read_baseline(g)
+    g.mount(data_dev, HOME)
+    try:
+        ops = (Mkdir(HOME, 0o750, "agent:agent"),) + item.ops
+        baseline = {**previous, **baseline_of(ops)}
+        record = json.dumps({**dict(item.meta), "injected_at": int(time.time()), "baseline": baseline}, indent=2,
+                            sort_keys=True)
+        ops += (WriteFile(vm_files.INJECTED_JSON, record.encode() + b"\n", 0o644),)
+        _upload_from_memory(g, _tar_of(ops, _ids(g)), "/", tar=True)
+    finally:
+        g.umount_all()
+    return Injected(baseline, previous)
+
+
+def _read_baseline(g) -> dict:
+    if not g.is_file(vm_files.INJECTED_JSON):
+        return {}
+    try:
+        return json.loads(g.cat(vm_files.INJECTED_JSON)).get("baseline") or {}
+    except ValueError:
+        log.warning("guestfs: %s is not JSON; the new baseline starts afresh", vm_files.INJECTED_JSON)
+        return {}
+
+
+def read_injected(root_disk: Path, data_disk: Path, paths: list[str]) -> tuple[dict, dict[str, bytes]]:
+    """Read-only, so the VM may keep running (--update --dry-run): the baseline of the last injection and the
+    guest's current copies of `paths` (callers never pass a secret file's path)."""
+    try:
+        with appliance([Drive(root_disk, readonly=True), Drive(data_disk, readonly=True)]) as g:
+            root_dev, data_dev = g.list_devices()[:2]
+            g.mount_ro(root_dev + "1" if root_dev + "1" in g.list_partitions() else root_dev, "/")
+            if g.is_dir(HOME):
+                g.mount_ro(data_dev, HOME)
+            baseline = _read_baseline(g)
+            files = {p: g.read_file(p) for p in paths if g.is_file(p)}
+            g.umount_all()
+    except RuntimeError as e:
+        raise CloneError(f"libguestfs (reading {root_disk.name}): {str(e).splitlines()[0][:300]}") from None
+    return baseline, files
 
 
 def _ids(g) -> dict[str, tuple[int, int]]:

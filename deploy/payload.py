@@ -39,9 +39,11 @@ def netplan(inv: Inventory, agent: Agent, mac: str) -> dict:
         "routes": [{"to": "default", "via": gateway}], "nameservers": {"addresses": dns}}}}}
 
 
-def identity(inv: Inventory, agent: Agent, image: Image) -> vm_files.Identity:
+def identity(inv: Inventory, agent: Agent, image: Image, state: AgentState) -> vm_files.Identity:
+    """cloned_at is the first clone's time from the state (so an --update that changes nothing here writes the same
+    bytes); states written before it was recorded get the time of this injection."""
     return vm_files.Identity(agent=agent.name, host=agent.host, role=agent.role, ip=agent.ip,
-                             image_version=image.version, cloned_at=int(time.time()))
+                             image_version=image.version, cloned_at=state.cloned_at or int(time.time()))
 
 
 def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, secrets: AgentSecrets,
@@ -57,7 +59,7 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
         WriteFile("/etc/machine-id", f"{state.machine_id}\n".encode(), 0o444),
         WriteFile("/etc/netplan/01-agentfleet.yaml", yaml.safe_dump(netplan(inv, agent, state.mac)).encode(), 0o600),
         Mkdir(vm_files.ETC, 0o755),
-        WriteFile(vm_files.IDENTITY_JSON, _json(identity(inv, agent, image).to_json())),
+        WriteFile(vm_files.IDENTITY_JSON, _json(identity(inv, agent, image, state).to_json())),
         WriteFile(vm_files.AGENTD_YAML, yaml.safe_dump(agentd_config(inv, agent).to_yaml_data(),
                                                        sort_keys=False).encode()),
         WriteFile(vm_files.AGENTD_TOKEN, Secret(token + "\n"), 0o600),

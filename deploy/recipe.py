@@ -2,6 +2,9 @@
 
     decide (per agent) -> prepare disks -> inject (one libguestfs launch) -> swap -> boot -> await health
 
+An update (--update) goes through the same phases without a new overlay: prepare stops the VM, inject writes into
+its current overlay and data disk, nothing is swapped, boot starts it again.
+
 Each step is recorded in the agent's state before the next, so a killed run converges when run again. A run that
 fails before the swap removes what it prepared and starts any VM it stopped, so nothing is left half-injected."""
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Callable, Optional
 
 from deploy import disks, dry_run, openclaw_config
@@ -17,18 +21,18 @@ from deploy.boot import define_and_start
 from deploy.console import ConsoleWatch, console_log
 from deploy.context import CloneRun, Connections, Options
 from deploy.data_snapshots import snapshot_before_swap
-from deploy.decide import Work, decide
+from deploy.decide import Work, check_updatable, decide
 from deploy.errors import RolledBack
 from deploy.health import wait_healthy
 from deploy.hostkeys import ensure_host_keys
 from deploy.images import find_image
-from deploy.inject import AgentDisks, inject
-from deploy.inventory import Inventory
+from deploy.inject import AgentDisks, Injected, inject
+from deploy.inventory import Agent, Inventory
 from deploy.payload import agent_ops
 from deploy.result import Result, result_for
 from deploy.rollback import rollback_state
 from deploy.secrets import load_secrets
-from deploy.state import Slot, save_state
+from deploy.state import Slot, load_state, save_state
 from host import accel
 from host.progress import Progress, deadline_for
 
@@ -42,8 +46,32 @@ AWAIT_MARGIN_S = 600
 
 def clone(inv: Inventory, names: list[str], opts: Options, progress: Progress,
           out: Callable[[str], None] = print) -> list[Result]:
-    """Clone, start, resume or replace the named agents; raises RolledBack (with every result) if a replace failed."""
+    """Clone, start, resume, replace or update the named agents; raises RolledBack (with every result) if a replace
+    failed."""
     agents = [inv.agent(n) for n in dict.fromkeys(names)]
+    if opts.update:
+        return _update(inv, agents, opts, progress, out)
+    return _clone(inv, agents, opts, progress, out)
+
+
+def _update(inv: Inventory, agents: list[Agent], opts: Options, progress: Progress,
+            out: Callable[[str], None]) -> list[Result]:
+    """Each agent keeps its image: one recipe run per image version among them (usually one), every refusal
+    raised before any VM is stopped."""
+    by_version: dict[str, list[Agent]] = {}
+    for agent in agents:
+        st = load_state(inv.state_dir(agent))
+        check_updatable(agent, st)
+        by_version.setdefault(st.current.image_version, []).append(agent)
+    results = {}
+    for version, group in by_version.items():
+        for r in _clone(inv, group, replace(opts, image=version), progress, out):
+            results[r.agent] = r
+    return [results[a.name] for a in agents]
+
+
+def _clone(inv: Inventory, agents: list[Agent], opts: Options, progress: Progress,
+           out: Callable[[str], None]) -> list[Result]:
     image = find_image(inv.images_dir, opts.image)
     secrets = load_secrets(inv.secrets, [a.name for a in agents])
     schema = openclaw_config.load_schema(image.schema_path)
@@ -63,10 +91,11 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
     for w in works:
         if w.action is Action.NOOP:
             results[w.agent.name] = _result(run, w, "already runs this image")
-    building = [w for w in works if w.action.builds_disks]
+    building = [w for w in works if w.action.injects]
+    injected: dict[str, Injected] = {}
     if building:
-        swapped = {w.agent.name: w for w in _build_disks(run, building)}
-        works = [swapped.get(w.agent.name, w) for w in works]
+        swapped, injected = _build_disks(run, building)
+        works = [{w.agent.name: w for w in swapped}.get(w.agent.name, w) for w in works]
     since = time.time()
     # only what these boots print, and only where a replace waits for health
     consoles = {w.agent.name: ConsoleWatch(console_log(w.state_dir)) for w in works if w.action.awaits_health}
@@ -78,6 +107,8 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
     for w in works:
         if w.action in (Action.CLONE, Action.START):
             results[w.agent.name] = _result(run, w, "defined and started")
+        elif w.action is Action.UPDATE:
+            results[w.agent.name] = _result(run, w, _updated(injected[w.agent.name]))
     failures = []
     waiting = [w for w in works if w.action.awaits_health]
     if waiting:
@@ -94,21 +125,25 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
     return ordered
 
 
-def _build_disks(run: CloneRun, building: list[Work]) -> list[Work]:
-    """prepare -> inject -> swap; a failure before the swap removes the partial disks and restarts stopped VMs."""
+def _build_disks(run: CloneRun, building: list[Work]) -> tuple[list[Work], dict[str, Injected]]:
+    """prepare -> inject -> swap; a failure before the swap removes the partial disks and restarts stopped VMs.
+    Updates are injected in place and have nothing to swap."""
     prepared: list[tuple[Work, AgentDisks]] = []
     try:
         with _phase(run, "prepare", f"prepare disks: {_names(building)}"):
             for w in building:
                 prepared.append(_prepare(run, w))
         with _phase(run, "inject", f"inject: {len(prepared)} agent(s) in one libguestfs launch"):
-            inject([disk for _, disk in prepared])
+            injected = inject([disk for _, disk in prepared])
     except BaseException:
         latest = {w.agent.name: w for w, _ in prepared}  # with the states prepare recorded (snapshots, pending)
         _undo_prepare(run, [latest.get(w.agent.name, w) for w in building])
         raise
-    with _phase(run, "swap", "swap: overlays in place, state recorded"):
-        return [_swap(run, w) for w, _ in prepared]
+    works = [w for w, _ in prepared]
+    if any(w.action.builds_disks for w in works):
+        with _phase(run, "swap", "swap: overlays in place, state recorded"):
+            works = [_swap(run, w) if w.action.builds_disks else w for w in works]
+    return works, injected
 
 
 def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
@@ -116,7 +151,14 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
     snapshots its data disk first."""
     image, agent = run.image, w.agent
     keys = ensure_host_keys(w.state_dir, agent.name)
+    if w.action is Action.CLONE or not w.state.cloned_at:
+        w = w.evolve(state=w.state.evolve(cloned_at=int(time.time())))
     save_state(w.state_dir, w.state)              # uuid, MAC, machine-id fixed before any disk exists
+    if w.action is Action.UPDATE:                 # its own disks, written offline: the VM stops for the inject
+        run.hypervisor(agent).stop(agent.name, run.opts.stop_timeout_s)
+        ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
+        return w, AgentDisks(agent.name, w.root_disk, w.data_disk, False, ops, updating=True,
+                             meta=(("agent", agent.name), ("image_version", image.version)))
     disks.create_overlay(image.path, disks.partial(w.root_disk))
     seed = not w.data_disk.exists()
     if seed:
@@ -139,12 +181,13 @@ def _undo_prepare(run: CloneRun, works: list[Work]) -> None:
     for w in works:
         disks.partial(w.root_disk).unlink(missing_ok=True)
         disks.partial(w.data_disk).unlink(missing_ok=True)
-        if w.action is Action.REPLACE and w.state.current is not None:
+        if w.action in (Action.REPLACE, Action.UPDATE) and w.state.current is not None:
             try:
                 save_state(w.state_dir, w.state.evolve(pending=None))
                 if not run.hypervisor(w.agent).is_running(w.agent.name):
                     define_and_start(run, w.agent, w.state)
-                    log.warning("%s: replace abandoned; started again on %s", w.agent.name,
+                    # an update's files may be partly written: running it again writes them all
+                    log.warning("%s: %s abandoned; started again on %s", w.agent.name, w.action.value,
                                 w.state.current.image_version)
             except Exception as e:  # the original failure is the one to report
                 log.warning("%s: could not start the previous VM again: %s", w.agent.name, e)
@@ -181,6 +224,12 @@ def _await_replace(run: CloneRun, w: Work, since: float, console: ConsoleWatch) 
     state = rollback_state(run, w.agent, w.state, force=True, restore_data=True)
     why = f"{w.agent.name}: rolled back to {state.current.image_version} ({verdict.reason}: {verdict.detail})"
     return _result(run, w.evolve(state=state), why, Action.ROLLBACK), why
+
+
+def _updated(injected: Injected) -> str:
+    changed = injected.changed()
+    what = f"{len(changed)} file(s) changed: {', '.join(changed)}" if changed else "nothing changed"
+    return f"re-injected, {what}; restarted on the same overlay"
 
 
 def _prune_overlays(run: CloneRun, w: Work) -> None:

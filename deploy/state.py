@@ -33,6 +33,7 @@ class AgentState:
     previous: Optional[Slot] = None
     pending: Optional[Slot] = None       # a replace in progress: the overlay being swapped in
     snapshots: tuple[str, ...] = ()      # data-disk qcow2 snapshots, oldest first
+    cloned_at: int = 0                   # first clone (epoch s), kept across replaces and updates (identity.json)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -139,3 +139,18 @@ def test_env_file_maps_keys_to_variables_and_keeps_the_collector_secret_out():
                                                             "gateway_token": Secret("g"),
                                                             "mattermost_bot_token": Secret("m")}))
     assert env == "OPENCLAW_GATEWAY_TOKEN=g\nMATTERMOST_BOT_TOKEN=m\n"
+
+
+def test_destroy_dry_run_lists_what_would_go_and_removes_nothing(site, capsys):
+    from deploy import clone
+    tmp, overlay, _ = site
+    storage = tmp / "storage"
+    storage.mkdir()
+    for name in ("athena-root-v1.qcow2", "athena-data.qcow2"):
+        (storage / name).write_bytes(b"disk")
+    assert clone.main(["--overlay", str(overlay), "--connect", "test:///default", "athena", "--destroy",
+                       "--purge-data", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"remove {storage / 'athena-root-v1.qcow2'}" in out and f"remove {storage / 'athena-data.qcow2'}" in out
+    assert "athena: destroy  - dry run: would remove the domain and 1 root disk(s); data disk purged" in out
+    assert sorted(p.name for p in storage.iterdir()) == ["athena-data.qcow2", "athena-root-v1.qcow2"]

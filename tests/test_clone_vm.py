@@ -1,6 +1,6 @@
 """The clone against real parts: libguestfs injects into real overlays, a real libvirtd defines, starts, replaces
 and destroys TCG domains, a loopback stub plays the collector. One module-wide site; tests run in file order and
-build on each other (clone -> no-op -> refuse -> replace -> rolled-back replace -> rollback (root only,
+build on each other (clone -> no-op -> update -> refuse -> replace -> rolled-back replace -> rollback (root only,
 then with its data) -> destroy)."""
 from __future__ import annotations
 
@@ -29,7 +29,24 @@ from tests.clone_support import (
 
 pytestmark = pytest.mark.slow
 CANARY = "CANARY-7f3a9c1e-never-leak"
-AGENTS = A, B = ("cvm-athena", "cvm-apollo")  # own names: never clash with other suites' domains
+# Own names, and per run: this file running from two checkouts at once (CI and an engineer) must not share domains
+# (one run's teardown destroyed the other's cvm-athena) nor forwarded SSH ports.
+RUN = f"{os.getpid() % 100000:05d}"
+AGENTS = A, B = (f"cvm{RUN}-athena", f"cvm{RUN}-apollo")
+
+
+def free_port_pair(start: int = 22300, end: int = 23300) -> int:
+    """A base port whose next port is free too (user-mode networking forwards base + agent index)."""
+    import socket
+    for base in range(start, end, 2):
+        try:
+            with socket.socket() as s1, socket.socket() as s2:
+                s1.bind(("127.0.0.1", base))
+                s2.bind(("127.0.0.1", base + 1))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no two free ports in {start}..{end}")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +61,7 @@ def site():
     stub = CollectorStub()
     secrets = write_secrets(work / "secrets.yaml", AGENTS, canary=CANARY)
     overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=images, secrets_file=secrets,
-                            collector_port=stub.port, ssh_port_base=22300, agents=AGENTS)
+                            collector_port=stub.port, ssh_port_base=free_port_pair(), agents=AGENTS)
     site = {"work": work, "images": images, "overlay": overlay, "stub": stub, "secrets": secrets,
             "golden_sha": {v: sha256(images / f"agent-{v}.qcow2") for v in ("v1", "v2", "v3")}}
     yield site
@@ -195,6 +212,48 @@ def test_rerunning_with_the_same_image_is_a_no_op(site, cloned):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["action"] == "noop"
     assert "appliance" not in proc.stderr and virsh("domid", A) == before
+
+
+SECOND_CANARY = "CANARY-second-2b8e44d0"   # the rotated value
+
+
+def test_update_rotates_a_secret_in_the_current_overlay_and_updates_the_drift_baseline(site, cloned):
+    storage = site["work"] / "storage"
+    before, uuid, domid = state(site, A), virsh("domuuid", A).strip(), virsh("domid", A).strip()
+    write_secrets(site["secrets"], AGENTS, canary=SECOND_CANARY)                # A's bot token rotated
+    try:
+        dry = cli(site, A, "--update", "--dry-run")
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        assert "changed   /home/agent/.openclaw/.env (secret, value not shown)" in dry.stdout
+        assert "unchanged /etc/agentfleet/agentd.yaml" in dry.stdout and "1 of 16 injected files would change" in \
+            dry.stdout, dry.stdout
+        assert virsh("domid", A).strip() == domid                               # read while it ran; not stopped
+        proc = cli(site, A, "--update", "--stop-timeout", "2", "--json", "-v", env={"LIBGUESTFS_TRACE": "1"})
+    finally:
+        write_secrets(site["secrets"], AGENTS, canary=CANARY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for output in (dry.stdout + dry.stderr, proc.stdout + proc.stderr):
+        assert CANARY not in output and SECOND_CANARY not in output
+    result = json.loads(proc.stdout)[0]
+    assert (result["action"], result["image_version"]) == ("update", "v1")
+    assert result["message"] == ("re-injected, 1 file(s) changed: /home/agent/.openclaw/.env; "
+                                 "restarted on the same overlay")
+    assert virsh("domstate", A).strip() == "running" and virsh("domid", A).strip() != domid     # restarted
+    assert virsh("domuuid", A).strip() == uuid and f"{A}-root-v1.qcow2" in virsh("dumpxml", A)
+    assert state(site, A) == before                                              # same overlay, same identity
+    assert not list(storage.glob(f"{A}-root-*.partial")) and len(list(storage.glob(f"{A}-root-*"))) == 1
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", A], capture_output=True)
+    files = read_guest([(storage / f"{A}-root-v1.qcow2", storage / f"{A}-data.qcow2")], INJECTED)[0]
+    subprocess.run(["virsh", "-c", "qemu:///system", "start", A], capture_output=True)
+    env = files["/home/agent/.openclaw/.env"]
+    assert f"MATTERMOST_BOT_TOKEN=mm-{A}-{SECOND_CANARY}\n".encode() in env[0] and env[1:] == (0o600, 1000, 1000)
+    for path, (content, *_) in files.items():
+        assert CANARY.encode() not in content, path                            # the old value is gone everywhere
+    import hashlib
+    injected = json.loads(files["/etc/agentfleet/injected.json"][0])
+    assert injected["baseline"]["/home/agent/.openclaw/.env"]["sha256"] == hashlib.sha256(env[0]).hexdigest()
+    assert injected["baseline"]["/etc/fstab"]["sha256"] == hashlib.sha256(files["/etc/fstab"][0]).hexdigest()
+    assert SECOND_CANARY.encode() not in files["/etc/agentfleet/injected.json"][0]
 
 
 def test_a_different_image_without_replace_is_refused_while_the_vm_runs(site, cloned):

@@ -17,6 +17,7 @@ from bake.manifest import managed, scan_tree
 from deploy import inventory, payload
 from deploy.images import Image
 from deploy.inject import WriteFile, baseline_of
+from deploy.state import new_state
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,7 +76,8 @@ def test_the_clones_injected_baseline_is_read_back_by_agentd(tmp_path):
 
 def test_the_clones_identity_is_what_agentd_reads(tmp_path):
     inv = inventory.load()
-    identity = payload.identity(inv, inv.agent("athena"), Image("v7", Path("/x.qcow2"), None, None))
+    state = new_state("athena", Path("/data.qcow2"))
+    identity = payload.identity(inv, inv.agent("athena"), Image("v7", Path("/x.qcow2"), None, None), state)
     etc = tmp_path / vm_files.ETC.lstrip("/")
     etc.mkdir(parents=True)
     (etc / "image.json").write_text(json.dumps({"version": "v7"}))
