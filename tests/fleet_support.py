@@ -19,6 +19,8 @@ from typing import Iterator, Optional
 
 import yaml
 
+from host.progress import descendants
+
 REPO = Path(__file__).resolve().parent.parent
 SSHD = "/usr/sbin/sshd"
 PYTHON = sys.executable
@@ -78,20 +80,6 @@ class SimHost:
         return {"ssh": {"to": f"root@{self.address}", "port": self.port, "agentfleet": str(REPO), "python": python},
                 "uri": uri, "storage_dir": str(self.storage), "state_dir": str(self.state), "ram_gb": 64,
                 "disk_gb": 100}
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def free_port(address: str) -> int:
