@@ -124,3 +124,15 @@ def test_a_host_without_the_space_is_named_and_nothing_is_sent_there(lab, tmp_pa
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_a_stream_without_progress_is_cut_and_one_with_progress_is_not():
+    from deploy.fleet.push import StallWatch
+    stalled, alive = [], []
+    cut = StallWatch(0.3, lambda: stalled.append(time.monotonic()))
+    kept = StallWatch(0.3, lambda: alive.append(time.monotonic()))
+    for _ in range(8):
+        kept.progress()
+        time.sleep(0.1)
+    cut.stop(), kept.stop()
+    assert len(stalled) == 1 and alive == []
