@@ -136,3 +136,16 @@ def test_a_stream_without_progress_is_cut_and_one_with_progress_is_not():
         time.sleep(0.1)
     cut.stop(), kept.stop()
     assert len(stalled) == 1 and alive == []
+
+
+def test_a_second_push_writing_the_same_part_at_once_is_refused(tmp_path):
+    import fcntl
+    part = tmp_path / ".agent-v9.qcow2.part"
+    with open(part, "ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        proc = subprocess.run([PYTHON, "-S", "-m", "deploy.fleet.hostside", "push-receive", "--images", str(tmp_path),
+                               "--name", "agent-v9.qcow2", "--offset", "0", "--size", "3"], cwd=REPO, input=b"abc",
+                              capture_output=True)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == ".agent-v9.qcow2.part: another push is writing it right now"
+    assert part.read_bytes() == b""
