@@ -124,3 +124,28 @@ def test_a_host_without_the_space_is_named_and_nothing_is_sent_there(lab, tmp_pa
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_a_stream_without_progress_is_cut_and_one_with_progress_is_not():
+    from deploy.fleet.push import StallWatch
+    stalled, alive = [], []
+    cut = StallWatch(0.3, lambda: stalled.append(time.monotonic()))
+    kept = StallWatch(0.3, lambda: alive.append(time.monotonic()))
+    for _ in range(8):
+        kept.progress()
+        time.sleep(0.1)
+    cut.stop(), kept.stop()
+    assert len(stalled) == 1 and alive == []
+
+
+def test_a_second_push_writing_the_same_part_at_once_is_refused(tmp_path):
+    import fcntl
+    part = tmp_path / ".agent-v9.qcow2.part"
+    with open(part, "ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        proc = subprocess.run([PYTHON, "-S", "-m", "deploy.fleet.hostside", "push-receive", "--images", str(tmp_path),
+                               "--name", "agent-v9.qcow2", "--offset", "0", "--size", "3"], cwd=REPO, input=b"abc",
+                              capture_output=True)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == ".agent-v9.qcow2.part: another push is writing it right now"
+    assert part.read_bytes() == b""

@@ -176,6 +176,7 @@ def push_receive(args) -> dict:
     hashing = _Hasher(digest)
     received = 0
     with open(part, "ab") as f:
+        _lock(f, part)
         if f.tell() < args.offset:
             raise HostStepError(f"{part.name} has {f.tell()} bytes, the sender resumes at {args.offset}")
         f.truncate(args.offset)
@@ -208,6 +209,15 @@ def push_receive(args) -> dict:
     if args.sha256:
         os.replace(part, _verified(images, name))
     return {"received": received, "size": size}
+
+
+def _lock(f, part: Path) -> None:
+    """Two pushes appending to one part would interleave their bytes: the second one is refused."""
+    import fcntl
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise HostStepError(f"{part.name}: another push is writing it right now") from None
 
 
 def _big_pipe(stream):

@@ -22,7 +22,7 @@ from deploy.fleet.ssh import SSH_FAILED, Ssh, check_remote, each_host, explain, 
 from deploy.images import find_image
 from deploy.inventory import Host, Inventory
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 FREE_MARGIN = 1 << 30          # leave a GiB on the host's disk beyond the image
 
 
@@ -139,19 +139,16 @@ def _stream(ssh: Ssh, host: Host, f: SourceFile, offset: int, images: str, tick:
     drain.start()
     sent = 0
     started = time.monotonic()
-    watchdog = threading.Timer(stall_s, lambda: kill_group(proc))   # a stalled link never hangs the push
+    watchdog = StallWatch(stall_s, lambda: kill_group(proc))      # a stalled link never hangs the push
     try:
         with open(f.path, "rb") as data:
             data.seek(offset)
-            watchdog.start()
             try:
                 while chunk := data.read(CHUNK):
                     proc.stdin.write(chunk)
                     sent += len(chunk)
                     tick(sent)
-                    watchdog.cancel()
-                    watchdog = threading.Timer(stall_s, lambda: kill_group(proc))
-                    watchdog.start()
+                    watchdog.progress()
                     if limit_bps:
                         ahead = sent / limit_bps - (time.monotonic() - started)
                         if ahead > 0:
@@ -167,7 +164,7 @@ def _stream(ssh: Ssh, host: Host, f: SourceFile, offset: int, images: str, tick:
         proc.wait()
         raise
     finally:
-        watchdog.cancel()
+        watchdog.stop()
     text = b"".join(errors).decode(errors="replace")
     if proc.returncode == SSH_FAILED:
         raise SshFailed(explain(host, text, ssh.config.known_hosts))
@@ -175,6 +172,30 @@ def _stream(ssh: Ssh, host: Host, f: SourceFile, offset: int, images: str, tick:
         tail = text.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         raise FleetError(f"{host.name}: push of {f.name} failed: {tail[0]}")
     return sent
+
+
+class StallWatch:
+    """Calls on_stall when progress() was not called for stall_s seconds: one thread per stream, not a timer per
+    chunk."""
+
+    def __init__(self, stall_s: float, on_stall: Callable[[], None]):
+        self.stall_s, self.on_stall = stall_s, on_stall
+        self.last = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self.done.wait(min(5.0, self.stall_s)):
+            if time.monotonic() - self.last > self.stall_s:
+                self.on_stall()
+                return
+
+    def stop(self) -> None:
+        self.done.set()
 
 
 def render(version: str, results: Sequence[HostPush]) -> str:
