@@ -120,3 +120,15 @@ def test_an_unknown_agent_or_an_unreachable_host_is_one_line_each(lab):
     assert len(errors) == 2 and errors[0].startswith("c1: clone.py failed: fa: ")   # c1 answered for itself
     assert errors[1].startswith("c2: unreachable at root@")
     assert proc.stderr.splitlines() == [f"fleet: {e}" for e in errors]
+
+
+def test_update_and_rollback_reach_each_hosts_clone_with_their_options(lab):
+    """--update carries the secrets like a clone and the host refuses an agent with no VM yet; --rollback
+    --restore-data reaches the host's clone.py (which refuses: nothing to roll back to)."""
+    with ProcessWatch(CANARY.encode()) as watch:
+        proc = fleet(lab, "update", "fa", "fb")
+    assert proc.returncode == 2, proc.stderr
+    assert "fa: no VM to update (clone it first)" in proc.stderr and "fb: no VM to update" in proc.stderr
+    assert watch.seen == [] and CANARY not in proc.stdout + proc.stderr
+    proc = fleet(lab, "rollback", "fa", "--restore-data")
+    assert proc.returncode == 2 and "fa: nothing to roll back to" in proc.stderr, proc.stderr

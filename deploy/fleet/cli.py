@@ -63,6 +63,7 @@ def _add_late_commands(sub, common) -> None:
     s.add_argument("--limit-mbps", type=float, default=0, help="cap each host's stream (MB/s; default none)")
     for name, what in (("clone", "clone (or start) agents"),
                        ("replace", "upgrade agents to --image, roll back if unhealthy"),
+                       ("update", "re-inject today's config and secrets into running agents (a short stop)"),
                        ("rollback", "go back to the previous image"), ("destroy", "remove agents' VMs")):
         s = sub.add_parser(name, parents=[common], help=what)
         s.add_argument("agents", nargs="+", metavar="AGENT")
@@ -75,6 +76,9 @@ def _add_late_commands(sub, common) -> None:
             s.add_argument("--unhealthy-grace", type=float, metavar="S", help="clone.py's (unhealthy reports allowed)")
         if name == "destroy":
             s.add_argument("--purge-data", action="store_true", help="delete the data disks too")
+        if name == "rollback":
+            s.add_argument("--restore-data", action="store_true",
+                           help="also put /home/agent back as it was before the upgrade (shows the snapshot's age)")
     from deploy import rollout
     s = sub.add_parser("rollout", parents=[common], help="upgrade every agent: canary, then waves gated on health")
     rollout.add_arguments(s, with_json=False)
@@ -164,5 +168,5 @@ def cmd_setup(args, inv: Inventory, ssh: Ssh) -> int:
 
 
 COMMANDS = {"trust": cmd_trust, "doctor": cmd_doctor, "status": cmd_status, "push": cmd_push,
-            "clone": cmd_remote_clone, "replace": cmd_remote_clone, "rollback": cmd_remote_clone,
-            "destroy": cmd_remote_clone, "rollout": cmd_rollout, "setup": cmd_setup}
+            "clone": cmd_remote_clone, "replace": cmd_remote_clone, "update": cmd_remote_clone,
+            "rollback": cmd_remote_clone, "destroy": cmd_remote_clone, "rollout": cmd_rollout, "setup": cmd_setup}

@@ -20,8 +20,9 @@ from deploy.fleet.ssh import Ssh, check_remote, each_host, remote_python
 from deploy.inventory import Agent, Host, Inventory
 from deploy.secrets import AgentSecrets, load_secrets
 
-MODES = {"clone": [], "replace": ["--replace"], "rollback": ["--rollback"], "destroy": ["--destroy"]}
-NEEDS_SECRETS = ("clone", "replace")
+MODES = {"clone": [], "replace": ["--replace"], "update": ["--update"], "rollback": ["--rollback"],
+         "destroy": ["--destroy"]}
+NEEDS_SECRETS = ("clone", "replace", "update")
 
 
 @dataclass
@@ -82,6 +83,8 @@ def run_host(ssh: Ssh, inv: Inventory, host: Host, names: list[str], mode: str, 
         clone_args += ["--image", args.image]
     if getattr(args, "purge_data", False):
         clone_args.append("--purge-data")
+    if getattr(args, "restore_data", False):
+        clone_args.append("--restore-data")
     for option in ("stop_timeout", "health_timeout", "unhealthy_grace"):
         if getattr(args, option, None) is not None:
             clone_args += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
