@@ -269,7 +269,10 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                 assert ssh(agent, "hostname") == agent
                 assert len(ssh(agent, "cat /etc/machine-id")) == 32
                 assert ssh(agent, "findmnt -n -o TARGET /home/agent") == "/home/agent"
-                assert "login:" in (work / "state" / agent / "console.log").read_text(errors="replace")
+                # the serial getty and the first healthy report are independent: the prompt may come later
+                console = work / "state" / agent / "console.log"
+                wait_for(f"{agent}'s login prompt on its serial console",
+                         lambda console=console: "login:" in console.read_text(errors="replace"), 300)
                 assert ssh(agent, "stat -c '%a %U' ~/.openclaw/.env") == "600 agent"
                 assert ssh(agent, "systemctl show -p User --value openclaw-gateway") == "agent"
                 assert ssh(agent, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18789/") == "200"
