@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import yaml
 
 from deploy.fleet.errors import FleetError
-from deploy.fleet.ssh import Ssh, check_remote, each_host, remote_python
+from deploy.fleet.ssh import Completed, Ssh, check_remote, each_host, remote_python
 from deploy.inventory import Agent, Host, Inventory
 from deploy.secrets import AgentSecrets, load_secrets
 
@@ -76,6 +76,13 @@ def stdin_for(inv: Inventory, host: Host, secrets: Optional[dict[str, AgentSecre
     return line + (secrets_yaml(inv, secrets, names) if secrets else b"")
 
 
+def call_clone(ssh: Ssh, inv: Inventory, host: Host, names: Sequence[str], clone_args: list[str],
+               secrets: Optional[dict[str, AgentSecrets]], timeout: float) -> Completed:
+    """One `clone.py` on `host` (placement strict), the host's inventory and the agents' secrets on its stdin."""
+    return ssh.run(host, remote_python(host, clone_args, env={"AGENTFLEET_PLACEMENT": "required"}),
+                   stdin=stdin_for(inv, host, secrets, names), timeout=timeout)
+
+
 def run_host(ssh: Ssh, inv: Inventory, host: Host, names: list[str], mode: str, args,
              secrets: Optional[dict[str, AgentSecrets]]) -> HostRun:
     clone_args = ["deploy/clone.py", "--inventory", "-", *MODES[mode], *names]
@@ -89,8 +96,7 @@ def run_host(ssh: Ssh, inv: Inventory, host: Host, names: list[str], mode: str, 
         if getattr(args, option, None) is not None:
             clone_args += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     clone_args += ["--dry-run"] if args.dry_run else ["--json"]
-    done = ssh.run(host, remote_python(host, clone_args, env={"AGENTFLEET_PLACEMENT": "required"}),
-                   stdin=stdin_for(inv, host, secrets, names), timeout=args.timeout)
+    done = call_clone(ssh, inv, host, names, clone_args, secrets, args.timeout)
     run = HostRun(host.name, names, rc=done.rc)
     if done.rc not in (0, 3):
         check_remote(done, host, "clone.py")     # one line: agentfleet missing, or clone.py's own

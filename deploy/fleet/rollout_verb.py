@@ -9,8 +9,8 @@ from typing import Optional
 from deploy import rollout
 from deploy.fleet import push as push_mod
 from deploy.fleet.errors import FleetError
-from deploy.fleet.remote_clone import stdin_for
-from deploy.fleet.ssh import Ssh, remote_python
+from deploy.fleet.remote_clone import call_clone
+from deploy.fleet.ssh import Ssh
 from deploy.inventory import Inventory
 from deploy.secrets import AgentSecrets, load_secrets
 
@@ -31,13 +31,10 @@ class FleetSideEffects:
         return self._secrets
 
     def _clone(self, host: str, agents: list[str], mode_args: list[str]) -> dict[str, rollout.ReplaceOutcome]:
-        target = self.inv.hosts[host]
         argv = ["deploy/clone.py", "--inventory", "-", *mode_args, "--json", *agents]
-        needs_secrets = "--replace" in mode_args
-        stdin = stdin_for(self.inv, target, self.secrets() if needs_secrets else None, agents)
+        secrets = self.secrets() if "--replace" in mode_args else None
         try:
-            done = self.ssh.run(target, remote_python(target, argv, env={"AGENTFLEET_PLACEMENT": "required"}),
-                                stdin=stdin, timeout=CLONE_TIMEOUT_S)
+            done = call_clone(self.ssh, self.inv, self.inv.hosts[host], agents, argv, secrets, CLONE_TIMEOUT_S)
         except FleetError as e:  # unreachable host, no answer in time: every agent asked is an error
             return rollout.outcomes_from_clone(agents, 255, "", str(e))
         return rollout.outcomes_from_clone(agents, done.rc, done.stdout.decode(errors="replace"), done.stderr)
