@@ -146,6 +146,14 @@ def write_overlay(path: Path, *, work: Path, images_dir: Path, secrets_file: Pat
     return path
 
 
+def load_inventory_with(tmp_path: Path, overlay: dict):
+    """The default inventory (deploy/fleet.yaml) with `overlay` merged over it, as an operator's overlay file."""
+    from deploy import inventory
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return inventory.load(inventory.DEFAULT_INVENTORY, [path])
+
+
 def write_secrets(path: Path, agents, canary: str = "") -> Path:
     data = {"shared": {"collector_secret": "collector-secret-for-tests", "anthropic_api_key": "sk-ant-test",
                        "openai_api_key": "sk-openai-test", "google_api_key": "google-test"},

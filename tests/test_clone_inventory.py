@@ -1,19 +1,13 @@
 """The inventory, its validation and the capacity view (fast: pure parsing)."""
-from pathlib import Path
 
 import pytest
 import yaml
 
 from deploy import inventory, plan
 from deploy.errors import CloneError
+from tests.clone_support import load_inventory_with
 
 FLEET = inventory.DEFAULT_INVENTORY
-
-
-def _load_with(tmp_path: Path, overlay: dict):
-    path = tmp_path / "overlay.yaml"
-    path.write_text(yaml.safe_dump(overlay))
-    return inventory.load(FLEET, [path])
 
 
 def test_default_inventory_is_the_seeds_fleet():
@@ -53,7 +47,7 @@ def test_capacity_view_matches_the_seeds_tables():
 ])
 def test_bad_inventory_names_the_entry_at_fault(tmp_path, overlay, message):
     with pytest.raises(CloneError) as err:
-        _load_with(tmp_path, overlay)
+        load_inventory_with(tmp_path, overlay)
     assert message in str(err.value)
 
 
@@ -103,7 +97,7 @@ def test_duplicate_agent_name_is_refused_not_silently_merged(tmp_path):
 
 
 def test_overlay_merges_mappings_and_replaces_scalars(tmp_path):
-    inv = _load_with(tmp_path, {"network": {"mode": "user", "ssh_port_base": 3000},
+    inv = load_inventory_with(tmp_path, {"network": {"mode": "user", "ssh_port_base": 3000},
                                 "services": {"collector_url": "http://10.0.2.100:9000"},
                                 "agents": {"athena": {"ram_gb": 2}}})
     athena = inv.agent("athena")

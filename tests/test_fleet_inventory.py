@@ -11,14 +11,9 @@ import yaml
 from deploy import clone, inventory, placement
 from deploy.errors import CloneError
 from deploy.inventory import SshTarget
+from tests.clone_support import load_inventory_with
 
 FLEET = inventory.DEFAULT_INVENTORY
-
-
-def _load_with(tmp_path: Path, overlay: dict):
-    path = tmp_path / "overlay.yaml"
-    path.write_text(yaml.safe_dump(overlay))
-    return inventory.load(FLEET, [path])
 
 
 def test_default_inventory_knows_the_seeds_hypervisor_addresses():
@@ -33,7 +28,7 @@ def test_default_inventory_knows_the_seeds_hypervisor_addresses():
 
 
 def test_ssh_mapping_form_sets_port_checkout_and_python(tmp_path):
-    inv = _load_with(tmp_path, {"hosts": {"r420": {"ssh": {"to": "admin@127.0.0.5", "port": 2222,
+    inv = load_inventory_with(tmp_path, {"hosts": {"r420": {"ssh": {"to": "admin@127.0.0.5", "port": 2222,
                                                            "agentfleet": "/srv/af", "python": "/usr/bin/python3"},
                                                    "images_dir": "/srv/images"}}})
     assert inv.hosts["r420"].ssh == SshTarget("admin", "127.0.0.5", 2222, "/srv/af", "/usr/bin/python3")
@@ -53,7 +48,7 @@ def test_ssh_mapping_form_sets_port_checkout_and_python(tmp_path):
 ])
 def test_inventory_refuses_bad_ssh_and_address_entries_naming_them(tmp_path, overlay, message):
     with pytest.raises(CloneError, match="inventory") as err:
-        _load_with(tmp_path, overlay)
+        load_inventory_with(tmp_path, overlay)
     assert message in str(err.value)
 
 
