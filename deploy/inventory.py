@@ -14,12 +14,12 @@ from urllib.parse import urlparse
 
 import yaml
 
+from agentd.protocol import AGENT_NAME, AGENT_NAME_RULE, valid_agent_name
 from deploy.errors import CloneError
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parent / "fleet.yaml"
-# Names and key lines are checked with fullmatch, never match: "$" also matches before a trailing newline, so
-# "athena\n" would pass, and a newline inside an admin key would add a line of its own to authorized_keys.
-AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")  # same rule as agentd.protocol.AGENT_NAME
+# Key lines are checked with fullmatch, never match: "$" also matches before a trailing newline, so a newline
+# inside an admin key would add a line of its own to authorized_keys. Agent names: agentd.protocol's one rule.
 SSH_PUBLIC_KEY = re.compile(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\r\n]*)?")  # type, base64, optional comment: one line
 NETWORK_MODES = ("bridge", "user")
 SECRET_SOURCES = ("file", "env", "command", "stdin")  # stdin: the fleet tool sends them over SSH (docs/fleet.md)
@@ -299,8 +299,8 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     seen_ports: dict[int, str] = {}
     for index, (name, a) in enumerate((need(data, "agents", "inventory", dict, {}) or {}).items()):
         where = f"agents.{name}"
-        if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
-            problems.append(f"{where}: name must match {AGENT_NAME.pattern}")
+        if not valid_agent_name(name):
+            problems.append(f"{where}: name must match {AGENT_NAME.pattern} ({AGENT_NAME_RULE})")
         agent = Agent(name=str(name), host=need(a, "host", where) or "", vcpu=need(a, "vcpu", where, int) or 1,
                       ram_gb=need(a, "ram_gb", where, (int, float)) or 0,
                       disk_gb=need(a, "disk_gb", where, (int, float)) or 0,
