@@ -15,15 +15,11 @@ from typing import Iterable, Optional
 
 from deploy.errors import CloneError
 from deploy.inventory import Inventory
+from host.identity import host_file
 
 log = logging.getLogger(__name__)
 
-HOST_FILE = Path("/etc/agentfleet/host")
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-def host_file() -> Path:
-    return Path(os.environ.get("AGENTFLEET_HOST_FILE") or HOST_FILE)
 
 
 def this_host(path: Optional[Path] = None) -> Optional[str]:

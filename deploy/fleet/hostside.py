@@ -39,6 +39,8 @@ def code_version(root: Path) -> str:
 
 
 def host_file() -> Path:
+    """host.identity.host_file(), repeated on purpose: `fleet setup` runs this file alone on a host that has no
+    agentfleet checkout yet, so it imports nothing of ours."""
     return Path(os.environ.get("AGENTFLEET_HOST_FILE") or HOST_FILE)
 
 
