@@ -27,7 +27,7 @@ DEFAULT_CONFIG = AGENTD_YAML
 
 _FLOATS = {f.name for f in dataclasses.fields(Config) if f.type in ("float",)}
 _INTS = {"spool_max"}
-_TUPLES = {"watched_paths", "drift_ignore"}
+_TUPLES = {"watched_paths", "drift_ignore", "services"}
 
 
 def parse_config(data: Any, where: str = "agentd.yaml") -> Config:

@@ -148,6 +148,9 @@ class Config:
     spool_max: int = 10000
     mattermost_url: str = ""
     openclaw_url: str = "http://127.0.0.1:18789"
+    # what the image runs (its manifest's `services`): OpenClaw's checks only where OpenClaw is baked in, so an
+    # image without it (the small test image) is healthy on the same terms; configs from before default to both
+    services: Tuple[str, ...] = ("agentd", "openclaw")
     thresholds: Dict[str, Threshold] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     # keys added by agentd (documented in docs/contracts.md), all optional
     state_dir: str = "/var/lib/agentd"               # holds the sequence counter
@@ -196,4 +199,4 @@ class Config:
 
 # What the clone writes into agentd.yaml (docs/contracts.md's first block); the other keys keep agentd's defaults.
 CLONE_WRITTEN = ("agent", "collector_url", "token_file", "interval_s", "scan_interval_s", "watched_paths", "spool_dir",
-                 "spool_max", "mattermost_url", "openclaw_url", "thresholds")
+                 "spool_max", "mattermost_url", "openclaw_url", "services", "thresholds")

@@ -101,19 +101,22 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for artifact, rel in ((spec.node, "node/node.tgz"), (spec.npm, "npm/npm.tgz")):
+        if artifact is None:
+            continue
         (staging / rel).parent.mkdir()
         _link_or_copy(download(artifact, downloads, log), staging / rel)
     for artifact in spec.upstream:
         target = staging / "upstream" / artifact.name / Path(artifact.url).name
         target.parent.mkdir(parents=True)
         _link_or_copy(download(artifact, downloads, log), target)
-    oc = staging / "openclaw"
-    oc.mkdir()
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy2(spec.openclaw_dir / name, oc / name)
-    shutil.copytree(npm_cache, oc / "npm-cache", copy_function=_link_or_copy)
-    shutil.copytree(plugin_cache, oc / "plugin-cache", copy_function=_link_or_copy,
-                    ignore=shutil.ignore_patterns(".verified-*", "_logs"))
+    if spec.openclaw:
+        oc = staging / "openclaw"
+        oc.mkdir()
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(spec.openclaw_dir / name, oc / name)
+        shutil.copytree(npm_cache, oc / "npm-cache", copy_function=_link_or_copy)
+        shutil.copytree(plugin_cache, oc / "plugin-cache", copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".verified-*", "_logs"))
     unit = AGENTD_SOURCE / "systemd" / "agentd.service"
     if not unit.exists():
         raise BakeError(f"agentd: {unit} missing; the image needs agentd's unit")
@@ -125,11 +128,11 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
     env = {
         "AGENTFLEET_IMAGE_NAME": spec.name,
         "AGENTFLEET_IMAGE_VERSION": version,
-        "AGENTFLEET_NODE_VERSION": spec.node.version,
-        "AGENTFLEET_NPM_VERSION": spec.npm.version,
-        "AGENTFLEET_OPENCLAW_VERSION": spec.openclaw.version,
-        "AGENTFLEET_OPENCLAW_ALLOW_SCRIPTS": " ".join(spec.openclaw.allow_scripts),
-        "AGENTFLEET_OPENCLAW_PLUGINS": " ".join(spec.openclaw.plugin_specs),
+        "AGENTFLEET_NODE_VERSION": spec.node.version if spec.node else "",
+        "AGENTFLEET_NPM_VERSION": spec.npm.version if spec.npm else "",
+        "AGENTFLEET_OPENCLAW_VERSION": spec.openclaw.version if spec.openclaw else "",
+        "AGENTFLEET_OPENCLAW_ALLOW_SCRIPTS": " ".join(spec.openclaw.allow_scripts) if spec.openclaw else "",
+        "AGENTFLEET_OPENCLAW_PLUGINS": " ".join(spec.openclaw.plugin_specs) if spec.openclaw else "",
     }
     (staging / "image.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
 

@@ -107,12 +107,13 @@ def parse_package_lock(text: str) -> dict[str, str]:
 
 
 def image_json(name: str, version: str, inputs: dict[str, str], base_key: str, scanned: dict,
-               pins: dict[str, str]) -> dict:
+               pins: dict[str, str], services: tuple[str, ...]) -> dict:
     return {
         "name": name,
         "version": version,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "pins": pins,
+        "services": list(services),
         "inputs": inputs,
         "base_key": base_key,
         "packages": scanned["packages"],

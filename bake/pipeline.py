@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from bake import assemble, dib, fetch, manifest, plugin_cache, publish
 from bake.errors import BakeError, input_errors
@@ -30,11 +31,14 @@ DEADLINES_S = {"fetch": 1800, "base": 3600, "app": 2400, "unpack": 900, "filesys
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a bake keeps things; all under one build dir so `make clean` and CI caches are simple."""
+    """Where a bake keeps things; all under one build dir so `make clean` and CI caches are simple. A variant (the
+    small test image, a test's pin bump) publishes into its own images dir, so it never becomes the newest image of
+    build/images that a clone without --image would take, while sharing the caches."""
     build: Path
+    images_dir: Optional[Path] = None
 
     @property
-    def images(self) -> Path: return self.build / "images"
+    def images(self) -> Path: return self.images_dir or self.build / "images"
     @property
     def cache(self) -> Path: return self.build / "cache"
     @property
@@ -69,7 +73,8 @@ def plan(spec_path: Path) -> tuple[Spec, Inputs]:
     """The spec, its lock and their agreement are the bake's input: their errors are usage errors (exit 2)."""
     with input_errors():
         spec = load_spec(spec_path)
-        check_lock(spec, Lock.load(spec))
+        if spec.openclaw:                  # the lock pins OpenClaw's npm tree; an image without it has none
+            check_lock(spec, Lock.load(spec))
     return spec, collect(spec)
 
 
@@ -137,9 +142,10 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     version = inputs.version
     staging, generated = work / "staging", work / "elements"
     with _phase(progress, "fetch", "fetch: downloads verified, npm tree cached"):
-        npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools, log)
-        fetch.fill_npm_cache(spec, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
-        plugin_cache.fill_plugin_cache(spec, npm_cmd, layout.plugin_cache, work / "plugin-scratch", log)
+        if spec.openclaw:
+            npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools, log)
+            fetch.fill_npm_cache(spec, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
+            plugin_cache.fill_plugin_cache(spec, npm_cmd, layout.plugin_cache, work / "plugin-scratch", log)
         fetch.stage(spec, version, staging, layout.downloads, layout.npm_cache, layout.plugin_cache, log)
         dib.write_package_element(spec, generated)
     base_tar = layout.base_trees / f"{inputs.base_key}.tar"
@@ -149,8 +155,8 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         if not base_hit:
             run(dib.base_command(spec, staging, generated, layout.dib_cache, work / "base"), log=log)
             layout.base_trees.mkdir(parents=True, exist_ok=True)
-            for old in sorted(layout.base_trees.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-1]:
-                old.unlink()  # keep the newest two base trees: each is GBs
+            for old in sorted(layout.base_trees.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-2]:
+                old.unlink()  # keep the newest three base trees (the full and the small image's, one older)
             (work / "base.tar").rename(base_tar)
     with _phase(progress, "app", "app tree (diskimage-builder)"):
         run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
@@ -160,13 +166,12 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         tree_size = tree.stat().st_size
         assemble.unpack(tree, root, log)
         tree.unlink()
-        if not (root / manifest.SCHEMA_FILE).exists():
-            raise BakeError(f"manifest: the tree has no /{manifest.SCHEMA_FILE} (openclaw element)")
-        shutil.copy2(root / manifest.SCHEMA_FILE, schema)
-        pins = {"node": spec.node.version, "npm": spec.npm.version, "openclaw": spec.openclaw.version,
-                **dict(spec.openclaw.plugins)}
+        if spec.openclaw:
+            if not (root / manifest.SCHEMA_FILE).exists():
+                raise BakeError(f"manifest: the tree has no /{manifest.SCHEMA_FILE} (openclaw element)")
+            shutil.copy2(root / manifest.SCHEMA_FILE, schema)
         image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key,
-                                         manifest.scan_tree(root), pins)
+                                         manifest.scan_tree(root), spec.pins, spec.services)
         assemble.finish_tree(root, image_json)
     raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
     with _phase(progress, "filesystem", "filesystem: MBR + ext4 from the tree (mke2fs -d)"):
@@ -178,13 +183,13 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         assemble.compress(raw, qcow2, log)
         raw.unlink()
     with _phase(progress, "verify", "verify offline (libguestfs)"):
-        problems = verify_image(qcow2, spec.node.version, spec.openclaw.version, work, log,
-                                    plugins=spec.openclaw.plugin_specs)
+        problems = verify_image(qcow2, spec.pins, work, log)
         if problems:
             raise BakeError("verify: refusing to publish: " + "; ".join(problems))
     with _phase(progress, "publish", "publish"):
         image_json["tree_size"] = tree_size
-        image = publish.publish(layout.images, spec.name, version, qcow2, image_json, schema, progress.log_path)
+        image = publish.publish(layout.images, spec.name, version, qcow2, image_json,
+                                schema if spec.openclaw else None, progress.log_path)
     progress.say(f"published {image.qcow2} ({image.qcow2.stat().st_size / 1e6:.0f} MB, tree {tree_size / 1e6:.0f} MB)")
     return image, base_hit
 

@@ -41,6 +41,8 @@ class Manifest:
     packages: dict[str, dict] = field(default_factory=dict)  # dpkg / npm: name -> version
     baseline: dict[str, dict] = field(default_factory=dict)  # in-VM path -> agentd.vm_files.FileState.to_json()
     openclaw_schema: str = ""                                # file name of the exported schema, beside the qcow2
+    # what the image runs for agentd to check (bake/spec.py); manifests from before the small image carry both
+    services: tuple[str, ...] = ("agentd", "openclaw")
     tree_size: int = 0                                       # bytes of the root tree before it became a disk
 
     def to_json(self) -> dict[str, Any]:
@@ -54,7 +56,10 @@ class Manifest:
             image_file = ImageFile(str(qcow2.get("file") or f"{data['name']}-{data['version']}.qcow2"),
                                    int(qcow2["size"]), str(qcow2["sha256"]))
             known = {f for f in cls.__dataclass_fields__} - {"qcow2"}
-            manifest = cls(qcow2=image_file, **{k: v for k, v in data.items() if k in known})
+            fields = {k: v for k, v in data.items() if k in known}
+            if "services" in fields:
+                fields["services"] = tuple(str(s) for s in fields["services"])
+            manifest = cls(qcow2=image_file, **fields)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BakeError(f"{where}: malformed image manifest ({type(e).__name__}: {e})") from None
         if not manifest.version or not manifest.name:

@@ -15,6 +15,9 @@ VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 PLUGIN = re.compile(r"^@openclaw/[a-z0-9][a-z0-9._-]*$")  # official plugins only: the ones OpenClaw trusts
 UPSTREAM = ("dart", "starship")  # optional artifacts from upstream sites, off unless url+sha256 are given
+# What an image can run for agentd to check (the manifest's `services`, docs/contracts.md): agentd always; OpenClaw's
+# gateway when the spec bakes it in. The small test image carries agentd alone, so its health means the same thing.
+AGENTD, OPENCLAW = "agentd", "openclaw"
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,9 @@ class Spec:
     base: Base
     disk: Disk
     stages: tuple[Stage, ...]
-    node: Artifact
-    npm: Artifact
-    openclaw: OpenClaw
+    node: Optional[Artifact]          # Node and npm: pinned together, needed by OpenClaw
+    npm: Optional[Artifact]
+    openclaw: Optional[OpenClaw]      # None: an image without OpenClaw (the small test image)
     upstream: tuple[Artifact, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +94,18 @@ class Spec:
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return (AGENTD, OPENCLAW) if self.openclaw else (AGENTD,)
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Name -> version of every pinned artifact the image carries (the manifest's `pins`)."""
+        pins = {a.name: a.version for a in (self.node, self.npm) if a}
+        if self.openclaw:
+            pins |= {"openclaw": self.openclaw.version, **dict(self.openclaw.plugins)}
+        return pins
 
 
 def load_spec(path: Path) -> Spec:
@@ -134,15 +149,21 @@ def _parse(path: Path, data: Any) -> Spec:
         raise _EntryError("stages", "needs exactly the stages 'base' and 'app'")
     stages = tuple(_stage(name, stages_raw[name]) for name in ("base", "app"))
     arts = _mapping(top.get("artifacts"), "artifacts", {"node", "npm", "openclaw", *UPSTREAM})
-    oc = _mapping(arts.get("openclaw"), "artifacts.openclaw", {"version", "allow_scripts", "plugins"})
-    allow = oc.get("allow_scripts", [])
-    if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
-        raise _EntryError("artifacts.openclaw.allow_scripts", "must be a list of package names")
-    plugins = oc.get("plugins", {}) or {}
-    if not isinstance(plugins, dict) or not all(isinstance(n, str) and PLUGIN.match(n) for n in plugins):
-        raise _EntryError("artifacts.openclaw.plugins", "must map npm package names (@openclaw/...) to versions")
-    plugin_pins = tuple(sorted((name, _match(plugins, name, VERSION, f"artifacts.openclaw.plugins.{name}"))
-                               for name in plugins))
+    node = _artifact("node", _mapping(arts["node"], "artifacts.node", {"version", "url", "sha256"})) \
+        if "node" in arts else None
+    npm = _artifact("npm", _mapping(arts["npm"], "artifacts.npm", {"version", "url", "sha256"})) \
+        if "npm" in arts else None
+    if (node is None) != (npm is None):
+        raise _EntryError("artifacts.npm" if node else "artifacts.node", "node and npm are pinned together")
+    openclaw = _openclaw(arts["openclaw"]) if "openclaw" in arts else None
+    if openclaw and not node:
+        raise _EntryError("artifacts.openclaw", "needs artifacts.node and artifacts.npm (OpenClaw runs on Node)")
+    app = stages[1].elements
+    for element, needs, present in (("openclaw", "artifacts.openclaw", openclaw), ("nodejs", "artifacts.node", node)):
+        if (element in app) != bool(present):
+            raise _EntryError(needs if element in app else "stages.app.elements",
+                              f"missing: stages.app.elements has '{element}'" if element in app
+                              else f"'{element}' missing, though {needs} is pinned")
     upstream = []
     for name in UPSTREAM:
         raw = arts.get(name) or {"enabled": False}
@@ -162,12 +183,25 @@ def _parse(path: Path, data: Any) -> Spec:
                   _str(base, "base.kernel")),
         disk=Disk(size, "ext4"),
         stages=stages,
-        node=_artifact("node", _mapping(arts.get("node"), "artifacts.node", {"version", "url", "sha256"})),
-        npm=_artifact("npm", _mapping(arts.get("npm"), "artifacts.npm", {"version", "url", "sha256"})),
-        openclaw=OpenClaw(_match(oc, "version", VERSION, "artifacts.openclaw.version"), tuple(allow), plugin_pins),
+        node=node,
+        npm=npm,
+        openclaw=openclaw,
         upstream=tuple(upstream),
         files=dict(files),
     )
+
+
+def _openclaw(raw: Any) -> OpenClaw:
+    oc = _mapping(raw, "artifacts.openclaw", {"version", "allow_scripts", "plugins"})
+    allow = oc.get("allow_scripts", [])
+    if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
+        raise _EntryError("artifacts.openclaw.allow_scripts", "must be a list of package names")
+    plugins = oc.get("plugins", {}) or {}
+    if not isinstance(plugins, dict) or not all(isinstance(n, str) and PLUGIN.match(n) for n in plugins):
+        raise _EntryError("artifacts.openclaw.plugins", "must map npm package names (@openclaw/...) to versions")
+    plugin_pins = tuple(sorted((name, _match(plugins, name, VERSION, f"artifacts.openclaw.plugins.{name}"))
+                               for name in plugins))
+    return OpenClaw(_match(oc, "version", VERSION, "artifacts.openclaw.version"), tuple(allow), plugin_pins)
 
 
 def _stage(name: str, raw: Any) -> Stage:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from agentd import vm_files
+from bake.spec import PLUGIN
 from host.appliance import Drive, appliance
 from host.run import run
 
@@ -22,8 +23,10 @@ HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.pyt
                  "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")
 
 
-def verify_image(qcow2: Path, node_version: str, openclaw_version: str, scratch: Path,
-                 log: Optional[TextIO] = None, plugins: tuple[str, ...] = ()) -> list[str]:
+def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional[TextIO] = None) -> list[str]:
+    """`pins` as the manifest records them (bake/spec.py's Spec.pins): Node, OpenClaw and its plugins are checked
+    when pinned; an image without them (the small test image) must still boot agentd and be identity-free."""
+    plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if PLUGIN.match(name))
     overlay = scratch / "verify-overlay.qcow2"
     overlay.unlink(missing_ok=True)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(qcow2.resolve()), str(overlay)], log=log)
@@ -39,7 +42,8 @@ def verify_image(qcow2: Path, node_version: str, openclaw_version: str, scratch:
             if (distro, release) != ("ubuntu", "22.04"):
                 problems.append(f"inspection says {distro} {release}, not ubuntu 22.04")
             g.mount(root, "/")
-            problems += _check_versions(g, node_version, openclaw_version)
+            if "node" in pins:
+                problems += _check_versions(g, pins["node"], pins.get("openclaw"))
             problems += _check_plugins(g, plugins)
             if not g.is_symlink(AGENTD_WANTS):
                 problems.append(f"agentd.service is not enabled ({AGENTD_WANTS} missing)")
@@ -51,7 +55,7 @@ def verify_image(qcow2: Path, node_version: str, openclaw_version: str, scratch:
     return problems
 
 
-def _check_versions(g, node_version: str, openclaw_version: str) -> list[str]:
+def _check_versions(g, node_version: str, openclaw_version: Optional[str]) -> list[str]:
     problems = []
     try:
         node = g.command(["/usr/local/bin/node", "--version"]).strip()
@@ -59,6 +63,8 @@ def _check_versions(g, node_version: str, openclaw_version: str) -> list[str]:
         return [f"node does not run: {e}"]
     if node != f"v{node_version}":
         problems.append(f"node --version is {node}, pinned v{node_version}")
+    if openclaw_version is None:
+        return problems
     # guestfsd's PATH lacks /usr/local/bin, and openclaw is a `#!/usr/bin/env node` script
     openclaw = g.command(["/bin/sh", "-c", "PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp "
                           "openclaw --version 2>&1 || echo \"(exit status $?)\""]).strip()

@@ -9,6 +9,7 @@ import yaml
 
 from agentd import vm_files
 from agentd.protocol import agent_token
+from bake.spec import OPENCLAW
 from deploy import openclaw_config
 from deploy.hostkeys import HostKey
 from deploy.images import Image
@@ -20,12 +21,14 @@ from deploy.state import AgentState
 AGENT_OWNER = "agent:agent"
 
 
-def agentd_config(inv: Inventory, agent: Agent) -> vm_files.Config:
-    """agentd's own config object: what this agent and the inventory decide; every other setting is agentd's
+def agentd_config(inv: Inventory, agent: Agent, image: Image) -> vm_files.Config:
+    """agentd's own config object: what this agent, the inventory and the image decide (the image's manifest says
+    which services it runs, so agentd checks OpenClaw only where it is baked in); every other setting is agentd's
     default (agentd/vm_files.py), never typed again here."""
     return vm_files.Config(agent=agent.name, collector_url=inv.services.collector_url,
                            mattermost_url=inv.services.mattermost_url,
-                           openclaw_url=f"http://127.0.0.1:{openclaw_config.GATEWAY_PORT}")
+                           openclaw_url=f"http://127.0.0.1:{openclaw_config.GATEWAY_PORT}",
+                           services=image.manifest.services)
 
 
 def netplan(inv: Inventory, agent: Agent, mac: str) -> dict:
@@ -60,7 +63,7 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
         WriteFile("/etc/netplan/01-agentfleet.yaml", yaml.safe_dump(netplan(inv, agent, state.mac)).encode(), 0o600),
         Mkdir(vm_files.ETC, 0o755),
         WriteFile(vm_files.IDENTITY_JSON, _json(identity(inv, agent, image, state).to_json())),
-        WriteFile(vm_files.AGENTD_YAML, yaml.safe_dump(agentd_config(inv, agent).to_yaml_data(),
+        WriteFile(vm_files.AGENTD_YAML, yaml.safe_dump(agentd_config(inv, agent, image).to_yaml_data(),
                                                        sort_keys=False).encode()),
         WriteFile(vm_files.AGENTD_TOKEN, Secret(token + "\n"), 0o600),
     ]
@@ -70,6 +73,10 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
     ops += [
         Mkdir(f"{HOME}/.ssh", 0o700, AGENT_OWNER),
         WriteFile(f"{HOME}/.ssh/authorized_keys", ("\n".join(inv.admin_keys) + "\n").encode(), 0o600, AGENT_OWNER),
+    ]
+    if OPENCLAW not in image.manifest.services:
+        return tuple(ops)                 # no OpenClaw in the image: its config and API keys have no reader there
+    ops += [
         Mkdir(f"{HOME}/.openclaw", 0o700, AGENT_OWNER),
         WriteFile(f"{HOME}/.openclaw/openclaw.json", _json(config), 0o600, AGENT_OWNER),
         WriteFile(f"{HOME}/.openclaw/.env", Secret(openclaw_config.build_env(secrets)), 0o600, AGENT_OWNER),

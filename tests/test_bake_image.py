@@ -78,7 +78,7 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
         g.write("/root/.bash_history", "ls\n")
         g.rm_rf("/opt/openclaw/plugin-cache")
         g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
-    problems = verify_image(dirty, "22.23.3", "2026.9.2", tmp_path, plugins=("@openclaw/mattermost@2026.9.2",))
+    problems = verify_image(dirty, baked_image.manifest.pins, tmp_path)
     text = "; ".join(problems)
     assert "/opt/openclaw/plugin-cache/_cacache missing" in text
     assert "openclaw-plugins.service is not enabled" in text

@@ -16,6 +16,27 @@ def test_the_committed_spec_parses_with_pins_and_stages():
     assert spec.upstream == ()  # dart and starship are off: their sites are unreachable
 
 
+def test_the_small_test_image_spec_carries_agentd_alone_and_its_pins_say_so():
+    spec = load_spec(REPO / "images" / "agent-small.yaml")
+    full = load_spec(REPO / "images" / "agent.yaml")
+    assert (spec.node, spec.npm, spec.openclaw, spec.pins) == (None, None, None, {})
+    assert spec.services == ("agentd",) and full.services == ("agentd", "openclaw")
+    assert full.pins["openclaw"] == "2026.9.2" and full.pins["@openclaw/mattermost"] == "2026.9.2"
+    assert set(spec.stage("base").elements) < set(full.stage("base").elements)
+    assert spec.stage("app").elements == ("agentd", "identity-free")
+
+
+def test_openclaw_without_node_or_its_element_is_refused(tmp_path):
+    spec = copy_images(tmp_path)
+    edit(spec, "elements: [nodejs, openclaw, agentd", "elements: [nodejs, agentd")
+    with pytest.raises(BakeError, match=r"stages.app.elements: .openclaw. missing, though artifacts.openclaw"):
+        load_spec(spec)
+    small = tmp_path / "images" / "agent-small.yaml"
+    edit(small, "elements: [agentd, identity-free]", "elements: [openclaw, agentd, identity-free]")
+    with pytest.raises(BakeError, match=r"artifacts.openclaw: missing: stages.app.elements has 'openclaw'"):
+        load_spec(small)
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     spec = copy_images(tmp_path)
     edit(spec, "release: jammy", "release: [jammy")

@@ -13,6 +13,7 @@ from agentd import vm_files
 from agentd.baseline import load_baseline
 from agentd.config import parse_config
 from agentd.filestate import FileStateReader
+from bake import publish
 from bake.manifest import managed, scan_tree
 from deploy import inventory, payload
 from deploy.images import Image
@@ -32,9 +33,17 @@ def test_vm_files_is_stdlib_only_python_310_so_it_ships_in_the_image_and_bake_an
             assert all(n.split(".")[0] in sys.stdlib_module_names for n in names), names
 
 
+def image_with(services: tuple[str, ...]) -> Image:
+    manifest = publish.Manifest("agent", "v7", publish.ImageFile("agent-v7.qcow2", 1, "0" * 64), services=services)
+    return Image("v7", Path("/x.qcow2"), manifest, None)
+
+
+FULL, SMALL = image_with(("agentd", "openclaw")), image_with(("agentd",))
+
+
 def test_the_clones_agentd_yaml_parses_into_the_config_object_the_clone_built():
     inv = inventory.load()
-    built = payload.agentd_config(inv, inv.agent("athena"))
+    built = payload.agentd_config(inv, inv.agent("athena"), FULL)
     written = yaml.safe_dump(built.to_yaml_data(), sort_keys=False)
     assert parse_config(yaml.safe_load(written)) == built
     assert list(yaml.safe_load(written)) == list(vm_files.CLONE_WRITTEN)
@@ -42,7 +51,7 @@ def test_the_clones_agentd_yaml_parses_into_the_config_object_the_clone_built():
 
 def test_the_clone_keeps_agentds_defaults_a_busy_cpu_only_warns_and_a_starved_vm_fails_on_load():
     inv = inventory.load()
-    built = payload.agentd_config(inv, inv.agent("athena"))
+    built = payload.agentd_config(inv, inv.agent("athena"), FULL)
     defaults = vm_files.Config(agent="athena", collector_url="http://c")
     assert built.thresholds == defaults.thresholds and built.watched_paths == defaults.watched_paths
     assert built.thresholds["cpu_percent"].status(100.0) == "warn"
@@ -96,3 +105,22 @@ def test_agentd_and_the_clone_ask_the_collector_for_an_agent_at_the_same_url():
     config = vm_files.Config(agent="athena", collector_url="http://10.0.2.2:8765/")
     assert config.agent_url == vm_files.agent_api_url("http://10.0.2.2:8765", "athena") \
         == "http://10.0.2.2:8765/api/v1/agents/athena"
+
+
+def test_an_image_without_openclaw_gets_no_openclaw_checks_config_or_keys_and_old_configs_keep_both():
+    from agentd.baseline import Baseline
+    from agentd.checks import CheckContext, for_services, run_checks
+    from deploy.secrets import Secret
+    inv = inventory.load()
+    built = payload.agentd_config(inv, inv.agent("athena"), SMALL)
+    parsed = parse_config(yaml.safe_load(yaml.safe_dump(built.to_yaml_data())))
+    assert parsed.services == ("agentd",)
+    assert not {"openclaw_gateway", "openclaw_ready", "openclaw_dashboard"} & set(for_services(parsed.services))
+    names = [r.name for r in run_checks(CheckContext(parsed, "/", Baseline("v7")))]
+    assert "agentd_unit" in names and not [n for n in names if n.startswith("openclaw")]
+    old = parse_config({"agent": "athena", "collector_url": "http://c"})      # written before `services` existed
+    assert "openclaw_ready" in for_services(old.services)
+    state = new_state("athena", Path("/data.qcow2"))
+    secrets = {"collector_secret": Secret("s3cret")}
+    small_ops = payload.agent_ops(inv, inv.agent("athena"), SMALL, state, secrets, [])
+    assert not [op for op in small_ops if ".openclaw" in op.path], "no OpenClaw config or API keys without OpenClaw"

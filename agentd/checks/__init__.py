@@ -48,9 +48,19 @@ def registry() -> Dict[str, Check]:
     }
 
 
+# The checks that only mean something where a service is baked in (Config.services).
+SERVICE_CHECKS = {"openclaw": ("openclaw_gateway", "openclaw_ready", "openclaw_dashboard")}
+
+
+def for_services(services) -> Dict[str, Check]:
+    """The registry minus the checks of services this image does not run."""
+    absent = {name for service, names in SERVICE_CHECKS.items() if service not in services for name in names}
+    return {name: check for name, check in registry().items() if name not in absent}
+
+
 def run_checks(ctx: CheckContext, checks: Optional[Dict[str, Check]] = None) -> List[CheckResult]:
     results = []
-    for name, check in (checks or registry()).items():
+    for name, check in (checks or for_services(ctx.config.services)).items():
         start = time.monotonic()
         try:
             outcome = check(ctx)
