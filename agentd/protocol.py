@@ -14,6 +14,10 @@ from typing import Any, Optional
 
 SCHEMA_VERSION = 1
 REPORTS_PATH = "/api/v1/reports"
+AUDIT_PATH = "/api/v1/audit"       # an operator's change to an agent's config (clone.py --update), docs/contracts.md
+MAX_AUDIT_BYTES = 64 * 1024
+MAX_AUDIT_CHANGES = 200            # lines of "what changed" per event
+MAX_AUDIT_TEXT = 200               # characters per line (and of `who`)
 MAX_REPORT_BYTES = 256 * 1024
 MAX_INT = 2**63 - 1                # seq and counts must fit a signed 64-bit SQL column
 MAX_JSON_DEPTH = 8                 # a report is 3 levels deep (report > checks > check); room to grow, not to attack
@@ -56,6 +60,52 @@ def token_matches(collector_secret: bytes, agent: str, presented: str) -> bool:
     if not isinstance(presented, str) or not presented.isascii():  # compare_digest raises on non-ASCII str
         return False
     return hmac.compare_digest(agent_token(collector_secret, agent), presented)
+
+
+def audit_token(collector_secret: bytes, agent: str) -> str:
+    """token = HMAC-SHA256(collector secret, "audit:" + agent name): what `clone.py --update` presents to record a
+    change to that agent. Derived from the secret every hypervisor already holds, and distinct from the agent's own
+    token (":" is never in an agent name), so an agent cannot write its own audit trail."""
+    return hmac.new(collector_secret, ("audit:" + agent).encode(), hashlib.sha256).hexdigest()
+
+
+def audit_token_matches(collector_secret: bytes, agent: str, presented: str) -> bool:
+    if not isinstance(presented, str) or not presented.isascii():
+        return False
+    return hmac.compare_digest(audit_token(collector_secret, agent), presented)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """Agent X's config changed at time `at`, by `who`: the names of what changed, never a value."""
+    agent: str
+    at: float                      # unix time of the change (the update's end)
+    who: str                       # "user@host" of the operator who ran it
+    changes: tuple[str, ...] = ()  # one line each, e.g. "/home/agent/.openclaw/.env: OPENAI_API_KEY changed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "at": self.at, "who": self.who, "changes": list(self.changes)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "AuditEvent":
+        """Strict parse, ValueError naming the first bad field; every text one short line (it is shown on a page)."""
+        data = _fields(data, cls, "audit event")
+        agent = data.get("agent")
+        if not valid_agent_name(agent):
+            raise ValueError("agent: must be " + AGENT_NAME_RULE)
+        changes = _list(data, "changes")
+        if len(changes) > MAX_AUDIT_CHANGES:
+            raise ValueError(f"changes: at most {MAX_AUDIT_CHANGES} lines")
+        return cls(agent=agent, at=_number(_required(data, "at"), "at"),
+                   who=_line(_required(data, "who"), "who"),
+                   changes=tuple(_line(c, f"changes[{i}]") for i, c in enumerate(changes)))
+
+
+def _line(value: Any, where: str) -> str:
+    text = _text(value, where)
+    if not text.strip() or len(text) > MAX_AUDIT_TEXT or any(ch in text for ch in "\r\n"):
+        raise ValueError(f"{where}: must be one non-empty line of at most {MAX_AUDIT_TEXT} characters")
+    return text
 
 
 @dataclass(frozen=True)

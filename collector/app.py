@@ -18,10 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from agentd.protocol import MAX_REPORT_BYTES, REPORTS_PATH, Report, token_matches, valid_agent_name
+from agentd.protocol import AUDIT_PATH, MAX_REPORT_BYTES, REPORTS_PATH, Report, token_matches, valid_agent_name
 
 from . import pages
 from .alerts import Alerts, Changes
+from .audit import AUDIT_LIMIT, AUDIT_SHOWN, AuditRejected, parse_audit
 from .batching import GroupCommitter
 from .config import CollectorConfig
 from .gaps import GapExplanation, explain_gap
@@ -115,6 +116,26 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
             log.error("alert bookkeeping for %s failed: %s", report.agent, exc)
         return JSONResponse({"status": "stored"})
 
+    @app.post(AUDIT_PATH)
+    async def post_audit(request: Request) -> Response:
+        """An operator's change to an agent's config (collector/audit.py); stored in both backends, never alerted."""
+        try:
+            record = await parse_audit(request, config.secret)
+        except AuditRejected as rejected:
+            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else {}
+            return JSONResponse({"detail": rejected.detail}, rejected.status, headers=headers)
+        stored = await store.record_audit(record)
+        if stored:
+            log.info("audit: %s changed by %s: %s", record.agent, record.who, "; ".join(record.changes) or "nothing")
+        return JSONResponse({"status": "recorded" if stored else "duplicate"})
+
+    @app.get("/api/v1/agents/{name}/audit")
+    async def get_audit(name: str, limit: int = AUDIT_LIMIT) -> Response:
+        """Newest first; an agent that never reported can still have been updated, so only a bad name is a 404."""
+        if not valid_agent_name(name):
+            return JSONResponse({"detail": f"unknown agent {name!r}"}, 404)
+        return JSONResponse([r.to_json() for r in await store.audit_events(name, max(1, min(limit, AUDIT_LIMIT)))])
+
     @app.get("/api/v1/agents")
     async def list_agents() -> list[dict]:
         return [state.to_json() for state in await store.agents()]
@@ -146,9 +167,11 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
         state = await store.agent(name) if valid_agent_name(name) else None
         if state is None:
             return HTMLResponse(pages.unknown_agent_page(name, refresh_s), 404)
-        (gap, acks), history = await asyncio.gather(_gap_facts(store, state), store.history(name, HISTORY_LIMIT))
+        (gap, acks), history, audit = await asyncio.gather(_gap_facts(store, state),
+                                                           store.history(name, HISTORY_LIMIT),
+                                                           store.audit_events(name, AUDIT_SHOWN))
         return HTMLResponse(pages.agent_page(state, history, alerts.agent_incidents(name), gap, acks,
-                                             config.stale_after_s, refresh_s))
+                                             config.stale_after_s, refresh_s, audit=audit))
 
     @app.get("/metrics")
     async def metrics() -> Response:

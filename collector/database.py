@@ -15,7 +15,16 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from agentd.protocol import Report, SpoolState
 
 from .config import CollectorError
-from .records import AgentState, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable, canonical_json
+from .records import (
+    AgentState,
+    AuditRecord,
+    GapAcknowledgement,
+    HistoryPoint,
+    Incident,
+    Ingested,
+    StoreUnavailable,
+    canonical_json,
+)
 
 LAYOUT = 2  # 1: agents.latest and reports.body held the body as received; 2: the canonical form (records.py)
 
@@ -38,6 +47,10 @@ SCHEMA = (
         agent TEXT NOT NULL, from_seq BIGINT NOT NULL, to_seq BIGINT NOT NULL, missing BIGINT NOT NULL,
         acknowledged_at DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (agent, to_seq))""",
     "CREATE TABLE IF NOT EXISTS collector_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # audit events (collector/audit.py): changes is a JSON list of lines; (agent, at, who) makes a resend a no-op
+    """CREATE TABLE IF NOT EXISTS audit_events (
+        agent TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, who TEXT NOT NULL, changes TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (agent, at, who))""",
 )
 
 AGENT_COLUMNS = ("agent, host, role, image_version, first_seen, last_seen, sent_at, last_seq, contiguous_seq, "
@@ -167,7 +180,23 @@ class Database:
                        (ack.agent, ack.from_seq, ack.to_seq, ack.missing, ack.acknowledged_at, ack.reason))
             return ack
 
+    def record_audit(self, record: AuditRecord) -> bool:
+        """Store one audit event; False when the same (agent, at, who) is already stored."""
+        with self._transaction() as tx:
+            return tx.execute("INSERT INTO audit_events (agent, at, who, changes, received_at) VALUES (?, ?, ?, ?, ?) "
+                              "ON CONFLICT DO NOTHING", (record.agent, record.at, record.who,
+                                                         json.dumps(list(record.changes)),
+                                                         record.received_at)).rowcount == 1
+
     # -- reads ---------------------------------------------------------------------------------------------------
+    def audit_events(self, name: str, limit: int = 100) -> list[AuditRecord]:
+        """The agent's most recent audit events, newest first."""
+        with self._transaction() as tx:
+            rows = tx.execute("SELECT agent, at, who, changes, received_at FROM audit_events WHERE agent = ? "
+                              "ORDER BY at DESC LIMIT ?", (name, limit)).fetchall()
+        return [AuditRecord(agent, at, who, tuple(json.loads(changes)), received_at)
+                for agent, at, who, changes, received_at in rows]
+
     def agents(self) -> list[AgentState]:
         with self._transaction() as tx:
             rows = tx.execute(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY agent").fetchall()

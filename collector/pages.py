@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from html import escape
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from .gaps import GapExplanation
-from .records import AgentState, GapAcknowledgement, HistoryPoint, Incident
+from .records import AgentState, AuditRecord, GapAcknowledgement, HistoryPoint, Incident
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -45,7 +45,7 @@ def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, o
 
 def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incident], gap: Optional[GapExplanation],
                acknowledgements: list[GapAcknowledgement], stale_after_s: float, refresh_s: int,
-               now: Optional[float] = None) -> str:
+               now: Optional[float] = None, audit: Sequence[AuditRecord] = ()) -> str:
     now = time.time() if now is None else now
     facts = [
         ("host", escape(a.host)), ("role", escape(a.role)), ("image", f"<code>{escape(a.image_version)}</code>"),
@@ -73,7 +73,7 @@ def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incid
                 for d in drift], "drift")
             if drift else '<p class="muted" id="drift">No drift from the baseline.</p>',
             f"<h2>Metric history (last {len(history)} reports)</h2>",
-            _history(history)]
+            _history(history), _audit(audit)]
     return _page(f"{a.agent} - agentfleet", refresh_s, "".join(body))
 
 
@@ -94,6 +94,15 @@ def _gap(gap: Optional[GapExplanation], acknowledgements: list[GapAcknowledgemen
             [f"{k.from_seq}..{k.to_seq}", str(k.missing), _clock(k.acknowledged_at), escape(k.reason)]
             for k in acknowledgements], "gap-acknowledgements"))
     return "".join(parts)
+
+
+def _audit(audit: Sequence[AuditRecord]) -> str:
+    """Config changes operators made (clone.py --update), newest first: what changed by name, never a value."""
+    if not audit:
+        return '<h2>Config changes</h2><p class="muted" id="audit">None recorded.</p>'
+    return f"<h2>Config changes (last {len(audit)})</h2>" + _table(["when", "who", "what changed"], [
+        [_clock(r.at), escape(r.who), "<br>".join(escape(c) for c in r.changes) or '<span class="muted">nothing</span>']
+        for r in audit], "audit")
 
 
 def _history(history: list[HistoryPoint]) -> str:

@@ -108,6 +108,20 @@ class GapAcknowledgement:
     reason: str
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """An audit event as stored (collector/audit.py): who changed which of the agent's settings when, by name only."""
+    agent: str
+    at: float              # when the change was made (the operator's clock)
+    who: str
+    changes: tuple[str, ...]
+    received_at: float     # when the collector recorded it (its clock)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "at": self.at, "who": self.who, "changes": list(self.changes),
+                "received_at": self.received_at}
+
+
 def canonical_json(report: Report) -> str:
     """The report as the collector stores it: only known fields, at most three levels deep. What `to_json()` gives,
     built from the (flat) dataclasses' own dicts: `asdict` deep-copies and cost more than validating the report."""

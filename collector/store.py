@@ -20,14 +20,14 @@ from agentd.protocol import Report
 
 from .config import CollectorError, sqlite_path
 from .database import Backend, Database
-from .records import AgentState, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable
+from .records import AgentState, AuditRecord, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable
 
 READERS = 3
 DEFAULT_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
 
-__all__ = ["Store", "StoreHealth", "StoreUnavailable", "open_store", "AgentState", "GapAcknowledgement",
+__all__ = ["Store", "StoreHealth", "StoreUnavailable", "open_store", "AgentState", "AuditRecord", "GapAcknowledgement",
            "HistoryPoint", "Incident", "Ingested"]
 
 
@@ -71,7 +71,13 @@ class Store:
     async def acknowledge_gap(self, agent: str, now: float, reason: str) -> Optional[GapAcknowledgement]:
         return await self._write(Database.acknowledge_gap, agent, now, reason)
 
+    async def record_audit(self, record: AuditRecord) -> bool:
+        return await self._write(Database.record_audit, record)
+
     # -- reads (a few threads, never behind a write) -------------------------------------------------------------
+    async def audit_events(self, name: str, limit: int = 100) -> list[AuditRecord]:
+        return await self._read(Database.audit_events, name, limit)
+
     async def agents(self) -> list[AgentState]:
         return await self._read(Database.agents)
 
