@@ -13,6 +13,7 @@ from typing import Optional
 
 from host import exit_codes
 
+from .backup import BackupPolicy, BackupScheduler
 from .config import (
     WEBHOOK_ENV,
     CollectorConfig,
@@ -25,6 +26,7 @@ from .config import (
     tunables,
 )
 from .inert import one_line
+from .restore import hold_serving_lock, restore
 
 DB_HELP = "sqlite:///PATH (default backend) or postgresql://USER@HOST/DB"
 
@@ -44,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"file (mode 0600) holding the Mattermost incoming webhook URL for alerts; or set "
                             f"${WEBHOOK_ENV} (default: alerts are only logged)")
     serve.add_argument("--webhook-url", dest="webhook_url_in_argv", help=argparse.SUPPRESS)
+    serve.add_argument("--backup-dir", type=Path,
+                       help="SQLite: back the database up online into this directory (it must exist), every "
+                            "--backup-every-s; restore with `restore` (default: no backups)")
     for setting in tunables():
-        serve.add_argument(flag(setting.name), type=float, default=setting.default,
+        serve.add_argument(flag(setting.name), type=int if isinstance(setting.default, int) else float,
+                           default=setting.default,
                            help=setting.metadata["help"] + (" (default %(default)s)" if setting.default else ""))
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -59,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     ack.add_argument("--reason", default="", help="why, kept with the acknowledgement")
     ack.add_argument("--dry-run", action="store_true", help="say what would be acknowledged; change nothing")
     ack.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    restore = sub.add_parser("restore", help="put a backup back as the database (the collector stopped)",
+                             description="Check BACKUP (PRAGMA integrity_check, the collector's tables), then make it "
+                                         "the database at --db; the replaced database is kept beside it as "
+                                         "<db>.before-restore-<time>. Refused while a collector runs on --db.")
+    restore.add_argument("backup", type=Path, help="a backup file, e.g. /var/lib/agentfleet-collector/backups/"
+                                                   "collector-<time>.db")
+    restore.add_argument("--db", required=True, help="sqlite:////ABSOLUTE/PATH of the collector's database")
+    restore.add_argument("--dry-run", action="store_true", help="check the backup and say what would happen")
+    restore.add_argument("--json", action="store_true", help="print the outcome as JSON")
     return parser
 
 
@@ -67,8 +83,13 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         raise CollectorError(f"--webhook-url is no longer accepted: any local user can read argv (ps); put the URL "
                              f"in a file (chmod 600) and pass --webhook-file FILE, or set ${WEBHOOK_ENV}")
     host, port = parse_listen(args.listen)
+    if args.backup_dir is not None:
+        if sqlite_path(args.db) is None:
+            raise CollectorError("--backup-dir: backups are of a SQLite database; back PostgreSQL up with pg_dump")
+        if not args.backup_dir.is_dir():
+            raise CollectorError(f"--backup-dir {args.backup_dir}: no such directory")
     return CollectorConfig(db_url=args.db, secret=read_secret(args.secret_file), host=host, port=port,
-                           webhook_url=read_webhook_url(args.webhook_file),
+                           webhook_url=read_webhook_url(args.webhook_file), backup_dir=args.backup_dir,
                            **{s.name: getattr(args, s.name) for s in tunables()})
 
 
@@ -78,11 +99,45 @@ def serve(config: CollectorConfig, log_level: str = "info") -> None:
     from .app import create_app
     from .store import open_store
 
+    path = sqlite_path(config.db_url)
+    if path is not None:
+        hold_serving_lock(Path(path))   # for the process's life: a restore refuses to run under us
     store = open_store(config.db_url, config.store_timeout_s)
     app = create_app(config, store)
-    # access_log off: one line per report would be the collector's main cost at fleet scale
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+    backups = None
+    if config.backup_dir is not None and path is not None:
+        backups = BackupScheduler(BackupPolicy(Path(path), config.backup_dir, config.backup_every_s,
+                                               config.backup_keep, config.store_timeout_s))
+        backups.start()
+    try:
+        # access_log off: one line per report would be the collector's main cost at fleet scale
+        uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
+                    timeout_graceful_shutdown=10)
+    finally:
+        if backups is not None:
+            backups.stop()
+
+
+def restore_verb(args: argparse.Namespace) -> int:
+    path = sqlite_path(args.db)
+    if path is None:
+        raise CollectorError("restore: --db must be sqlite:///PATH (PostgreSQL: pg_restore)")
+    done = restore(args.backup, Path(path), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(done.to_json()))
+        return exit_codes.OK
+    facts = done.backup
+    newest = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(facts.newest_report_at)) if facts.newest_report_at \
+        else "none"
+    verb = "would restore" if done.dry_run else "restored"
+    kept = f"; the database it replaces {'would be' if done.dry_run else 'is'} kept as {done.kept_previous}" \
+        if done.kept_previous else ""
+    print(f"{verb} {done.database} from {facts.path} ({facts.agents} agents, {facts.reports} reports, newest "
+          f"received {newest}){kept}")
+    if not done.dry_run:
+        print("start the collector; reports newer than the backup that agents no longer spool show as gaps "
+              "(reason not_in_this_database): `python -m collector ack-gap AGENT` accounts for them")
+    return exit_codes.OK
 
 
 def ack_gap(args: argparse.Namespace) -> int:
@@ -142,6 +197,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "ack-gap":
             return ack_gap(args)
+        if args.command == "restore":
+            return restore_verb(args)
         serve(config_from_args(args), args.log_level)
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)

@@ -36,6 +36,9 @@ class CollectorConfig:
     store_timeout_s: float = tunable(5.0, "seconds a database call may take (e.g. waiting for another process's "
                                           "write lock) before the answer is 503 with Retry-After")
     body_timeout_s: float = tunable(10.0, "seconds a client may take to send a report's body before a 408")
+    backup_dir: Optional[Path] = None     # SQLite only: online backups on a schedule (backup.py); None: none
+    backup_every_s: float = tunable(3600.0, "with --backup-dir: seconds between online backups of the database")
+    backup_keep: int = tunable(48, "with --backup-dir: how many backups to keep (the newest)")
 
     @property
     def stale_after_s(self) -> float:
