@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 from host import exit_codes
+from host.run import CommandFailed
 
+from . import install
 from .backup import BackupPolicy, BackupScheduler
 from .config import (
     WEBHOOK_ENV,
@@ -75,6 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--db", required=True, help="sqlite:////ABSOLUTE/PATH of the collector's database")
     restore.add_argument("--dry-run", action="store_true", help="check the backup and say what would happen")
     restore.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    inst = sub.add_parser("install", help="install the collector as a systemd service (idempotent)",
+                          description="Create the user, the state directory (database, backups), the secret and "
+                                      "webhook files (0600) and agentfleet-collector.service; enable and (re)start "
+                                      "it. Run again, it changes only what differs. Credentials come from a file or "
+                                      "standard input (-), never argv, and are never printed.")
+    inst.add_argument("--secret-from", metavar="FILE|-", help="the collector secret (the inventory's "
+                      "collector_secret); default: keep the installed one, or generate one")
+    inst.add_argument("--webhook-from", metavar="FILE|-", help="the Mattermost incoming webhook URL; default: keep "
+                      "the installed one (none: alerts are only logged)")
+    inst.add_argument("--listen", default=install.DEFAULT_LISTEN,
+                      help="HOST:PORT the service listens on (default %(default)s: where agents reach it)")
+    inst.add_argument("--user", default=install.USER, help="the service's user (default %(default)s)")
+    inst.add_argument("--code", type=Path, default=install.CODE,
+                      help="the agentfleet checkout the service runs, with its .venv (default: this one, "
+                           "%(default)s)")
+    inst.add_argument("--root", type=Path, help="stage the files under DIR instead of / (the unit keeps the final "
+                                                "paths); touches no service; needs --no-useradd")
+    inst.add_argument("--no-useradd", action="store_true", help="the user exists already; do not create it")
+    inst.add_argument("--no-systemctl", action="store_true", help="write the files; do not enable or start")
+    inst.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    inst.add_argument("--json", action="store_true", help="print the steps as JSON")
     return parser
 
 
@@ -182,6 +206,19 @@ def ack_gap(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def install_verb(args: argparse.Namespace) -> int:
+    try:
+        steps = install.install_from_args(args)
+    except CommandFailed as exc:   # useradd, systemctl
+        raise CollectorError(f"install: {exc}") from None
+    if args.json:
+        print(json.dumps([install.step_json(s) for s in steps]))
+    else:
+        for s in steps:
+            print(f"{s.outcome:<12} {s.what:<9} {s.path}" + (f" ({s.note})" if s.note else ""))
+    return exit_codes.OK
+
+
 class OneLineFormatter(logging.Formatter):
     """Every record on one line: a host name or a detail with a newline in it cannot forge a second record."""
 
@@ -199,6 +236,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return ack_gap(args)
         if args.command == "restore":
             return restore_verb(args)
+        if args.command == "install":
+            return install_verb(args)
         serve(config_from_args(args), args.log_level)
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)

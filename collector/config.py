@@ -111,6 +111,11 @@ def read_webhook_url(path: Optional[Path], environ: Mapping[str, str] = os.envir
         url, where = from_env, f"${WEBHOOK_ENV}"
     else:
         return None
+    return check_webhook_url(url, where)
+
+
+def check_webhook_url(url: str, where: str) -> str:
+    """One http(s):// URL on one line; the message names where it came from, never the URL (a credential)."""
     if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
         raise CollectorError(f"{where}: expected one http(s):// URL on one line")
     return url
