@@ -84,7 +84,9 @@ def validate_backup(path: Path) -> BackupFacts:
         try:
             verdict = [row[0] for row in db.execute("PRAGMA integrity_check")]
             if verdict != ["ok"]:
-                raise CollectorError(f"backup {path}: fails PRAGMA integrity_check ({verdict[0][:200]}); not restored")
+                problems = [line for row in verdict for line in row.splitlines()]
+                raise CollectorError(f"backup {path}: fails PRAGMA integrity_check ({len(problems)} problems, first: "
+                                     f"{problems[0][:200]}); not restored")
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             missing = [t for t in REQUIRED_TABLES if t not in tables]
             if missing:
