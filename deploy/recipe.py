@@ -15,7 +15,8 @@ import time
 from dataclasses import replace
 from typing import Callable, Optional
 
-from deploy import disks, dry_run, openclaw_config
+from agentd.protocol import AuditEvent
+from deploy import audit, disks, dry_run, openclaw_config
 from deploy.action import Action
 from deploy.boot import define_and_start
 from deploy.console import ConsoleWatch, console_log
@@ -26,7 +27,7 @@ from deploy.errors import RolledBack
 from deploy.health import wait_healthy
 from deploy.hostkeys import ensure_host_keys
 from deploy.images import find_image
-from deploy.inject import AgentDisks, Injected, inject
+from deploy.inject import AgentDisks, Injected, Op, inject
 from deploy.inventory import Agent, Inventory
 from deploy.payload import agent_ops
 from deploy.result import Result, result_for
@@ -93,9 +94,13 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
             results[w.agent.name] = _result(run, w, "already runs this image")
     building = [w for w in works if w.action.injects]
     injected: dict[str, Injected] = {}
+    changes: dict[str, tuple[str, ...]] = {}
     if building:
-        swapped, injected = _build_disks(run, building)
+        swapped, injected, ops = _build_disks(run, building)
         works = [{w.agent.name: w for w in swapped}.get(w.agent.name, w) for w in works]
+        for w in building:   # every injection leaves its .env key fingerprints for the next update's audit
+            previous, current = audit.record_prints(w.state_dir, ops[w.agent.name])
+            changes[w.agent.name] = audit.describe(injected[w.agent.name].changed(), previous, current)
     since = time.time()
     # only what these boots print, and only where a replace waits for health
     consoles = {w.agent.name: ConsoleWatch(console_log(w.state_dir)) for w in works if w.action.awaits_health}
@@ -109,6 +114,7 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
             results[w.agent.name] = _result(run, w, "defined and started")
         elif w.action is Action.UPDATE:
             results[w.agent.name] = _result(run, w, _updated(injected[w.agent.name]))
+            _audit_update(run, w, changes[w.agent.name])
     failures = []
     waiting = [w for w in works if w.action.awaits_health]
     if waiting:
@@ -125,7 +131,8 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
     return ordered
 
 
-def _build_disks(run: CloneRun, building: list[Work]) -> tuple[list[Work], dict[str, Injected]]:
+def _build_disks(run: CloneRun, building: list[Work]) -> tuple[list[Work], dict[str, Injected],
+                                                                dict[str, tuple[Op, ...]]]:
     """prepare -> inject -> swap; a failure before the swap removes the partial disks and restarts stopped VMs.
     Updates are injected in place and have nothing to swap."""
     prepared: list[tuple[Work, AgentDisks]] = []
@@ -143,7 +150,7 @@ def _build_disks(run: CloneRun, building: list[Work]) -> tuple[list[Work], dict[
     if any(w.action.builds_disks for w in works):
         with _phase(run, "swap", "swap: overlays in place, state recorded"):
             works = [_swap(run, w) if w.action.builds_disks else w for w in works]
-    return works, injected
+    return works, injected, {disk.agent: disk.ops for _, disk in prepared}
 
 
 def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
@@ -224,6 +231,19 @@ def _await_replace(run: CloneRun, w: Work, since: float, console: ConsoleWatch) 
     state = rollback_state(run, w.agent, w.state, force=True, restore_data=True)
     why = f"{w.agent.name}: rolled back to {state.current.image_version} ({verdict.reason}: {verdict.detail})"
     return _result(run, w.evolve(state=state), why, Action.ROLLBACK), why
+
+
+def _audit_update(run: CloneRun, w: Work, changes: tuple[str, ...]) -> None:
+    """The collector's audit trail of this update (deploy/audit.py), when the inventory names a collector; the
+    update is done either way, so a collector that is down costs one warning line."""
+    api_url = run.inv.services.collector_api_url
+    if not api_url:
+        return
+    event = AuditEvent(w.agent.name, time.time(), audit.operator(), changes)
+    why = audit.post_event(api_url, run.secrets[w.agent.name]["collector_secret"].reveal().encode(), event)
+    if why:
+        log.warning("%s: updated, but the collector at %s did not record it in its audit trail (%s)", w.agent.name,
+                    api_url, why)
 
 
 def _updated(injected: Injected) -> str:
