@@ -10,16 +10,18 @@ import logging
 import resource
 import threading
 import time
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
+from .accepted import accepted_path, load_layer, save_layer
 from .baseline import load_baseline
 from .canary import Canary
 from .checks import CheckContext, run_checks
 from .config import Config
 from .drift import DriftTracker
+from .errors import AgentdError
 from .fsutil import rooted
 from .notify import Notifier
-from .protocol import CheckResult
+from .protocol import AcceptedDrift, CheckResult
 from .report import build_report
 from .sender import Backoff, FlushResult, Sender
 from .spool import Spool
@@ -34,7 +36,10 @@ class Agent:
     def __init__(self, config: Config, root: str, token: str, notifier: Optional[Notifier] = None):
         self.config = config
         self.root = root
-        self.baseline = load_baseline(config, root)
+        image_baseline = load_baseline(config, root)
+        self.accepted_path = accepted_path(config, root)
+        self.accepted = load_layer(self.accepted_path, image_baseline.image_version)
+        self.baseline = self.accepted.over(image_baseline)  # what an operator accepted counts as the baseline
         self.canary = Canary(rooted(root, config.canary_path), config.canary_interval_s)
         # the baseline files are the reference, not subjects: they cannot contain their own hashes
         self.tracker = DriftTracker(self.baseline, root, config.watched_paths, config.drift_ignore, config.dpkg_status,
@@ -51,6 +56,7 @@ class Agent:
         self.last_checks: List[CheckResult] = []
         self.reports_made = 0
         self.seq_synced = False
+        self._baseline_changed = False  # drift was accepted: report the smaller drift at once
 
     # --- building blocks (also used by --once and the benchmark) -------------------------------------
     def request_rescan(self, reason: str) -> None:
@@ -102,7 +108,34 @@ class Agent:
         }
 
     def flush(self, force: bool = False, limit: Optional[int] = FLUSH_BATCH) -> FlushResult:
-        return self.sender.flush(self.spool, limit=limit, force=force)
+        result = self.sender.flush(self.spool, limit=limit, force=force)
+        if result.accepted:
+            self.adopt(result.accepted)
+        return result
+
+    def adopt(self, accepted: Iterable[AcceptedDrift]) -> int:
+        """Take drift an operator accepted into the baseline, each only while our drift holds exactly that entry
+        (the collector sends an acceptance with every answer until a report no longer shows it). Returns how many."""
+        layer, adopted = self.accepted, 0
+        for item in accepted:
+            entry = next((d for d in self.tracker.drift() if item.matches(d)), None)
+            if entry is None:
+                continue  # already adopted (answers to a backlog repeat it), or the file changed again since
+            layer = layer.adopt(self.baseline, entry, self.tracker.current(entry.path), item)
+            self.baseline = layer.over(self.baseline)
+            self.tracker.set_baseline(self.baseline)
+            adopted += 1
+            log.warning("drift accepted by %s at the collector: %s %s (now %s) is part of the baseline",
+                        item.by, item.kind, item.path, item.actual)
+        if adopted:
+            self.accepted = layer
+            try:
+                save_layer(self.accepted_path, layer)
+            except AgentdError as e:  # adopted until agentd restarts; then reported again, accepted again
+                log.error("%s: the accepted drift holds until agentd restarts", e)
+            self._baseline_changed = True
+            self.wake.set()
+        return adopted
 
     def run_once(self) -> FlushResult:
         """`agentd --once`: scan, check, spool one report, try to deliver the spool once."""
@@ -140,6 +173,8 @@ class Agent:
                     self.watcher.restart()
                     urgent |= self._full_scan()
                 urgent |= self._apply_events()
+                if self._baseline_changed:
+                    self._baseline_changed, urgent = False, True
                 if self.canary.due():
                     self.canary.touch()
                 now = time.monotonic()

@@ -10,6 +10,7 @@ import threading
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .baseline import Baseline, FileState
+from .drift_class import DriftClassifier
 from .filestate import FileStateReader
 from .fsutil import rooted
 from .packages import package_drift, parse_dpkg_status
@@ -47,6 +48,8 @@ class DriftTracker:
         self._dpkg_sig: Optional[Tuple[int, int]] = None
         self._lock = threading.Lock()
         self._cache: Optional[List[DriftEntry]] = None
+        self.classifier = DriftClassifier(self.dpkg_status, lambda p: rooted(root, p), self._may_drift,
+                                          baseline.packages)
         self.full_scans = 0
         self._visited = 0
         self.on_progress: Optional[Callable[[], None]] = None  # called every few hundred files during a scan
@@ -63,6 +66,22 @@ class DriftTracker:
 
     def _ignored(self, path: str) -> bool:
         return path in self.exclude or any(fnmatch.fnmatchcase(path, pat) for pat in self.ignore)
+
+    def _may_drift(self, path: str) -> bool:
+        """Whether a path can ever be a drift entry (what the dpkg index keeps)."""
+        return path in self.baseline.files or self.is_watched(path)
+
+    def set_baseline(self, baseline: Baseline) -> None:
+        """Measure against a new baseline from now on (drift an operator accepted: agentd/accepted.py)."""
+        with self._lock:
+            self.baseline = baseline
+            self.classifier.baked_packages = dict(baseline.packages)
+            self._cache = None
+
+    def current(self, path: str) -> Optional[FileState]:
+        """What the last scan or event read for an in-VM path (None when absent or not tracked)."""
+        with self._lock:
+            return self._current.get(path)
 
     # --- updates ------------------------------------------------------------------------------------
     def full_scan(self) -> None:
@@ -128,26 +147,24 @@ class DriftTracker:
             return True
 
     def _refresh_packages(self, force: bool = False) -> bool:
-        """Re-parse dpkg's status only when the file changed (it is rewritten, never appended, by dpkg)."""
-        if not self.baseline.packages:
-            return False
+        """Re-parse dpkg's status only when the file changed (it is rewritten, never appended, by dpkg). Any dpkg
+        run may change how drift is classified, so it recomputes the drift even when no version changed."""
         try:
             st = os.stat(self.dpkg_status)
-            sig = (st.st_mtime_ns, st.st_size)
+            sig: Optional[Tuple[int, int]] = (st.st_mtime_ns, st.st_size)
         except OSError:
             sig = None
         if sig == self._dpkg_sig and not force:
             return False
         self._dpkg_sig = sig
         packages: Dict[str, str] = {}
-        if sig is not None:
+        if sig is not None and self.baseline.packages:
             with open(self.dpkg_status, encoding="utf-8", errors="replace") as f:
                 packages = parse_dpkg_status(f.read())
         with self._lock:
             changed = packages != self._packages
             self._packages = packages
-            if changed:
-                self._cache = None
+            self._cache = None
         return changed
 
     # --- result -------------------------------------------------------------------------------------
@@ -168,7 +185,8 @@ class DriftTracker:
             if path not in self.baseline.files and self.is_watched(path):
                 entries.append(DriftEntry(path, "added", None, self._current[path].sha256))
         entries.extend(package_drift(self.baseline.packages, self._packages))
-        return entries
+        self.classifier.forget_md5s({e.path for e in entries})
+        return self.classifier.classify(entries)
 
     def file_count(self) -> int:
         with self._lock:

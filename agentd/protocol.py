@@ -27,6 +27,10 @@ AGENT_NAME = re.compile(r"\A[a-z][a-z0-9-]{0,62}\Z")
 AGENT_NAME_RULE = "a lowercase letter, then up to 62 of a-z, 0-9 and -"
 STATUSES = ("ok", "warn", "fail")
 DRIFT_KINDS = ("modified", "missing", "added", "mode", "owner", "package")
+# Who explains a drift entry (agentd/drift_class.py): dpkg installed it after the bake, an admin changed a conffile,
+# or nothing we know of. Only "unexplained" alerts by default; a report without the field (an older agentd) is that.
+PACKAGE, CONFFILE, UNEXPLAINED = DRIFT_CLASSES = ("package", "conffile", "unexplained")
+ACCEPTED_KEY = "accepted"          # the collector's answer to a report: drift an operator accepted (AcceptedDrift)
 
 
 def valid_agent_name(name: object) -> bool:
@@ -123,6 +127,53 @@ class DriftEntry:
     kind: str                      # one of DRIFT_KINDS
     expected: Optional[str] = None # baseline value (sha256, "0644", "root:root", package version)
     actual: Optional[str] = None   # what is there now (None when missing)
+    class_: str = UNEXPLAINED      # JSON "class" (a Python keyword): one of DRIFT_CLASSES
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "expected": self.expected, "actual": self.actual,
+                "class": self.class_}
+
+
+_DRIFT_FIELDS = frozenset(("path", "kind", "expected", "actual", "class"))
+
+
+@dataclass(frozen=True)
+class AcceptedDrift:
+    """An operator accepted this drift entry at the collector (`collector accept-drift`, the agent page); the
+    collector's answer to a report that still shows it carries it back, and agentd adopts `actual` into its baseline,
+    but only while its own drift holds exactly this entry (a file changed again since is not accepted)."""
+    path: str
+    kind: str
+    expected: Optional[str]
+    actual: Optional[str]
+    accepted_at: float
+    by: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def matches(self, entry: DriftEntry) -> bool:
+        return (self.path, self.kind, self.actual) == (entry.path, entry.kind, entry.actual)
+
+    @classmethod
+    def from_json(cls, item: Any, where: str = "accepted") -> "AcceptedDrift":
+        item = _fields(item, frozenset(cls.__dataclass_fields__), where)
+        kind = _required(item, "kind", where)
+        if kind not in DRIFT_KINDS:
+            raise ValueError(f"{where}.kind: must be one of {DRIFT_KINDS}")
+        return cls(path=_text(_required(item, "path", where), where + ".path"), kind=kind,
+                   expected=_text(item.get("expected"), where + ".expected", optional=True),
+                   actual=_text(item.get("actual"), where + ".actual", optional=True),
+                   accepted_at=_number(_required(item, "accepted_at", where), where + ".accepted_at"),
+                   by=_text(_required(item, "by", where), where + ".by"))
+
+
+def accepted_in_answer(answer: dict[str, Any]) -> list[AcceptedDrift]:
+    """The accepted drift an answer to a report carries (none from an older collector); ValueError when malformed."""
+    items = answer.get(ACCEPTED_KEY, [])
+    if not isinstance(items, list):
+        raise ValueError(f"{ACCEPTED_KEY}: must be a list")
+    return [AcceptedDrift.from_json(item, f"{ACCEPTED_KEY}[{i}]") for i, item in enumerate(items)]
 
 
 @dataclass(frozen=True)
@@ -152,7 +203,9 @@ class Report:
         return all(c.status != "fail" for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["drift"] = [d.to_json() for d in self.drift]  # "class", not the attribute's name
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Report":
@@ -202,7 +255,7 @@ _REPORT_FIELDS = frozenset(Report.__dataclass_fields__)
 
 def _check(item: Any, index: int) -> CheckResult:
     where = f"checks[{index}]"
-    item = _fields(item, CheckResult, where)
+    item = _fields(item, frozenset(CheckResult.__dataclass_fields__), where)
     name = _text(_required(item, "name", where), where + ".name")
     status = _required(item, "status", where)
     if status not in STATUSES:
@@ -218,21 +271,25 @@ def _check(item: Any, index: int) -> CheckResult:
 
 def _drift(item: Any, index: int) -> DriftEntry:
     where = f"drift[{index}]"
-    item = _fields(item, DriftEntry, where)
+    item = _fields(item, _DRIFT_FIELDS, where)
     path = _text(_required(item, "path", where), where + ".path")
     kind = _required(item, "kind", where)
     if kind not in DRIFT_KINDS:
         raise ValueError(f"drift[{path}].kind: must be one of {DRIFT_KINDS}")
+    drift_class = item.get("class", UNEXPLAINED)  # an agentd older than the classes: nothing explains it
+    if drift_class not in DRIFT_CLASSES:
+        raise ValueError(f"drift[{path}].class: must be one of {DRIFT_CLASSES}")
     return DriftEntry(
         path=path,
         kind=kind,
         expected=_text(item.get("expected"), where + ".expected", optional=True),
         actual=_text(item.get("actual"), where + ".actual", optional=True),
+        class_=drift_class,
     )
 
 
 def _spool(item: Any) -> SpoolState:
-    item = _fields(item, SpoolState, "spool")
+    item = _fields(item, frozenset(SpoolState.__dataclass_fields__), "spool")
     return SpoolState(
         depth=_count(item.get("depth", 0), "spool.depth"),
         oldest_age_s=_number(item.get("oldest_age_s", 0.0), "spool.oldest_age_s"),
@@ -288,11 +345,11 @@ def _list(data: dict, key: str) -> list:
     return value
 
 
-def _fields(item: Any, cls: type, where: str) -> dict:
-    """Reject non-objects and unknown keys; the per-field helpers above check types."""
+def _fields(item: Any, known: frozenset, where: str) -> dict:
+    """Reject non-objects and keys not in `known` (the JSON names); the per-field helpers above check types."""
     if not isinstance(item, dict):
         raise ValueError(f"{where}: must be an object")
-    unknown = set(item) - set(cls.__dataclass_fields__)
+    unknown = set(item) - known
     if unknown:
         raise ValueError(f"{where}: unknown field {sorted(map(str, unknown))[0]}")
     return item

@@ -3,7 +3,8 @@
 What an answer means (docs/contracts.md, "Delivery"); the rule is that a report leaves the spool only when the
 collector stored it, or when the collector itself judged *that report* unacceptable:
 - 200 with the collector's `{"status": "stored"|"duplicate"}`: stored (the collector is idempotent on agent+seq, so
-  resending after a crash is safe). A 200 without that answer is some other web server: keep and retry.
+  resending after a crash is safe). A 200 without that answer is some other web server: keep and retry. The answer
+  may carry `accepted`: drift an operator accepted (agentd/accepted.py adopts it).
 - 401/403: the collector refuses our token. Far more often its secret is wrong than our report, so nothing is lost:
   keep the spool, back off, say so in the journal and in systemd's STATUS, and recover once the collector is fixed.
 - 400/413/422 carrying the collector's JSON `{"detail": ...}`: this report can never be accepted. It is set aside to
@@ -20,12 +21,12 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Tuple
 
 import requests
 
-from .protocol import MAX_REPORT_BYTES, Report
+from .protocol import MAX_REPORT_BYTES, AcceptedDrift, Report, accepted_in_answer
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Verdict(enum.Enum):
 class Answer:
     verdict: Verdict
     detail: str  # one line for the journal and STATUS; never the token
+    accepted: Tuple[AcceptedDrift, ...] = ()  # drift an operator accepted, carried by a 200
 
 
 def judge(status: int, text: str) -> Answer:
@@ -70,7 +72,10 @@ def judge(status: int, text: str) -> Answer:
     answer = _json_object(text)
     if status == 200:
         if answer.get("status") in ("stored", "duplicate"):
-            return Answer(Verdict.STORED, answer["status"])
+            try:
+                return Answer(Verdict.STORED, answer["status"], tuple(accepted_in_answer(answer)))
+            except ValueError as e:  # the report is stored all the same; the acceptance comes again next time
+                return Answer(Verdict.STORED, f"{answer['status']}, its accepted drift unreadable: {str(e)[:200]}")
         return Answer(Verdict.RETRY, "HTTP 200 without the collector's answer (is collector_url the collector?)")
     said = f": {' '.join(str(answer['detail']).split())[:200]}" if "detail" in answer else ""  # one line
     if status in AUTH_REFUSED:
@@ -113,6 +118,7 @@ class FlushResult:
     retry_after: Optional[float] = None  # seconds until the next attempt, when delivery failed
     error: str = ""                      # why delivery failed, when it did
     auth_refused: bool = False           # ... because the collector refuses our token
+    accepted: List[AcceptedDrift] = field(default_factory=list)  # drift an operator accepted (the answers')
 
 
 class Sender:
@@ -163,6 +169,9 @@ class Sender:
             answer = Answer(Verdict.SET_ASIDE, unacceptable) if unacceptable else self._post(body)
             if answer.verdict is Verdict.STORED:
                 spool.remove(seq)
+                if answer.detail not in ("stored", "duplicate"):
+                    log.warning("report seq %d: %s", seq, answer.detail)
+                result.accepted.extend(answer.accepted)
                 result.sent += 1
                 self.sent_total += 1
                 self._recovered(len(spool))

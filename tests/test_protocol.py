@@ -62,3 +62,32 @@ def test_report_nested_deeper_than_the_limit_is_refused_even_under_an_unknown_ke
         Report.from_json({**base, "future_field": deep})
     assert Report.from_json({**base, "future_field": deep["x"]["x"]}).agent == "athena"  # 1 + 7 levels
     assert json_depth_within([[[]]], 3) and not json_depth_within([[[[]]]], 3)
+
+
+def test_drift_class_travels_as_class_and_an_older_agents_entry_without_it_is_unexplained():
+    base = {"agent": "athena", "seq": 1, "sent_at": 0, "image_version": "v"}
+    report = Report.from_json({**base, "drift": [{"path": "/etc/a", "kind": "added", "class": "package"},
+                                                 {"path": "/etc/b", "kind": "added"}]})
+    assert [d.class_ for d in report.drift] == ["package", "unexplained"]
+    assert report.to_json()["drift"][0] == {"path": "/etc/a", "kind": "added", "expected": None, "actual": None,
+                                            "class": "package"}
+    assert Report.from_json(report.to_json()) == report
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"path": "/etc/a", "kind": "added", "class": "trusted"}, "class: must be one of"),
+    ({"path": "/etc/a", "kind": "added", "class_": "package"}, "unknown field class_"),
+])
+def test_a_drift_class_outside_the_contract_is_refused(entry, message):
+    with pytest.raises(ValueError, match=message):
+        Report.from_json({"agent": "athena", "seq": 1, "sent_at": 0, "image_version": "v", "drift": [entry]})
+
+
+def test_accepted_drift_in_an_answer_is_parsed_strictly():
+    from agentd.protocol import AcceptedDrift, accepted_in_answer
+    item = {"path": "/etc/a", "kind": "modified", "expected": "e", "actual": "f", "accepted_at": 5.0, "by": "ops"}
+    assert accepted_in_answer({"status": "stored", "accepted": [item]}) == [AcceptedDrift("/etc/a", "modified", "e",
+                                                                                         "f", 5.0, "ops")]
+    assert accepted_in_answer({"status": "stored"}) == []
+    with pytest.raises(ValueError, match=r"accepted\[0\].by"):
+        accepted_in_answer({"accepted": [{**item, "by": 7}]})
