@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from agentd.protocol import Report
+from agentd.protocol import UNEXPLAINED, Report
 
 from .inert import inert, one_line
 from .records import AgentState, Incident
@@ -44,8 +44,11 @@ class _Pending:
 class Alerts:
     """Turns report arrivals and the periodic sweep into incident openings and recoveries."""
 
-    def __init__(self, stale_after_s: float, gap_grace_s: float) -> None:
+    def __init__(self, stale_after_s: float, gap_grace_s: float,
+                 drift_classes: Iterable[str] = (UNEXPLAINED,)) -> None:
         self.stale_after_s, self.gap_grace_s = stale_after_s, gap_grace_s
+        # drift dpkg or an admin's conffile edit explains does not alert unless asked (--drift-alerts)
+        self.drift_classes = frozenset(drift_classes)
         # agent -> (kind, key) -> incident: a report only ever looks at its own agent's incidents
         self.open: dict[str, dict[tuple[str, str], Incident]] = {}
 
@@ -85,7 +88,8 @@ class Alerts:
                                     f"({inert(incident.detail)})")
         for incident in closed:
             pending.messages.append(f":large_green_circle: {who}: check {inert(incident.key, 60)} recovered")
-        drift = {f"{d.kind} {d.path}": _drift_detail(d.kind, d.path, d.expected, d.actual) for d in report.drift}
+        drift = {f"{d.kind} {d.path}": _drift_detail(d.kind, d.path, d.expected, d.actual)
+                 for d in report.drift if d.class_ in self.drift_classes}
         opened, closed = self._reconcile(pending, report.agent, DRIFT, drift, now)
         if opened:  # one message per report, however many files drifted at once
             pending.messages.append(f":warning: {who}: new drift ({len(opened)}): "

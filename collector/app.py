@@ -15,20 +15,30 @@ import time
 from typing import AsyncIterator, Awaitable, Callable, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.requests import ClientDisconnect
 
-from agentd.protocol import AUDIT_PATH, MAX_REPORT_BYTES, REPORTS_PATH, Report, token_matches, valid_agent_name
+from agentd.protocol import (
+    ACCEPTED_KEY,
+    AUDIT_PATH,
+    MAX_REPORT_BYTES,
+    REPORTS_PATH,
+    Report,
+    token_matches,
+    valid_agent_name,
+)
 
-from . import pages
+from . import acceptance, pages
+from .acceptance import AcceptanceBook
 from .alerts import Alerts, Changes
 from .audit import AUDIT_LIMIT, AUDIT_SHOWN, AuditRejected, parse_audit
 from .batching import GroupCommitter
-from .config import CollectorConfig
+from .config import CollectorConfig, CollectorError
 from .gaps import GapExplanation, explain_gap
 from .metrics import CONTENT_TYPE, Counters, render_metrics
 from .notifier import Notifier
 from .records import AgentState, GapAcknowledgement
+from .siblings import drifts_alone
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("collector")
@@ -47,7 +57,8 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     counters = Counters()
     committer = GroupCommitter(store)
     notifier = Notifier(config.webhook_url)
-    alerts = Alerts(config.stale_after_s, config.gap_grace_s)
+    alerts = Alerts(config.stale_after_s, config.gap_grace_s, config.drift_alert_classes)
+    book = AcceptanceBook()
     refresh_s = int(min(max(config.interval_s, 2), 30))
     retry_after = {"Retry-After": str(config.retry_after_s)}
 
@@ -65,7 +76,8 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         alerts.load(await store.incidents())
-        task = asyncio.create_task(_sweeper(config, store, alerts, settle))
+        book.load(await store.drift_acceptances())
+        task = asyncio.create_task(_sweeper(config, store, alerts, settle, book))
         try:
             yield
         finally:
@@ -104,9 +116,12 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
         except StoreUnavailable as exc:
             log.error("report %s/%d not stored: %s", report.agent, report.seq, exc)
             return JSONResponse({"detail": "storage unavailable, retry later"}, 503, headers=retry_after)
+        # drift an operator accepted that this report still shows goes back with the answer (acceptance.py)
+        accepted = {ACCEPTED_KEY: [a.to_json() for a in book.pending(report.agent, report.image_version,
+                                                                     report.drift)]} if report.drift else {}
         if not ingested.stored:
             counters.duplicates += 1
-            return JSONResponse({"status": "duplicate"})
+            return JSONResponse({"status": "duplicate", **accepted})
         counters.stored += 1
         changes = alerts.on_latest_report(report, now) if ingested.latest else Changes()
         delivery = alerts.on_delivery(report.agent, ingested.contiguous_seq, ingested.last_seq)
@@ -114,7 +129,7 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
             await settle(changes + delivery)
         except StoreUnavailable as exc:  # the report is stored; alert bookkeeping retries on the next report/sweep
             log.error("alert bookkeeping for %s failed: %s", report.agent, exc)
-        return JSONResponse({"status": "stored"})
+        return JSONResponse({"status": "stored", **accepted})
 
     @app.post(AUDIT_PATH)
     async def post_audit(request: Request) -> Response:
@@ -146,8 +161,11 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
         if state is None:
             return JSONResponse({"detail": f"unknown agent {name!r}"}, 404)
         gap, acks = await _gap_facts(store, state)
+        accepted = await store.drift_acceptances(name)
         return JSONResponse({**state.to_json(), "gap": gap and gap.to_json(),
                              "gap_acknowledgements": [vars(a) for a in acks],
+                             "drift_acceptances": [{**vars(a), "status": acceptance.status(a, state)}
+                                                   for a in accepted],
                              "alerts": [{"kind": i.kind, "key": i.key, "opened_at": i.opened_at, "detail": i.detail}
                                         for i in alerts.agent_incidents(name)]})
 
@@ -159,19 +177,53 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def fleet() -> HTMLResponse:
-        return HTMLResponse(pages.fleet_page(await store.agents(), config.stale_after_s, refresh_s,
-                                             alerts.open_counts()))
+        agents = await store.agents()
+        return HTMLResponse(pages.fleet_page(agents, config.stale_after_s, refresh_s, alerts.open_counts(),
+                                             alone=drifts_alone(agents)))
 
     @app.get("/agents/{name}", response_class=HTMLResponse)
     async def agent(name: str) -> HTMLResponse:
         state = await store.agent(name) if valid_agent_name(name) else None
         if state is None:
             return HTMLResponse(pages.unknown_agent_page(name, refresh_s), 404)
-        (gap, acks), history, audit = await asyncio.gather(_gap_facts(store, state),
-                                                           store.history(name, HISTORY_LIMIT),
-                                                           store.audit_events(name, AUDIT_SHOWN))
+        (gap, acks), history, audit, accepted = await asyncio.gather(
+            _gap_facts(store, state), store.history(name, HISTORY_LIMIT), store.audit_events(name, AUDIT_SHOWN),
+            store.drift_acceptances(name))
         return HTMLResponse(pages.agent_page(state, history, alerts.agent_incidents(name), gap, acks,
-                                             config.stale_after_s, refresh_s, audit=audit))
+                                             config.stale_after_s, refresh_s, audit=audit, accepted=accepted,
+                                             can_accept=config.operator_token is not None))
+
+    @app.post("/agents/{name}/accept-drift", response_class=HTMLResponse)
+    async def accept_drift(name: str, request: Request) -> Response:
+        """The agent page's form. The operator's token comes in the POST body, typed by the operator: no cookie or
+        other ambient credential exists for another site's form to ride on. A foreign Origin is refused as well."""
+        def refuse(status: int, why: str) -> HTMLResponse:
+            return HTMLResponse(pages.accept_refused_page(name, why), status)
+        origin = request.headers.get("origin")
+        if origin not in (None, "null") and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return refuse(403, "the form was posted from another site")
+        if config.operator_token is None:
+            return refuse(403, "this collector cannot accept drift from the page: start it with --operator-token-file")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > acceptance.MAX_FORM_BYTES:
+                return refuse(413, "the form is too large")
+        try:
+            form = acceptance.parse_form(body)
+            if not acceptance.operator_token_matches(config.operator_token, form.token):
+                return refuse(403, "wrong operator token")
+            by, reason = acceptance.operator_name(form.by), acceptance.reason_text(form.reason)
+            state = await store.agent(name) if valid_agent_name(name) else None
+            if state is None:
+                return refuse(404, f"unknown agent {name!r}")
+            chosen = acceptance.acceptances(state, acceptance.chosen_by_form(state, form), by, reason, time.time())
+        except CollectorError as exc:
+            return refuse(400, str(exc))
+        await store.accept_drift(chosen)
+        book.add(chosen)
+        log.info("%s accepted %d drift entries of %s from the page", by, len(chosen), name)
+        return RedirectResponse(f"/agents/{name}#drift-acceptances", 303)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -240,14 +292,15 @@ def _no_constants(name: str) -> float:
 
 
 async def _sweeper(config: CollectorConfig, store: Store, alerts: Alerts,
-                   settle: Callable[[Changes], Awaitable[None]]) -> None:
-    """Periodic, time-based work: stale agents and open gaps (alerts), and retention."""
+                   settle: Callable[[Changes], Awaitable[None]], book: AcceptanceBook) -> None:
+    """Periodic, time-based work: stale agents and open gaps (alerts), retention, and drift accepted by the CLI."""
     last_prune = 0.0
     while True:
         await asyncio.sleep(config.sweep_every_s)
         now = time.time()
         try:
             await settle(alerts.sweep(await store.agents(), now))
+            book.load(await store.drift_acceptances())
             if now - last_prune >= min(PRUNE_EVERY_S, config.retention_days * 86400 / 4):
                 pruned = await store.prune(now - config.retention_days * 86400)
                 last_prune = now

@@ -21,7 +21,9 @@ from .config import (
     CollectorConfig,
     CollectorError,
     flag,
+    parse_drift_classes,
     parse_listen,
+    read_operator_token,
     read_secret,
     read_webhook_url,
     sqlite_path,
@@ -51,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backup-dir", type=Path,
                        help="SQLite: back the database up online into this directory (it must exist), every "
                             "--backup-every-s; restore with `restore` (default: no backups)")
+    serve.add_argument("--operator-token-file", type=Path,
+                       help="file (mode 0600) holding the token an operator types into an agent's page to accept its "
+                            "drift (default: the page shows drift but cannot accept it; accept-drift still can)")
+    serve.add_argument("--drift-alerts", default=",".join(CollectorConfig.drift_alert_classes),
+                       help="comma-separated drift classes that raise alerts: unexplained, conffile, package "
+                            "(default %(default)s; all three for every drift)")
     for setting in tunables():
         serve.add_argument(flag(setting.name), type=int if isinstance(setting.default, int) else float,
                            default=setting.default,
@@ -99,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--no-systemctl", action="store_true", help="write the files; do not enable or start")
     inst.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
     inst.add_argument("--json", action="store_true", help="print the steps as JSON")
+
+    accept = sub.add_parser("accept-drift", help="accept an agent's drift into its baseline",
+                            description="Record that the agent's current drift (all of it, or the --path entries) is "
+                                        "intended: who, when, why and the value of each entry. The running "
+                                        "collector hands it to the agent with the answer to its next report (within "
+                                        "a sweep, a few seconds, of this command); the agent updates its baseline "
+                                        "and the drift and its alert go. A value changed later is drift again.")
+    accept.add_argument("agent")
+    accept.add_argument("--db", required=True, help=DB_HELP)
+    accept.add_argument("--by", required=True, help="who accepts (recorded with the acceptance)")
+    accept.add_argument("--path", action="append", default=[],
+                        help="an in-VM path (or pkg:NAME) whose drift to accept; repeat it; default: all drift")
+    accept.add_argument("--reason", default="", help="why, kept with the acceptance")
+    accept.add_argument("--dry-run", action="store_true", help="say what would be accepted; change nothing")
+    accept.add_argument("--json", action="store_true", help="print the outcome as JSON")
     return parser
 
 
@@ -114,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
             raise CollectorError(f"--backup-dir {args.backup_dir}: no such directory")
     return CollectorConfig(db_url=args.db, secret=read_secret(args.secret_file), host=host, port=port,
                            webhook_url=read_webhook_url(args.webhook_file), backup_dir=args.backup_dir,
+                           operator_token=read_operator_token(args.operator_token_file),
+                           drift_alert_classes=parse_drift_classes(args.drift_alerts),
                            **{s.name: getattr(args, s.name) for s in tunables()})
 
 
@@ -164,13 +189,18 @@ def restore_verb(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def existing_database(db_url: str) -> None:
+    """A mistyped SQLite path must not become a new, empty database."""
+    path = sqlite_path(db_url)
+    if path is not None and not Path(path).is_file():
+        raise CollectorError(f"--db {db_url}: no such database file")
+
+
 def ack_gap(args: argparse.Namespace) -> int:
     from .gaps import explain_gap
     from .store import open_store
 
-    path = sqlite_path(args.db)
-    if path is not None and not Path(path).is_file():  # a mistyped path must not become a new, empty database
-        raise CollectorError(f"--db {args.db}: no such database file")
+    existing_database(args.db)
 
     async def run() -> dict:
         store = open_store(args.db)
@@ -216,6 +246,37 @@ def install_verb(args: argparse.Namespace) -> int:
     else:
         for s in steps:
             print(f"{s.outcome:<12} {s.what:<9} {s.path}" + (f" ({s.note})" if s.note else ""))
+
+
+def accept_drift(args: argparse.Namespace) -> int:
+    from . import acceptance
+    from .store import open_store
+
+    by, reason = acceptance.operator_name(args.by), acceptance.reason_text(args.reason)
+    existing_database(args.db)
+
+    async def run() -> list:
+        store = open_store(args.db)
+        try:
+            state = await store.agent(args.agent)
+            if state is None:
+                raise CollectorError(f"agent {args.agent!r}: no report from it is stored in {args.db.split('://')[0]}")
+            chosen = acceptance.acceptances(state, acceptance.choose(state, args.path), by, reason, time.time())
+            if not args.dry_run:
+                await store.accept_drift(chosen)
+            return chosen
+        finally:
+            store.close()
+
+    chosen = asyncio.run(run())
+    if args.json:
+        print(json.dumps({"agent": args.agent, "dry_run": args.dry_run, "accepted": [vars(a) for a in chosen]}))
+        return exit_codes.OK
+    verb = "would accept" if args.dry_run else "accepted"
+    print(f"{args.agent}: {verb} {len(chosen)} drift entr{'y' if len(chosen) == 1 else 'ies'} by {by}"
+          + ("" if args.dry_run else "; the agent adopts them with its next report"))
+    for a in chosen:
+        print(f"  {a.kind:8} {one_line(a.path)}  now {a.actual}")
     return exit_codes.OK
 
 
@@ -238,6 +299,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return restore_verb(args)
         if args.command == "install":
             return install_verb(args)
+        if args.command == "accept-drift":
+            return accept_drift(args)
         serve(config_from_args(args), args.log_level)
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)

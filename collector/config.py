@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from agentd.protocol import DRIFT_CLASSES, UNEXPLAINED
+
 WEBHOOK_ENV = "AGENTFLEET_WEBHOOK_URL"
 
 
@@ -27,6 +29,8 @@ class CollectorConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     webhook_url: Optional[str] = field(default=None, repr=False)  # a credential: from a file or the environment
+    operator_token: Optional[bytes] = field(default=None, repr=False)  # lets the agent page accept drift
+    drift_alert_classes: tuple[str, ...] = (UNEXPLAINED,)            # drift of these classes opens alerts
     interval_s: float = tunable(30.0, "agents' report interval in seconds")
     stale_after: float = tunable(3.0, "intervals without a report before an agent is stale")
     gap_grace_s: float = tunable(60.0, "seconds a sequence gap may stay open before it alerts")
@@ -54,6 +58,10 @@ class CollectorConfig:
         return max(1, round(self.store_timeout_s))
 
     def __post_init__(self) -> None:
+        unknown = [c for c in self.drift_alert_classes if c not in DRIFT_CLASSES]
+        if unknown or not self.drift_alert_classes:
+            raise CollectorError(f"--drift-alerts {','.join(self.drift_alert_classes)!r}: a comma-separated list of "
+                                 f"{', '.join(DRIFT_CLASSES)}")
         for f in tunables():
             value = getattr(self, f.name)
             if value is not None and not value > 0:
@@ -119,6 +127,16 @@ def check_webhook_url(url: str, where: str) -> str:
     if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
         raise CollectorError(f"{where}: expected one http(s):// URL on one line")
     return url
+
+
+def parse_drift_classes(value: str) -> tuple[str, ...]:
+    """`--drift-alerts unexplained,conffile` -> ("unexplained", "conffile"); checked by CollectorConfig."""
+    return tuple(dict.fromkeys(c.strip() for c in value.split(",") if c.strip()))
+
+
+def read_operator_token(path: Optional[Path]) -> Optional[bytes]:
+    """The token an operator types into the agent page to accept drift; None: the page cannot accept."""
+    return None if path is None else read_private_file(path, "operator token file")
 
 
 def sqlite_path(db_url: str) -> Optional[str]:

@@ -18,6 +18,7 @@ from .config import CollectorError
 from .records import (
     AgentState,
     AuditRecord,
+    DriftAcceptance,
     GapAcknowledgement,
     HistoryPoint,
     Incident,
@@ -51,7 +52,12 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS audit_events (
         agent TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, who TEXT NOT NULL, changes TEXT NOT NULL,
         received_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (agent, at, who))""",
+    """CREATE TABLE IF NOT EXISTS drift_acceptances (
+        agent TEXT NOT NULL, image_version TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, expected TEXT,
+        actual TEXT, accepted_at DOUBLE PRECISION NOT NULL, accepted_by TEXT NOT NULL, reason TEXT NOT NULL,
+        PRIMARY KEY (agent, path, kind, accepted_at))""",
 )
+ACCEPTANCE_COLUMNS = "agent, image_version, path, kind, expected, actual, accepted_at, accepted_by, reason"
 
 AGENT_COLUMNS = ("agent, host, role, image_version, first_seen, last_seen, sent_at, last_seq, contiguous_seq, "
                  "gap_since, healthy, drift_count, canary_lag_s, spool_depth, spool_dropped, spool_oldest_age_s, "
@@ -188,6 +194,14 @@ class Database:
                                                          json.dumps(list(record.changes)),
                                                          record.received_at)).rowcount == 1
 
+    def accept_drift(self, acceptances: Sequence[DriftAcceptance]) -> None:
+        """Record an operator's acceptances (kept for good: they are the record of who accepted what)."""
+        with self._transaction() as tx:
+            for a in acceptances:
+                tx.execute(f"INSERT INTO drift_acceptances ({ACCEPTANCE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                           "ON CONFLICT DO NOTHING", (a.agent, a.image_version, a.path, a.kind, a.expected, a.actual,
+                                                      a.accepted_at, a.accepted_by, a.reason))
+
     # -- reads ---------------------------------------------------------------------------------------------------
     def audit_events(self, name: str, limit: int = 100) -> list[AuditRecord]:
         """The agent's most recent audit events, newest first."""
@@ -196,6 +210,17 @@ class Database:
                               "ORDER BY at DESC LIMIT ?", (name, limit)).fetchall()
         return [AuditRecord(agent, at, who, tuple(json.loads(changes)), received_at)
                 for agent, at, who, changes, received_at in rows]
+
+    def drift_acceptances(self, agent: Optional[str] = None) -> list[DriftAcceptance]:
+        """Every acceptance (of one agent, or all), oldest first."""
+        with self._transaction() as tx:
+            if agent is None:
+                rows = tx.execute(f"SELECT {ACCEPTANCE_COLUMNS} FROM drift_acceptances "
+                                  "ORDER BY accepted_at, agent, path, kind").fetchall()
+            else:
+                rows = tx.execute(f"SELECT {ACCEPTANCE_COLUMNS} FROM drift_acceptances WHERE agent = ? "
+                                  "ORDER BY accepted_at, path, kind", (agent,)).fetchall()
+        return [DriftAcceptance(*row) for row in rows]
 
     def agents(self) -> list[AgentState]:
         with self._transaction() as tx:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import time
 from html import escape
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
+from agentd.protocol import CONFFILE, PACKAGE, UNEXPLAINED
+
+from .acceptance import entry_value, status
 from .gaps import GapExplanation
-from .records import AgentState, AuditRecord, GapAcknowledgement, HistoryPoint, Incident
+from .records import AgentState, AuditRecord, DriftAcceptance, GapAcknowledgement, HistoryPoint, Incident
+
+# drift classes on the agent page, in this order, with what each means for the one reading it
+DRIFT_GROUPS = (
+    (UNEXPLAINED, "Unexplained", "nothing we know of explains these: they alert"),
+    (CONFFILE, "Changed conffiles", "configuration files of a package, edited here (dpkg keeps such edits)"),
+    (PACKAGE, "Package manager", "put there by a package installed or upgraded after the bake (dpkg's md5sums)"),
+)
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -16,12 +26,15 @@ th,td{border-bottom:1px solid #ddd;padding:.3em .7em;text-align:left;vertical-al
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#176f2c;font-weight:600} .warn{color:#9a6700;font-weight:600} .fail,.stale{color:#b42318;font-weight:600}
 .muted{color:#777} svg{vertical-align:middle} code{font-size:.95em}
+.alone{color:#b42318;font-weight:600} form.accept label{margin-right:1em}
 """
 
 
 def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, open_alerts: dict[str, int],
-               now: Optional[float] = None) -> str:
+               now: Optional[float] = None, alone: Optional[Mapping[str, Sequence[str]]] = None) -> str:
+    """`alone`: agent -> unexplained drift paths none of its siblings on the same image has (siblings.py)."""
     now = time.time() if now is None else now
+    alone = alone or {}
     rows = []
     for a in agents:
         rows.append(
@@ -29,7 +42,7 @@ def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, o
             f"<td>{escape(a.host)}</td><td>{escape(a.role)}</td><td><code>{escape(a.image_version)}</code></td>"
             f'<td title="{_clock(a.last_seen)}">{_ago(now - a.last_seen)}</td>'
             f'<td class="health">{_health(a, now, stale_after_s)}</td>'
-            f'<td class="num drift">{a.drift_count}</td>'
+            f'<td class="num drift">{_drift_cell(a, alone.get(a.agent, ()))}</td>'
             f'<td class="num">{a.contiguous_seq} / {a.last_seq}</td>'
             f'<td class="num">{a.spool.depth}{_dropped(a)}</td></tr>')
     table = ("<table id=\"fleet\"><thead><tr><th>agent</th><th>host</th><th>role</th><th>image</th><th>last seen</th>"
@@ -45,7 +58,9 @@ def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, o
 
 def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incident], gap: Optional[GapExplanation],
                acknowledgements: list[GapAcknowledgement], stale_after_s: float, refresh_s: int,
-               now: Optional[float] = None, audit: Sequence[AuditRecord] = ()) -> str:
+               now: Optional[float] = None, audit: Sequence[AuditRecord] = (), accepted: Sequence[DriftAcceptance] = (),
+               can_accept: bool = False) -> str:
+    """`can_accept`: the collector has an operator token, so the drift comes with a form to accept it."""
     now = time.time() if now is None else now
     facts = [
         ("host", escape(a.host)), ("role", escape(a.role)), ("image", f"<code>{escape(a.image_version)}</code>"),
@@ -68,13 +83,54 @@ def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incid
                 [escape(c.name), f'<span class="{_css(c.status)}">{escape(c.status)}</span>',
                  escape(c.detail), _num(c.value), _num(c.duration_ms)] for c in checks], "checks"),
             f"<h2>Drift ({len(drift)})</h2>",
-            _table(["path", "kind", "expected", "actual"], [
-                [f"<code>{escape(d.path)}</code>", escape(d.kind), escape(str(d.expected)), escape(str(d.actual))]
-                for d in drift], "drift")
-            if drift else '<p class="muted" id="drift">No drift from the baseline.</p>',
+            _drift(a, can_accept),
+            _acceptances(a, accepted),
             f"<h2>Metric history (last {len(history)} reports)</h2>",
             _history(history), _audit(audit)]
     return _page(f"{a.agent} - agentfleet", refresh_s, "".join(body))
+
+
+def _drift(a: AgentState, can_accept: bool) -> str:
+    """The drift grouped by class (unexplained first); with a token configured, a form to accept ticked entries."""
+    if not a.drift:
+        return '<p class="muted" id="drift">No drift from the baseline.</p>'
+    parts = []
+    for drift_class, title, meaning in DRIFT_GROUPS:
+        entries = [d for d in a.drift if d.class_ == drift_class]
+        if not entries:
+            continue
+        tick = ["accept"] if can_accept else []
+        parts.append(f'<h3>{title} ({len(entries)})</h3><p class="muted">{meaning}</p>' + _table(
+            [*tick, "path", "kind", "expected", "actual"], [
+                [*([f'<input type="checkbox" name="entry" value="{escape(entry_value(d))}">'] if can_accept else []),
+                 f"<code>{escape(d.path)}</code>", escape(d.kind), escape(str(d.expected)), escape(str(d.actual))]
+                for d in entries], f"drift-{drift_class}"))
+    if not can_accept:
+        return (f'<div id="drift">{"".join(parts)}<p class="muted">To accept drift into the agent\'s baseline: '
+                f"<code>python -m collector accept-drift {a.agent} --by NAME [--path PATH ...] --db ...</code> "
+                "(or start the collector with <code>--operator-token-file</code> to accept it here).</p></div>")
+    return (f'<form id="drift" class="accept" method="post" action="/agents/{a.agent}/accept-drift">{"".join(parts)}'
+            '<p><label>your name <input name="by" required maxlength="64"></label>'
+            '<label>operator token <input name="token" type="password" required autocomplete="off"></label>'
+            '<label>reason <input name="reason" maxlength="300" size="40"></label>'
+            '<button type="submit" id="accept-drift">Accept the ticked drift</button></p>'
+            '<p class="muted">Accepted entries become part of the agent\'s baseline with its next report; a value '
+            "changed after that is drift again.</p></form>")
+
+
+def _acceptances(a: AgentState, accepted: Sequence[DriftAcceptance]) -> str:
+    if not accepted:
+        return ""
+    rows = [[_clock(k.accepted_at), escape(k.accepted_by), escape(k.kind), f"<code>{escape(k.path)}</code>",
+             escape(str(k.actual)), escape(k.reason), status(k, a)] for k in reversed(accepted)]
+    return ("<h2>Accepted drift</h2>"
+            + _table(["accepted", "by", "kind", "path", "value", "reason", "status"], rows, "drift-acceptances"))
+
+
+def accept_refused_page(name: str, why: str) -> str:
+    return _page("drift not accepted - agentfleet", 3600,
+                 f'<p><a href="/agents/{escape(name)}">&larr; {escape(name)}</a></p><h1>Drift not accepted</h1>'
+                 f'<p class="fail" id="refused">{escape(why)}</p>')
 
 
 def unknown_agent_page(name: str, refresh_s: int) -> str:
@@ -148,6 +204,20 @@ def _health(a: AgentState, now: float, stale_after_s: float) -> str:
         return '<span class="ok">ok</span>'
     failing = [escape(name) for name in a.failing]
     return f'<span class="fail">failing: {", ".join(failing)}</span>'
+
+
+def _drift_cell(a: AgentState, lone_paths: Sequence[str]) -> str:
+    """The count; how much of it is unexplained when some is explained; "drifts alone" when its siblings do not."""
+    if not a.drift_count:
+        return "0"
+    unexplained = sum(1 for d in a.drift if d.class_ == UNEXPLAINED)
+    cell = str(a.drift_count)
+    if unexplained < len(a.drift):
+        cell += f' <span class="muted">({unexplained} unexplained)</span>'
+    if lone_paths:
+        title = escape(", ".join(lone_paths[:20]) + (" ..." if len(lone_paths) > 20 else ""))
+        cell += f' <span class="alone" title="{title}">drifts alone ({len(lone_paths)})</span>'
+    return cell
 
 
 def _dropped(a: AgentState) -> str:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Optional
 
-from agentd.protocol import CheckResult, DriftEntry, Report, SpoolState
+from agentd.protocol import UNEXPLAINED, AcceptedDrift, CheckResult, DriftEntry, Report, SpoolState
 
 from .config import CollectorError
 
@@ -65,7 +65,7 @@ class AgentState:
             "agent": self.agent, "host": self.host, "role": self.role, "image_version": self.image_version,
             "first_seen": self.first_seen, "last_seen": self.last_seen, "sent_at": self.sent_at,
             "last_seq": self.last_seq, "contiguous_seq": self.contiguous_seq, "gap_since": self.gap_since,
-            "healthy": self.healthy, "drift_count": self.drift_count, "drift": [asdict(d) for d in self.drift],
+            "healthy": self.healthy, "drift_count": self.drift_count, "drift": [d.to_json() for d in self.drift],
             "checks": [asdict(c) for c in self.checks], "metrics": dict(self.metrics),
             "canary_lag_s": self.canary_lag_s, "spool": asdict(self.spool),
         }
@@ -122,12 +122,30 @@ class AuditRecord:
                 "received_at": self.received_at}
 
 
+@dataclass(frozen=True)
+class DriftAcceptance:
+    """An operator's acceptance of one drift entry of one agent (`accept-drift`, the agent page): who, when, why, and
+    the value accepted. The agent adopts it into its baseline from the answer to its next report (acceptance.py)."""
+    agent: str
+    image_version: str     # the agent's image when accepted: another image has another baseline
+    path: str
+    kind: str
+    expected: Optional[str]
+    actual: Optional[str]  # the value accepted (a sha256, mode, owner or package version; None: accepted as gone)
+    accepted_at: float
+    accepted_by: str
+    reason: str
+
+    def wire(self) -> AcceptedDrift:
+        return AcceptedDrift(self.path, self.kind, self.expected, self.actual, self.accepted_at, self.accepted_by)
+
+
 def canonical_json(report: Report) -> str:
     """The report as the collector stores it: only known fields, at most three levels deep. What `to_json()` gives,
     built from the (flat) dataclasses' own dicts: `asdict` deep-copies and cost more than validating the report."""
     data = dict(vars(report))
     data["checks"] = [vars(c) for c in report.checks]
-    data["drift"] = [vars(d) for d in report.drift]
+    data["drift"] = [d.to_json() for d in report.drift]
     data["spool"] = vars(report.spool)
     return json.dumps(data, separators=(",", ":"))
 
@@ -136,4 +154,9 @@ def latest_from_canonical(text: str) -> tuple[tuple[CheckResult, ...], tuple[Dri
     """checks, drift and metrics of a document `canonical_json` wrote (older databases: see the store's upgrade)."""
     data = json.loads(text)
     return (tuple(CheckResult(**c) for c in data.get("checks", [])),
-            tuple(DriftEntry(**d) for d in data.get("drift", [])), data.get("metrics", {}))
+            tuple(_drift_entry(d) for d in data.get("drift", [])), data.get("metrics", {}))
+
+
+def _drift_entry(d: dict[str, Any]) -> DriftEntry:
+    """A stored entry; one stored before drift had classes is unexplained, as its agent's report would be now."""
+    return DriftEntry(d["path"], d["kind"], d.get("expected"), d.get("actual"), d.get("class", UNEXPLAINED))

@@ -20,15 +20,24 @@ from agentd.protocol import Report
 
 from .config import CollectorError, sqlite_path
 from .database import Backend, Database
-from .records import AgentState, AuditRecord, GapAcknowledgement, HistoryPoint, Incident, Ingested, StoreUnavailable
+from .records import (
+    AgentState,
+    AuditRecord,
+    DriftAcceptance,
+    GapAcknowledgement,
+    HistoryPoint,
+    Incident,
+    Ingested,
+    StoreUnavailable,
+)
 
 READERS = 3
 DEFAULT_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
 
-__all__ = ["Store", "StoreHealth", "StoreUnavailable", "open_store", "AgentState", "AuditRecord", "GapAcknowledgement",
-           "HistoryPoint", "Incident", "Ingested"]
+__all__ = ["Store", "StoreHealth", "StoreUnavailable", "open_store", "AgentState", "AuditRecord", "DriftAcceptance",
+           "GapAcknowledgement", "HistoryPoint", "Incident", "Ingested"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +83,15 @@ class Store:
     async def record_audit(self, record: AuditRecord) -> bool:
         return await self._write(Database.record_audit, record)
 
+    async def accept_drift(self, acceptances: Sequence[DriftAcceptance]) -> None:
+        await self._write(Database.accept_drift, acceptances)
+
     # -- reads (a few threads, never behind a write) -------------------------------------------------------------
     async def audit_events(self, name: str, limit: int = 100) -> list[AuditRecord]:
         return await self._read(Database.audit_events, name, limit)
+
+    async def drift_acceptances(self, agent: Optional[str] = None) -> list[DriftAcceptance]:
+        return await self._read(Database.drift_acceptances, agent)
 
     async def agents(self) -> list[AgentState]:
         return await self._read(Database.agents)

@@ -46,7 +46,8 @@ def test_agent_state_carries_every_contract_field(collector):
                 "drift_count", "drift", "checks", "metrics", "canary_lag_s", "spool"):
         assert key in state, key
     assert state["healthy"] is False and state["drift_count"] == 1
-    assert state["drift"] == [{"path": "/etc/hosts", "kind": "modified", "expected": None, "actual": None}]
+    assert state["drift"] == [{"path": "/etc/hosts", "kind": "modified", "expected": None, "actual": None,
+                               "class": "unexplained"}]  # an agentd that sends no class: nothing explains it
     assert state["spool"] == {"depth": 0, "dropped": 0, "oldest_age_s": 0.0}
 
 
