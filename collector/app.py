@@ -117,8 +117,8 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
             log.error("report %s/%d not stored: %s", report.agent, report.seq, exc)
             return JSONResponse({"detail": "storage unavailable, retry later"}, 503, headers=retry_after)
         # drift an operator accepted that this report still shows goes back with the answer (acceptance.py)
-        accepted = {ACCEPTED_KEY: [a.to_json() for a in book.pending(report.agent, report.image_version,
-                                                                     report.drift)]} if report.drift else {}
+        pending = book.pending(report.agent, report.image_version, report.drift) if report.drift else []
+        accepted = {ACCEPTED_KEY: [a.to_json() for a in pending]} if pending else {}
         if not ingested.stored:
             counters.duplicates += 1
             return JSONResponse({"status": "duplicate", **accepted})

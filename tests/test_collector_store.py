@@ -170,6 +170,21 @@ def test_acknowledged_gap_moves_contiguous_to_last_and_is_kept(store):
     assert run(store.agent(store.test_agent)).contiguous_seq == 6
 
 
+def test_drift_classes_and_acceptances_are_kept_per_agent_oldest_first(store):
+    from collector.records import DriftAcceptance
+    agent = store.test_agent
+    ingest(store, 1, drift=[{"path": "/etc/a", "kind": "added", "actual": "x", "class": "package"},
+                            {"path": "/etc/b", "kind": "missing", "expected": "y"}])
+    assert [d.class_ for d in run(store.agent(agent)).drift] == ["package", "unexplained"]
+    later = DriftAcceptance(agent, "2024.1-abc", "/etc/b", "missing", "y", None, 200.5, "bob", "")
+    first = DriftAcceptance(agent, "2024.1-abc", "/etc/a", "added", None, "x", 100.25, "alice", "apt install")
+    run(store.accept_drift([later]))
+    run(store.accept_drift([first, first]))  # the same acceptance twice is one
+    assert run(store.drift_acceptances(agent)) == [first, later]
+    assert [a for a in run(store.drift_acceptances()) if a.agent == agent] == [first, later]
+    assert run(store.drift_acceptances("someone-else")) == []
+
+
 @pytest.mark.slow
 def test_postgres_row_lock_held_elsewhere_is_store_unavailable_in_time_and_reads_still_answer(postgres):
     import psycopg
