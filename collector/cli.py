@@ -1,5 +1,6 @@
 """`python -m collector serve ...` runs the web service; `python -m collector ack-gap AGENT ...` accounts for
-reports that will never arrive. Flags are parsed here, once; every CollectorError is one line on stderr, exit 2."""
+reports that will never arrive; `python -m collector accept-drift AGENT ...` accepts an agent's drift into its
+baseline. Flags are parsed here, once; every CollectorError is one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
