@@ -44,6 +44,7 @@ from .store import Store, StoreUnavailable
 log = logging.getLogger("collector")
 
 PRUNE_EVERY_S = 300.0
+NO_OPERATOR_TOKEN = "this collector cannot accept drift from the page: start it with --operator-token-file"
 HISTORY_LIMIT = 60
 
 
@@ -193,6 +194,15 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
                                              config.stale_after_s, refresh_s, audit=audit, accepted=accepted,
                                              can_accept=config.operator_token is not None))
 
+    @app.get("/agents/{name}/accept-drift", response_class=HTMLResponse)
+    async def accept_drift_form(name: str) -> HTMLResponse:
+        if config.operator_token is None:
+            return HTMLResponse(pages.accept_refused_page(name, NO_OPERATOR_TOKEN), 403)
+        state = await store.agent(name) if valid_agent_name(name) else None
+        if state is None:
+            return HTMLResponse(pages.unknown_agent_page(name, refresh_s), 404)
+        return HTMLResponse(pages.accept_page(state))
+
     @app.post("/agents/{name}/accept-drift", response_class=HTMLResponse)
     async def accept_drift(name: str, request: Request) -> Response:
         """The agent page's form. The operator's token comes in the POST body, typed by the operator: no cookie or
@@ -203,7 +213,7 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
         if origin not in (None, "null") and origin.split("://", 1)[-1] != request.headers.get("host"):
             return refuse(403, "the form was posted from another site")
         if config.operator_token is None:
-            return refuse(403, "this collector cannot accept drift from the page: start it with --operator-token-file")
+            return refuse(403, NO_OPERATOR_TOKEN)
         body = b""
         async for chunk in request.stream():
             body += chunk

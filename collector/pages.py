@@ -6,7 +6,7 @@ import time
 from html import escape
 from typing import Iterable, Mapping, Optional, Sequence
 
-from agentd.protocol import CONFFILE, PACKAGE, UNEXPLAINED
+from agentd.protocol import CONFFILE, PACKAGE, UNEXPLAINED, DriftEntry
 
 from .acceptance import entry_value, status
 from .gaps import GapExplanation
@@ -14,7 +14,7 @@ from .records import AgentState, AuditRecord, DriftAcceptance, GapAcknowledgemen
 
 # drift classes on the agent page, in this order, with what each means for the one reading it
 DRIFT_GROUPS = (
-    (UNEXPLAINED, "Unexplained", "nothing we know of explains these: they alert"),
+    (UNEXPLAINED, "Unexplained", "nothing we know of explains these (only these alert, by default)"),
     (CONFFILE, "Changed conffiles", "configuration files of a package, edited here (dpkg keeps such edits)"),
     (PACKAGE, "Package manager", "put there by a package installed or upgraded after the bake (dpkg's md5sums)"),
 )
@@ -27,6 +27,7 @@ th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums
 .ok{color:#176f2c;font-weight:600} .warn{color:#9a6700;font-weight:600} .fail,.stale{color:#b42318;font-weight:600}
 .muted{color:#777} svg{vertical-align:middle} code{font-size:.95em}
 .alone{color:#b42318;font-weight:600} form.accept label{margin-right:1em}
+a.button{border:1px solid #888;border-radius:3px;padding:.2em .6em;background:#f4f4f4;color:#222;text-decoration:none}
 """
 
 
@@ -60,7 +61,7 @@ def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incid
                acknowledgements: list[GapAcknowledgement], stale_after_s: float, refresh_s: int,
                now: Optional[float] = None, audit: Sequence[AuditRecord] = (), accepted: Sequence[DriftAcceptance] = (),
                can_accept: bool = False) -> str:
-    """`can_accept`: the collector has an operator token, so the drift comes with a form to accept it."""
+    """`can_accept`: the collector has an operator token, so the drift comes with a button to accept it."""
     now = time.time() if now is None else now
     facts = [
         ("host", escape(a.host)), ("role", escape(a.role)), ("image", f"<code>{escape(a.image_version)}</code>"),
@@ -91,31 +92,49 @@ def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incid
 
 
 def _drift(a: AgentState, can_accept: bool) -> str:
-    """The drift grouped by class (unexplained first); with a token configured, a form to accept ticked entries."""
+    """The drift grouped by class (unexplained first), and the way to accept it: a button to the form when the
+    collector has an operator token, else the command."""
     if not a.drift:
         return '<p class="muted" id="drift">No drift from the baseline.</p>'
+    how = (f'<p><a class="button" id="accept-drift-open" href="/agents/{a.agent}/accept-drift">Accept drift&hellip;'
+           "</a></p>" if can_accept else
+           '<p class="muted">To accept drift into the agent\'s baseline: <code>python -m collector accept-drift '
+           f"{a.agent} --by NAME [--path PATH ...] --db ...</code> (or start the collector with "
+           "<code>--operator-token-file</code> to accept it here).</p>")
+    return f'<div id="drift">{_drift_groups(a.drift, tick=False)}{how}</div>'
+
+
+def _drift_groups(drift: Sequence[DriftEntry], tick: bool) -> str:
     parts = []
     for drift_class, title, meaning in DRIFT_GROUPS:
-        entries = [d for d in a.drift if d.class_ == drift_class]
+        entries = [d for d in drift if d.class_ == drift_class]
         if not entries:
             continue
-        tick = ["accept"] if can_accept else []
         parts.append(f'<h3>{title} ({len(entries)})</h3><p class="muted">{meaning}</p>' + _table(
-            [*tick, "path", "kind", "expected", "actual"], [
-                [*([f'<input type="checkbox" name="entry" value="{escape(entry_value(d))}">'] if can_accept else []),
+            [*(["accept"] if tick else []), "path", "kind", "expected", "actual"], [
+                [*([f'<input type="checkbox" name="entry" value="{escape(entry_value(d))}">'] if tick else []),
                  f"<code>{escape(d.path)}</code>", escape(d.kind), escape(str(d.expected)), escape(str(d.actual))]
                 for d in entries], f"drift-{drift_class}"))
-    if not can_accept:
-        return (f'<div id="drift">{"".join(parts)}<p class="muted">To accept drift into the agent\'s baseline: '
-                f"<code>python -m collector accept-drift {a.agent} --by NAME [--path PATH ...] --db ...</code> "
-                "(or start the collector with <code>--operator-token-file</code> to accept it here).</p></div>")
-    return (f'<form id="drift" class="accept" method="post" action="/agents/{a.agent}/accept-drift">{"".join(parts)}'
-            '<p><label>your name <input name="by" required maxlength="64"></label>'
-            '<label>operator token <input name="token" type="password" required autocomplete="off"></label>'
-            '<label>reason <input name="reason" maxlength="300" size="40"></label>'
-            '<button type="submit" id="accept-drift">Accept the ticked drift</button></p>'
-            '<p class="muted">Accepted entries become part of the agent\'s baseline with its next report; a value '
-            "changed after that is drift again.</p></form>")
+    return "".join(parts)
+
+
+def accept_page(a: AgentState) -> str:
+    """The form that accepts ticked drift. No meta refresh here: a refresh would wipe what the operator typed; an
+    entry that changed meanwhile is refused on submit (acceptance.chosen_by_form)."""
+    if not a.drift:
+        form = '<p class="muted" id="drift">No drift from the baseline: nothing to accept.</p>'
+    else:
+        form = (f'<form id="drift" class="accept" method="post" action="/agents/{a.agent}/accept-drift">'
+                f"{_drift_groups(a.drift, tick=True)}"
+                '<p><label>your name <input name="by" required maxlength="64"></label>'
+                '<label>operator token <input name="token" type="password" required autocomplete="off"></label>'
+                '<label>reason <input name="reason" maxlength="300" size="40"></label>'
+                '<button type="submit" id="accept-drift">Accept the ticked drift</button></p>'
+                "<p class=\"muted\">Accepted entries become part of the agent's baseline with its next report; a "
+                "value changed after that is drift again.</p></form>")
+    return _page(f"accept drift of {a.agent} - agentfleet", None,
+                 f'<p><a href="/agents/{a.agent}">&larr; {a.agent}</a></p><h1>Accept drift of {a.agent}</h1>'
+                 f"<p>As of its report seq {a.last_seq}, {_clock(a.sent_at)}.</p>{form}")
 
 
 def _acceptances(a: AgentState, accepted: Sequence[DriftAcceptance]) -> str:
@@ -128,7 +147,7 @@ def _acceptances(a: AgentState, accepted: Sequence[DriftAcceptance]) -> str:
 
 
 def accept_refused_page(name: str, why: str) -> str:
-    return _page("drift not accepted - agentfleet", 3600,
+    return _page("drift not accepted - agentfleet", None,
                  f'<p><a href="/agents/{escape(name)}">&larr; {escape(name)}</a></p><h1>Drift not accepted</h1>'
                  f'<p class="fail" id="refused">{escape(why)}</p>')
 
@@ -191,9 +210,11 @@ def _table(headers: list[str], rows: Iterable[list[str]], table_id: str, header:
     return f'<table id="{table_id}">{head}<tbody>{body}</tbody></table>'
 
 
-def _page(title: str, refresh_s: int, body: str) -> str:
+def _page(title: str, refresh_s: Optional[int], body: str) -> str:
+    """`refresh_s` None: a page that must not reload by itself (a form)."""
+    refresh = "" if refresh_s is None else f'<meta http-equiv="refresh" content="{refresh_s}">'
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="refresh" content="{refresh_s}"><title>{escape(title)}</title>'
+            f"{refresh}<title>{escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 

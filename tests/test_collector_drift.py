@@ -151,14 +151,17 @@ def test_the_agent_page_groups_drift_by_class_and_without_a_token_shows_the_comm
         assert "python -m collector accept-drift athena --by NAME" in page and "<form" not in page
         status, refused, _ = post_form(c.url + "/agents/athena/accept-drift", [("by", "mallory"), ("token", "x")])
         assert status == 403 and "--operator-token-file" in refused
+        assert c.get("/agents/athena/accept-drift")[0] == 403
 
 
 def test_the_agent_page_accepts_ticked_drift_with_the_operator_token_only(tmp_path):
     with running_collector(tmp_path, "--interval-s", "60", "--operator-token-file",
                            operator_token_file(tmp_path)) as c:
         c.post(report("athena", 1, drift=[PASSWD, NGINX]))
-        page = c.get("/agents/athena")[1]
+        assert 'id="accept-drift-open" href="/agents/athena/accept-drift"' in c.get("/agents/athena")[1]
+        page = c.get("/agents/athena/accept-drift")[1]
         assert '<form id="drift" class="accept" method="post" action="/agents/athena/accept-drift">' in page
+        assert 'http-equiv="refresh"' not in page, "a refresh would wipe what the operator typed"
         passwd = entry_value(DriftEntry("/etc/passwd", "modified", "aa", "bb"))
         assert f'value="{passwd.replace("&", "&amp;")}"' in page
         url = c.url + "/agents/athena/accept-drift"

@@ -96,3 +96,30 @@ def test_unknown_agent_page_is_404_with_a_way_back(browser, fleet):
     assert status == 404
     browser.get(fleet.url + "/agents/nobody")
     assert "Unknown agent" in browser.page_source and browser.find_element("link text", "← fleet")
+
+
+def test_an_operator_accepts_drift_from_the_agent_page_in_a_browser(browser, tmp_path):
+    token = tmp_path / "operator.token"
+    token.write_text("page-operator-token\n")
+    token.chmod(0o600)
+    with running_collector(tmp_path, "--interval-s", "2", "--operator-token-file", str(token)) as c:
+        c.post(report("athena", 1, drift=[
+            {"path": "/etc/cron.d/" + HOSTILE, "kind": "added", "actual": "aa", "class": "unexplained"},
+            {"path": "/etc/nginx/nginx.conf", "kind": "modified", "expected": "bb", "actual": "cc",
+             "class": "conffile"},
+            {"path": "pkg:htop", "kind": "package", "actual": "3.0.5", "class": "package"}]))
+        browser.get(c.url + "/agents/athena")
+        groups = [t.get_attribute("id") for t in browser.find_elements("css selector", "#drift table")]
+        assert groups == ["drift-unexplained", "drift-conffile", "drift-package"]
+        browser.find_element("id", "accept-drift-open").click()
+        assert browser.current_url.endswith("/agents/athena/accept-drift")
+        browser.find_element("css selector", "#drift-conffile input[type=checkbox]").click()
+        browser.find_element("name", "by").send_keys("carol")
+        browser.find_element("name", "token").send_keys("page-operator-token")
+        browser.find_element("name", "reason").send_keys("tuned workers")
+        browser.find_element("id", "accept-drift").click()
+        assert browser.current_url.endswith("/agents/athena#drift-acceptances")
+        accepted = browser.find_element("id", "drift-acceptances").text
+        assert "carol" in accepted and "/etc/nginx/nginx.conf" in accepted and "pending" in accepted
+        assert browser.title != "pwned"
+        browser.save_screenshot(str(tmp_path / "accept.png"))
