@@ -43,7 +43,8 @@ class Agent:
         self.canary = Canary(rooted(root, config.canary_path), config.canary_interval_s)
         # the baseline files are the reference, not subjects: they cannot contain their own hashes
         self.tracker = DriftTracker(self.baseline, root, config.watched_paths, config.drift_ignore, config.dpkg_status,
-                                    exclude=[config.canary_path, config.image_json, config.injected_json])
+                                    exclude=[config.canary_path, config.image_json, config.injected_json],
+                                    baked_packages=image_baseline.packages)
         self.spool = Spool(rooted(root, config.spool_dir), rooted(root, config.state_dir), config.spool_max)
         self.sender = Sender(config.reports_url, token, config.http_timeout_s,
                              Backoff(config.backoff_initial_s, config.backoff_max_s))

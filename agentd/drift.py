@@ -35,7 +35,10 @@ class DriftTracker:
     """The current state of every watched and baseline file; thread-safe, drift recomputed only after changes."""
 
     def __init__(self, baseline: Baseline, root: str, watched: Iterable[str], ignore: Iterable[str] = (),
-                 dpkg_status: str = "/var/lib/dpkg/status", exclude: Iterable[str] = ()):
+                 dpkg_status: str = "/var/lib/dpkg/status", exclude: Iterable[str] = (),
+                 baked_packages: Optional[Dict[str, str]] = None):
+        """`baked_packages`: the bake's dpkg packages (image.json's) when `baseline` also holds accepted ones: what
+        was installed after the bake stays so when an operator accepts its version (drift_class.py)."""
         self.baseline = baseline
         self.root = root
         self.watched = tuple(p.rstrip("/") or "/" for p in watched)
@@ -49,7 +52,7 @@ class DriftTracker:
         self._lock = threading.Lock()
         self._cache: Optional[List[DriftEntry]] = None
         self.classifier = DriftClassifier(self.dpkg_status, lambda p: rooted(root, p), self._may_drift,
-                                          baseline.packages)
+                                          baseline.packages if baked_packages is None else baked_packages)
         self.full_scans = 0
         self._visited = 0
         self.on_progress: Optional[Callable[[], None]] = None  # called every few hundred files during a scan
@@ -75,7 +78,6 @@ class DriftTracker:
         """Measure against a new baseline from now on (drift an operator accepted: agentd/accepted.py)."""
         with self._lock:
             self.baseline = baseline
-            self.classifier.baked_packages = dict(baseline.packages)
             self._cache = None
 
     def current(self, path: str) -> Optional[FileState]:

@@ -125,7 +125,7 @@ class DriftClassifier:
         self.dpkg_status = dpkg_status_host
         self.to_host = to_host                      # in-VM path -> host path (the --root mapping)
         self.wanted = wanted
-        self.baked_packages = dict(baked_packages)  # image.json's packages.dpkg (plus accepted package drift)
+        self.baked_packages = dict(baked_packages)  # image.json's packages.dpkg, never what was accepted since
         self.builds = 0
         self._index: Optional[DpkgIndex] = None
         self._signature: Optional[Tuple[int, int, int]] = None

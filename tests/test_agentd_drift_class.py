@@ -164,3 +164,17 @@ def test_a_package_that_real_dpkg_installed_into_the_vm_tree_is_classified_from_
     t.full_scan()
     assert classes(t) == {("/etc/demo/data.txt", "added"): "unexplained", ("/etc/demo/demo.conf", "added"): "conffile",
                           ("pkg:demo", "package"): "package"}
+
+
+def test_accepting_a_packages_version_keeps_its_files_explained_by_the_package_manager(tmp_path):
+    from agentd.accepted import AcceptedLayer
+    from agentd.protocol import AcceptedDrift
+    make_vm_tree(tmp_path)
+    t = tracker_of(tmp_path)
+    install(tmp_path, "htop", "3.0.5-7build2", {"/etc/htoprc": b"color=1\n"})
+    t.full_scan()
+    [pkg] = [d for d in t.drift() if d.path == "pkg:htop"]
+    layer = AcceptedLayer(t.baseline.image_version).adopt(
+        t.baseline, pkg, None, AcceptedDrift(pkg.path, pkg.kind, pkg.expected, pkg.actual, 1.0, "ops"))
+    t.set_baseline(layer.over(t.baseline))
+    assert classes(t) == {("/etc/htoprc", "added"): "package"}, "the bake did not have htop, whatever was accepted"
