@@ -6,8 +6,9 @@ so a replace or a rollback starts again from the new image's baseline, and entri
 version are ignored. An acceptance is adopted only while agentd's own drift holds exactly the accepted entry (same
 path, kind and current value): a file changed again after the operator looked is still drift.
 
-Format: {"image_version": V, "files": {path: {sha256, mode, owner} | null}, "packages": {name: version | null},
-"log": [AcceptedDrift...]}; null removes the path or package from the baseline (an accepted deletion).
+Format: {"image_version": V, "files": {path: {"from": S, "to": S}}, "packages": {name: {"from": V, "to": V}},
+"log": [AcceptedDrift...]}, S a baseline entry {sha256, mode, owner} or null, V a version or null: "to" null removes
+the path or package from the baseline (an accepted deletion), "from" is the record's entry it was accepted over.
 """
 from __future__ import annotations
 
@@ -33,52 +34,76 @@ def accepted_path(config: Config, root: str) -> str:
     return rooted(root, os.path.join(config.state_dir, ACCEPTED_FILE))
 
 
+FileChange = Tuple[Optional[FileState], Optional[FileState]]   # (the record's entry it was accepted over, the new)
+PackageChange = Tuple[Optional[str], Optional[str]]
+
+
 @dataclasses.dataclass(frozen=True)
 class AcceptedLayer:
+    """Each accepted change is kept with the baseline entry it was accepted over: when the bake's or the clone's
+    record of that path changes (`clone.py --update` injects a new file), theirs holds and the acceptance lapses,
+    instead of a stale acceptance turning the new file into drift."""
     image_version: str
-    files: Dict[str, Optional[FileState]] = dataclasses.field(default_factory=dict)
-    packages: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
+    files: Dict[str, FileChange] = dataclasses.field(default_factory=dict)
+    packages: Dict[str, PackageChange] = dataclasses.field(default_factory=dict)
     log: Tuple[AcceptedDrift, ...] = ()
 
     def over(self, baseline: Baseline) -> Baseline:
-        """The baseline with every accepted entry in place of the bake's or the clone's."""
+        """The baseline (image.json + injected.json) with every accepted entry still over the same record."""
         files, packages = dict(baseline.files), dict(baseline.packages)
-        for path, state in self.files.items():
-            if state is None:
-                files.pop(path, None)
-            else:
-                files[path] = state
-        for name, version in self.packages.items():
-            if version is None:
-                packages.pop(name, None)
-            else:
-                packages[name] = version
+        for path, (was, now) in self.files.items():
+            if baseline.files.get(path) == was:
+                _put(files, path, now)
+        for name, (was_v, now_v) in self.packages.items():
+            if baseline.packages.get(name) == was_v:
+                _put(packages, name, now_v)
         return dataclasses.replace(baseline, files=files, packages=packages)
 
     def adopt(self, baseline: Baseline, entry: DriftEntry, current: Optional[FileState],
               accepted: AcceptedDrift) -> "AcceptedLayer":
         """This layer plus one accepted entry; `baseline` is the effective one, `current` what is on disk now."""
         files, packages = dict(self.files), dict(self.packages)
-        before = baseline.files.get(entry.path)
         if entry.kind == "package":
-            packages[entry.path[len("pkg:"):]] = entry.actual
-        elif entry.kind == "missing":
-            files[entry.path] = None
-        elif entry.kind == "added":
-            files[entry.path] = current if current is not None else FileState(entry.actual, "", "")
-        elif before is not None and entry.kind == "modified":
-            files[entry.path] = dataclasses.replace(before, sha256=entry.actual)
-        elif before is not None and entry.kind == "mode":
-            files[entry.path] = dataclasses.replace(before, mode=entry.actual or "")
-        elif before is not None and entry.kind == "owner":
-            files[entry.path] = dataclasses.replace(before, owner=entry.actual or "")
+            name = entry.path[len("pkg:"):]
+            was_v = self.packages[name][0] if name in self.packages else baseline.packages.get(name)
+            packages[name] = (was_v, entry.actual)
+        else:
+            was = self.files[entry.path][0] if entry.path in self.files else baseline.files.get(entry.path)
+            now = _accepted_state(baseline.files.get(entry.path), entry, current)
+            files[entry.path] = (was, now)
         return AcceptedLayer(self.image_version, files, packages, (self.log + (accepted,))[-LOG_LIMIT:])
 
     def to_json(self) -> dict:
         return {"image_version": self.image_version,
-                "files": {p: None if s is None else s.to_json() for p, s in sorted(self.files.items())},
-                "packages": dict(sorted(self.packages.items())),
+                "files": {p: {"from": _state_json(was), "to": _state_json(now)}
+                          for p, (was, now) in sorted(self.files.items())},
+                "packages": {n: {"from": was, "to": now} for n, (was, now) in sorted(self.packages.items())},
                 "log": [a.to_json() for a in self.log]}
+
+
+def _put(mapping: dict, key: str, value: object) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
+
+
+def _accepted_state(before: Optional[FileState], entry: DriftEntry,
+                    current: Optional[FileState]) -> Optional[FileState]:
+    """The baseline entry a path gets when this drift entry is accepted (None: the path leaves the baseline)."""
+    if entry.kind == "missing":
+        return None
+    if entry.kind == "added" or before is None:
+        return current if current is not None else FileState(entry.actual, "", "")
+    if entry.kind == "modified":
+        return dataclasses.replace(before, sha256=entry.actual)
+    if entry.kind == "mode":
+        return dataclasses.replace(before, mode=entry.actual or "")
+    return dataclasses.replace(before, owner=entry.actual or "")
+
+
+def _state_json(state: Optional[FileState]) -> Optional[dict]:
+    return None if state is None else state.to_json()
 
 
 def load_layer(path: str, image_version: str) -> AcceptedLayer:
@@ -105,20 +130,30 @@ def _layer_from_json(data: object, where: str, image_version: str) -> AcceptedLa
         raise ValueError("must be a JSON object")
     if data.get("image_version") != image_version:
         return AcceptedLayer(image_version)  # accepted on another image: this VM's baseline is the new image's
-    raw_files = data.get("files") or {}
-    if not isinstance(raw_files, dict):
-        raise ValueError("files: must be an object")
-    present = baseline_from_json({p: s for p, s in raw_files.items() if s is not None}, where)
-    files: Dict[str, Optional[FileState]] = {p: present.get(p) for p in raw_files}
-    packages = data.get("packages") or {}
-    if not isinstance(packages, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
-                                                 for k, v in packages.items()):
-        raise ValueError("packages: must map names to versions or null")
+    files: Dict[str, FileChange] = {}
+    for path, change in _mapping(data, "files").items():
+        if not isinstance(change, dict) or set(change) != {"from", "to"}:
+            raise ValueError(f"files: {path!r}: must be {{from, to}}")
+        was, now = (baseline_from_json({path: change[k]}, where)[path] if change[k] is not None else None
+                    for k in ("from", "to"))
+        files[path] = (was, now)
+    packages: Dict[str, PackageChange] = {}
+    for name, change in _mapping(data, "packages").items():
+        if not isinstance(change, dict) or set(change) != {"from", "to"} or not all(
+                v is None or isinstance(v, str) for v in change.values()):
+            raise ValueError(f"packages: {name!r}: must be {{from, to}} versions or null")
+        packages[name] = (change["from"], change["to"])
     entries = data.get("log") or []
     if not isinstance(entries, list):
         raise ValueError("log: must be a list")
-    return AcceptedLayer(image_version, files, dict(packages),
-                         tuple(AcceptedDrift.from_json(e, "log") for e in entries))
+    return AcceptedLayer(image_version, files, packages, tuple(AcceptedDrift.from_json(e, "log") for e in entries))
+
+
+def _mapping(data: dict, key: str) -> dict:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: must be an object")
+    return value
 
 
 def save_layer(path: str, layer: AcceptedLayer) -> None:

@@ -105,3 +105,12 @@ def test_the_layer_round_trips_and_another_images_or_a_damaged_one_is_empty(tmp_
     assert load_layer(path, "v1") == AcceptedLayer("v1")
     assert "accepted drift is reported again" in caplog.text
     assert not os.path.exists(path + ".tmp")
+
+
+def test_an_acceptance_lapses_when_the_clone_records_a_new_baseline_for_its_path():
+    injected = Baseline("v1", {"/etc/agentfleet/agentd.yaml": FileState("sha-1", "0644", "root:root")})
+    drift, accepted = entry("/etc/agentfleet/agentd.yaml", "modified", "sha-1", "sha-edited")
+    layer = AcceptedLayer("v1").adopt(injected, drift, None, accepted)
+    assert layer.over(injected).files["/etc/agentfleet/agentd.yaml"].sha256 == "sha-edited"
+    updated = Baseline("v1", {"/etc/agentfleet/agentd.yaml": FileState("sha-2", "0644", "root:root")})
+    assert layer.over(updated) == updated, "clone.py --update injected a new file: its record holds"
