@@ -89,6 +89,7 @@ class Alerts:
         for incident in closed:
             pending.messages.append(f":large_green_circle: {who}: check {inert(incident.key, 60)} recovered")
         drift = {f"{d.kind} {d.path}": _drift_detail(d.kind, d.path, d.expected, d.actual)
+                 + ("" if d.class_ == UNEXPLAINED else f" [{d.class_}]")  # alerting on every class: say which
                  for d in report.drift if d.class_ in self.drift_classes}
         opened, closed = self._reconcile(pending, report.agent, DRIFT, drift, now)
         if opened:  # one message per report, however many files drifted at once

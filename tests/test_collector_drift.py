@@ -83,7 +83,8 @@ def test_drift_alerts_can_cover_every_class(tmp_path, webhook):
     with running_collector(tmp_path, "--interval-s", "60", "--drift-alerts", "unexplained,conffile,package",
                            webhook_url=webhook.url) as c:
         c.post(report("athena", 1, drift=[PASSWD, NGINX, HTOP]))
-        assert "new drift (3)" in webhook.wait_for(1)[0]
+        [alert] = webhook.wait_for(1)
+        assert "new drift (3)" in alert and "[conffile]" in alert and "[package]" in alert
 
 
 def test_a_drift_alert_class_outside_the_contract_is_one_line(tmp_path):

@@ -139,6 +139,28 @@ def test_collector_service_runs_on_postgresql(postgres, tmp_path):
         assert collector.get("/agents/pg-agent")[0] == 200
 
 
+@pytest.mark.slow
+def test_drift_accepted_with_the_cli_reaches_the_agent_through_a_postgresql_collector(postgres, tmp_path):
+    import subprocess
+    import sys
+
+    from .collector_server import ROOT, running_collector
+
+    drift = [{"path": "/etc/pg-accept", "kind": "added", "actual": "abc"}]
+    with running_collector(tmp_path, "--interval-s", "60", "--sweep-s", "0.1", db_url=postgres.url) as collector:
+        collector.post(report("pg-accept", 1, drift=drift))
+        result = subprocess.run([sys.executable, "-m", "collector", "accept-drift", "pg-accept", "--db", postgres.url,
+                                 "--by", "dana"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        deadline, answer = time.monotonic() + 10, {}
+        for seq in range(2, 200):
+            answer = collector.post(report("pg-accept", seq, drift=drift))[1]
+            if "accepted" in answer or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert answer["accepted"][0]["by"] == "dana"
+
+
 def test_retention_prunes_old_reports_while_the_service_runs(tmp_path):
     from .collector_server import running_collector
 
