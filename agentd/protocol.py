@@ -93,7 +93,7 @@ class AuditEvent:
     @classmethod
     def from_json(cls, data: Any) -> "AuditEvent":
         """Strict parse, ValueError naming the first bad field; every text one short line (it is shown on a page)."""
-        data = _fields(data, cls, "audit event")
+        data = _fields(data, frozenset(cls.__dataclass_fields__), "audit event")
         agent = data.get("agent")
         if not valid_agent_name(agent):
             raise ValueError("agent: must be " + AGENT_NAME_RULE)
