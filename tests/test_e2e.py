@@ -16,20 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from bake import fetch, lock, publish
-from bake.pipeline import Layout, bake
-from bake.spec import load_spec
 from tests.clone_support import (
     JsonStub,
     clone_cli,
     ensure_libvirtd,
-    guest_root,
     libvirt_workdir,
     world_traversable,
     write_overlay,
 )
 from tests.collector_server import SECRET, free_port, start_collector
 from tests.conftest import REPO
+from tests.image_variants import bake_variant, derive_broken_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 
@@ -44,8 +41,6 @@ PIN_BUMP = ("""    version: 10.9.8
     sha256: 3e68f9b5fcaf1a94ba0e37e6a565c920b2be6bd98998c50970385d6a692af780""", """    version: 10.9.7
     url: https://registry.npmjs.org/npm/-/npm-10.9.7.tgz
     sha256: 15b45313dd6ca1c2c3da89e12f789d78b16fc174bd0e711cac399af6e457a670""")
-# e2e only: agentd's unit overridden so that it cannot start, to prove that a replace rolls back by itself
-BREAK_AGENTD = "[Service]\nExecStart=\nExecStart=/bin/false\n"
 
 
 class Steps:
@@ -97,40 +92,6 @@ class MattermostStandIn(JsonStub):
 
     def logged_in(self, token: str) -> bool:
         return ("/api/v4/users/me", f"Bearer {token}") in self.requests
-
-
-class VariantLayout(Layout):
-    """The build dir's caches, but its own images dir: a variant must not become the newest published image, which
-    a later `deploy/clone.py athena` without --image would take."""
-
-    @property
-    def images(self) -> Path:
-        return world_traversable(self.build / "e2e-images")
-
-
-def bake_variant(tmp: Path, name: str, edit):
-    """Bake a variant of the real spec through the same pipeline and caches as production."""
-    images = tmp / name
-    shutil.copytree(REPO / "images", images)
-    spec_path = images / "agent.yaml"
-    spec_path.write_text(spec_path.read_text().replace(*edit))
-    layout, spec = VariantLayout(REPO / "build"), load_spec(spec_path)
-    lock.resolve(spec, fetch.host_npm(spec, layout.downloads, layout.tools))
-    return bake(spec_path, layout, quiet=True).image
-
-
-def derive_broken_image(good, dest: Path) -> Path:
-    """`good` with agentd's unit overridden to /bin/false, published under its own version in `dest` (not in the
-    build's images dir, where a later clone could take it for the newest). A copy and one file written with
-    libguestfs, not a third bake: what the replace must survive is an agentd that does not start."""
-    version = f"{good.version}-broken"
-    work = dest / f".agent-{version}.work.qcow2"
-    shutil.copyfile(good.qcow2, work)
-    with guest_root(work) as g:
-        g.mkdir_p("/etc/systemd/system/agentd.service.d")
-        g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
-    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
-    return publish.publish(dest, "agent", version, work, image_json, good.schema_path, None).qcow2
 
 
 class ReportWatch:

@@ -1,0 +1,55 @@
+"""Images a VM test needs beside the golden one, made through the production pipeline and caches: the small test
+image (images/agent-small.yaml), a variant of a spec (a pin bump), and a broken copy whose agentd cannot start."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bake import fetch, lock, publish
+from bake.pipeline import Layout, bake
+from bake.spec import load_spec
+from tests.clone_support import guest_root, world_traversable
+
+REPO = Path(__file__).resolve().parent.parent
+# agentd's unit overridden so that it cannot start: what a replace and a rollout must survive
+BREAK_AGENTD = "[Service]\nExecStart=\nExecStart=/bin/false\n"
+
+
+def variant_layout(images_dir: str) -> Layout:
+    """The build dir's caches, but its own images dir under build/: a variant must not become the newest published
+    image, which a later `deploy/clone.py athena` without --image would take."""
+    return Layout(REPO / "build", world_traversable(REPO / "build" / images_dir))
+
+
+def small_image() -> publish.Published:
+    """The small test image, baked once (a cache hit afterwards) into build/small-images."""
+    return bake(REPO / "images" / "agent-small.yaml", variant_layout("small-images"), quiet=True).image
+
+
+def bake_variant(tmp: Path, name: str, edit: tuple[str, str], spec: str = "agent.yaml",
+                 images_dir: str = "e2e-images") -> publish.Published:
+    """Bake images/<spec> with one text edit, through the same pipeline and caches as production."""
+    images = tmp / name
+    shutil.copytree(REPO / "images", images)
+    spec_path = images / spec
+    text = spec_path.read_text()
+    assert edit[0] in text, f"{edit[0]!r} not in {spec}"
+    spec_path.write_text(text.replace(*edit))
+    layout, loaded = variant_layout(images_dir), load_spec(spec_path)
+    if loaded.openclaw:
+        lock.resolve(loaded, fetch.host_npm(loaded, layout.downloads, layout.tools))
+    return bake(spec_path, layout, quiet=True).image
+
+
+def derive_broken_image(good: publish.Published, dest: Path) -> Path:
+    """`good` with agentd's unit overridden to /bin/false, published under its own version in `dest` (not in the
+    build's images dir, where a later clone could take it for the newest). A copy and one file written with
+    libguestfs, not another bake: what must be survived is an agentd that does not start."""
+    version = f"{good.version}-broken"
+    work = dest / f".agent-{version}.work.qcow2"
+    shutil.copyfile(good.qcow2, work)
+    with guest_root(work) as g:
+        g.mkdir_p("/etc/systemd/system/agentd.service.d")
+        g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
+    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
+    return publish.publish(dest, "agent", version, work, image_json, good.schema_path, None).qcow2
