@@ -15,6 +15,7 @@ from typing import Any, Optional
 SCHEMA_VERSION = 1
 REPORTS_PATH = "/api/v1/reports"
 AUDIT_PATH = "/api/v1/audit"       # an operator's change to an agent's config (clone.py --update), docs/contracts.md
+ROLLOUTS_PATH = "/api/v1/rollouts"  # a fleet rollout's progress (deploy/rollout/feed.py), docs/contracts.md
 MAX_AUDIT_BYTES = 64 * 1024
 MAX_AUDIT_CHANGES = 200            # lines of "what changed" per event
 MAX_AUDIT_TEXT = 200               # characters per line (and of `who`)
@@ -77,6 +78,19 @@ def audit_token_matches(collector_secret: bytes, agent: str, presented: str) -> 
     if not isinstance(presented, str) or not presented.isascii():
         return False
     return hmac.compare_digest(audit_token(collector_secret, agent), presented)
+
+
+def rollout_token(collector_secret: bytes, fleet: str) -> str:
+    """token = HMAC-SHA256(collector secret, "rollout:" + fleet id): what `fleet rollout` presents to show its
+    progress on the collector's fleet page. The workstation reads the secret from the inventory's secrets source, as
+    the clone does; an agent, holding only HMAC(secret, agent), cannot forge a rollout."""
+    return hmac.new(collector_secret, ("rollout:" + fleet).encode(), hashlib.sha256).hexdigest()
+
+
+def rollout_token_matches(collector_secret: bytes, fleet: str, presented: str) -> bool:
+    if not isinstance(presented, str) or not presented.isascii():
+        return False
+    return hmac.compare_digest(rollout_token(collector_secret, fleet), presented)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from agentd.protocol import (
     AUDIT_PATH,
     MAX_REPORT_BYTES,
     REPORTS_PATH,
+    ROLLOUTS_PATH,
     Report,
     token_matches,
     valid_agent_name,
@@ -38,6 +39,8 @@ from .gaps import GapExplanation, explain_gap
 from .metrics import CONTENT_TYPE, Counters, render_metrics
 from .notifier import Notifier
 from .records import AgentState, GapAcknowledgement
+from .rollouts import FINAL, RolloutRejected, parse_rollout
+from .rollouts import summary as rollout_summary
 from .siblings import drifts_alone
 from .store import Store, StoreUnavailable
 
@@ -132,6 +135,24 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
             log.error("alert bookkeeping for %s failed: %s", report.agent, exc)
         return JSONResponse({"status": "stored", **accepted})
 
+    @app.post(ROLLOUTS_PATH)
+    async def post_rollout(request: Request) -> Response:
+        """A fleet rollout's progress (collector/rollouts.py): kept for the fleet page; its end said once in
+        Mattermost."""
+        try:
+            rollout = await parse_rollout(request, config.secret)
+        except RolloutRejected as rejected:
+            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else {}
+            return JSONResponse({"detail": rejected.detail}, rejected.status, headers=headers)
+        before = await store.record_rollout(rollout)
+        if rollout.final and before not in FINAL:
+            notifier.send(rollout_summary(rollout))
+        return JSONResponse({"status": "recorded"})
+
+    @app.get(ROLLOUTS_PATH)
+    async def get_rollouts() -> list[dict]:
+        return [r.to_json() for r in await store.rollouts()]
+
     @app.post(AUDIT_PATH)
     async def post_audit(request: Request) -> Response:
         """An operator's change to an agent's config (collector/audit.py); stored in both backends, never alerted."""
@@ -178,9 +199,9 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def fleet() -> HTMLResponse:
-        agents = await store.agents()
+        agents, rollouts = await asyncio.gather(store.agents(), store.rollouts())
         return HTMLResponse(pages.fleet_page(agents, config.stale_after_s, refresh_s, alerts.open_counts(),
-                                             alone=drifts_alone(agents)))
+                                             alone=drifts_alone(agents), rollout=rollouts[0] if rollouts else None))
 
     @app.get("/agents/{name}", response_class=HTMLResponse)
     async def agent(name: str) -> HTMLResponse:

@@ -26,6 +26,7 @@ from .records import (
     StoreUnavailable,
     canonical_json,
 )
+from .rollouts import Rollout
 
 LAYOUT = 2  # 1: agents.latest and reports.body held the body as received; 2: the canonical form (records.py)
 
@@ -56,6 +57,10 @@ SCHEMA = (
         agent TEXT NOT NULL, image_version TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, expected TEXT,
         actual TEXT, accepted_at DOUBLE PRECISION NOT NULL, accepted_by TEXT NOT NULL, reason TEXT NOT NULL,
         PRIMARY KEY (agent, path, kind, accepted_at))""",
+    # fleet rollouts (collector/rollouts.py): the newest snapshot per fleet, as posted by `fleet rollout`
+    """CREATE TABLE IF NOT EXISTS rollouts (
+        fleet TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
 )
 ACCEPTANCE_COLUMNS = "agent, image_version, path, kind, expected, actual, accepted_at, accepted_by, reason"
 
@@ -202,7 +207,27 @@ class Database:
                            "ON CONFLICT DO NOTHING", (a.agent, a.image_version, a.path, a.kind, a.expected, a.actual,
                                                       a.accepted_at, a.accepted_by, a.reason))
 
+    def record_rollout(self, rollout: Rollout) -> Optional[str]:
+        """Keep the newest snapshot of the fleet's rollout; returns the state it replaced (None: none was stored),
+        so the caller announces a rollout's end once. An older snapshot (posted late) changes nothing."""
+        with self._transaction() as tx:
+            row = tx.execute("SELECT state, updated_at FROM rollouts WHERE fleet = ?", (rollout.fleet,)).fetchone()
+            if row is not None and row[1] > rollout.updated_at:
+                return row[0]
+            tx.execute("INSERT INTO rollouts (fleet, state, updated_at, received_at, body) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (fleet) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, "
+                       "received_at = excluded.received_at, body = excluded.body",
+                       (rollout.fleet, rollout.state, rollout.updated_at, rollout.received_at,
+                        json.dumps(rollout.to_json(), sort_keys=True)))
+            return None if row is None else row[0]
+
     # -- reads ---------------------------------------------------------------------------------------------------
+    def rollouts(self) -> list[Rollout]:
+        """Every fleet's newest rollout, the most recently updated first."""
+        with self._transaction() as tx:
+            rows = tx.execute("SELECT body, received_at FROM rollouts ORDER BY updated_at DESC").fetchall()
+        return [Rollout.from_json(json.loads(body), received_at) for body, received_at in rows]
+
     def audit_events(self, name: str, limit: int = 100) -> list[AuditRecord]:
         """The agent's most recent audit events, newest first."""
         with self._transaction() as tx:

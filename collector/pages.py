@@ -2,6 +2,8 @@
 Everything an agent sent is escaped: a drift path or a check detail is data, never markup."""
 from __future__ import annotations
 
+import collections
+import itertools
 import time
 from html import escape
 from typing import Iterable, Mapping, Optional, Sequence
@@ -11,6 +13,7 @@ from agentd.protocol import CONFFILE, PACKAGE, UNEXPLAINED, DriftEntry
 from .acceptance import entry_value, status
 from .gaps import GapExplanation
 from .records import AgentState, AuditRecord, DriftAcceptance, GapAcknowledgement, HistoryPoint, Incident
+from .rollouts import Rollout, RolloutAgent
 
 # drift classes on the agent page, in this order, with what each means for the one reading it
 DRIFT_GROUPS = (
@@ -27,34 +30,81 @@ th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums
 .ok{color:#176f2c;font-weight:600} .warn{color:#9a6700;font-weight:600} .fail,.stale{color:#b42318;font-weight:600}
 .muted{color:#777} svg{vertical-align:middle} code{font-size:.95em}
 .alone{color:#b42318;font-weight:600} form.accept label{margin-right:1em}
+tr.host th{background:#e9eef5;font-weight:600} tr.inwave td{background:#fff7e0}
 a.button{border:1px solid #888;border-radius:3px;padding:.2em .6em;background:#f4f4f4;color:#222;text-decoration:none}
 """
 
 
 def fleet_page(agents: list[AgentState], stale_after_s: float, refresh_s: int, open_alerts: dict[str, int],
-               now: Optional[float] = None, alone: Optional[Mapping[str, Sequence[str]]] = None) -> str:
-    """`alone`: agent -> unexplained drift paths none of its siblings on the same image has (siblings.py)."""
+               now: Optional[float] = None, alone: Optional[Mapping[str, Sequence[str]]] = None,
+               rollout: Optional[Rollout] = None) -> str:
+    """Agents grouped by host, how many run which image, and the newest rollout (its current wave's agents marked,
+    when each was replaced). `alone`: agent -> unexplained drift paths none of its siblings on the same image has
+    (siblings.py)."""
     now = time.time() if now is None else now
     alone = alone or {}
+    in_rollout = {a.name: a for a in rollout.agents} if rollout else {}
+    wave = rollout.current_wave if rollout else None
     rows = []
-    for a in agents:
-        rows.append(
-            f'<tr id="agent-{a.agent}"><td><a href="/agents/{a.agent}">{a.agent}</a></td>'
-            f"<td>{escape(a.host)}</td><td>{escape(a.role)}</td><td><code>{escape(a.image_version)}</code></td>"
-            f'<td title="{_clock(a.last_seen)}">{_ago(now - a.last_seen)}</td>'
-            f'<td class="health">{_health(a, now, stale_after_s)}</td>'
-            f'<td class="num drift">{_drift_cell(a, alone.get(a.agent, ()))}</td>'
-            f'<td class="num">{a.contiguous_seq} / {a.last_seq}</td>'
-            f'<td class="num">{a.spool.depth}{_dropped(a)}</td></tr>')
+    for host, members in itertools.groupby(sorted(agents, key=lambda a: (a.host, a.agent)), key=lambda a: a.host):
+        members = list(members)
+        rows.append(f'<tr class="host" id="host-{escape(host)}"><th colspan="{10 if rollout else 9}">'
+                    f"{escape(host) or '(no host)'} &middot; {len(members)} agent{'' if len(members) == 1 else 's'}"
+                    f" &middot; {_versions(members)}</th></tr>")
+        for a in members:
+            marked = wave is not None and a.agent in wave.agents
+            mark = ' class="inwave"' if marked else ""
+            rows.append(
+                f'<tr id="agent-{a.agent}"{mark}>'
+                f'<td><a href="/agents/{a.agent}">{a.agent}</a></td>'
+                f"<td>{escape(a.host)}</td><td>{escape(a.role)}</td><td><code>{escape(a.image_version)}</code></td>"
+                f'<td title="{_clock(a.last_seen)}">{_ago(now - a.last_seen)}</td>'
+                f'<td class="health">{_health(a, now, stale_after_s)}</td>'
+                f'<td class="num drift">{_drift_cell(a, alone.get(a.agent, ()))}</td>'
+                f'<td class="num">{a.contiguous_seq} / {a.last_seq}</td>'
+                f'<td class="num">{a.spool.depth}{_dropped(a)}</td>'
+                + (f'<td class="rollout">{_rollout_cell(in_rollout.get(a.agent), marked)}</td>' if rollout else "")
+                + "</tr>")
     table = ("<table id=\"fleet\"><thead><tr><th>agent</th><th>host</th><th>role</th><th>image</th><th>last seen</th>"
-             "<th>health</th><th>drift</th><th>seq (contiguous / last)</th><th>spool</th></tr></thead><tbody>"
-             + "".join(rows) + "</tbody></table>") if rows else '<p class="muted">No agent has reported yet.</p>'
+             "<th>health</th><th>drift</th><th>seq (contiguous / last)</th><th>spool</th>"
+             + ("<th>rollout</th>" if rollout else "") + "</tr></thead><tbody>"
+             + "".join(rows) + "</tbody></table>") if agents else '<p class="muted">No agent has reported yet.</p>'
     alerts = ", ".join(f"{n} {kind}" for kind, n in sorted(open_alerts.items()) if n) or "none"
     healthy = sum(1 for a in agents if a.healthy and now - a.last_seen <= stale_after_s)
     return _page("agentfleet", refresh_s,
                  f"<h1>agentfleet</h1><p><span id=\"summary\">{healthy} of {len(agents)} agents healthy</span>"
+                 f" &middot; <span id=\"versions\">{_versions(agents)}</span>"
                  f" &middot; open alerts: {alerts} &middot; <span class=\"muted\">updated {_clock(now)}, "
-                 f"refreshes every {refresh_s} s &middot; <a href=\"/metrics\">metrics</a></span></p>{table}")
+                 f"refreshes every {refresh_s} s &middot; <a href=\"/metrics\">metrics</a></span></p>"
+                 f"{_rollout(rollout) if rollout else ''}{table}")
+
+
+def _versions(agents: Sequence[AgentState]) -> str:
+    """How many agents run which image, the most common first (then by name, so the order never flickers)."""
+    counts = collections.Counter(a.image_version for a in agents)
+    ranked = sorted(counts.items(), key=lambda vn: (-vn[1], vn[0]))
+    return ", ".join(f"<code>{escape(v)}</code> &times; {n}" for v, n in ranked) or "no image"
+
+
+def _rollout(r: Rollout) -> str:
+    wave = r.current_wave
+    where = (f"wave {wave.index}{' (canary)' if wave.canary else ''} of {len(r.waves)}: "
+             + ", ".join(escape(a) for a in wave.agents) if wave else f"{len(r.waves)} wave(s)")
+    done = sum(1 for w in r.waves if w.state == "passed")
+    halt = f' &middot; <span class="fail">{escape(r.halt)}</span>' if r.halt else ""
+    return (f'<section id="rollout"><h2>Rollout of <code>{escape(r.version)}</code>: '
+            f'<span class="{"ok" if r.state == "done" else "warn" if r.state == "running" else "fail"}">'
+            f"{escape(r.state)}</span></h2><p>{where} &middot; {done} of {len(r.waves)} waves passed &middot; "
+            f"started {_clock(r.started_at)}, updated {_clock(r.updated_at)}{halt}</p></section>")
+
+
+def _rollout_cell(a: Optional[RolloutAgent], in_current_wave: bool) -> str:
+    if a is None:
+        return '<span class="muted">not in scope</span>'
+    replaced = f" {_clock(a.replaced_at)}" if a.replaced_at else ""
+    wave = "skipped" if a.wave is None else f"wave {a.wave}"
+    phase = f"<strong>{escape(a.phase)}</strong>" if in_current_wave else escape(a.phase)
+    return f"{wave}: {phase}{replaced}"
 
 
 def agent_page(a: AgentState, history: list[HistoryPoint], incidents: list[Incident], gap: Optional[GapExplanation],

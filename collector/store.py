@@ -30,6 +30,7 @@ from .records import (
     Ingested,
     StoreUnavailable,
 )
+from .rollouts import Rollout
 
 READERS = 3
 DEFAULT_TIMEOUT_S = 5.0
@@ -86,7 +87,13 @@ class Store:
     async def accept_drift(self, acceptances: Sequence[DriftAcceptance]) -> None:
         await self._write(Database.accept_drift, acceptances)
 
+    async def record_rollout(self, rollout: Rollout) -> Optional[str]:
+        return await self._write(Database.record_rollout, rollout)
+
     # -- reads (a few threads, never behind a write) -------------------------------------------------------------
+    async def rollouts(self) -> list[Rollout]:
+        return await self._read(Database.rollouts)
+
     async def audit_events(self, name: str, limit: int = 100) -> list[AuditRecord]:
         return await self._read(Database.audit_events, name, limit)
 

@@ -123,3 +123,42 @@ def test_an_operator_accepts_drift_from_the_agent_page_in_a_browser(browser, tmp
         assert "carol" in accepted and "/etc/nginx/nginx.conf" in accepted and "pending" in accepted
         assert browser.title != "pwned"
         browser.save_screenshot(str(tmp_path / "accept.png"))
+
+
+def test_the_fleet_page_shows_a_running_rollout_agents_by_host_and_versions_in_a_browser(browser, tmp_path):
+    import json
+    import urllib.request
+
+    from agentd.protocol import ROLLOUTS_PATH, rollout_token
+
+    from .collector_server import SECRET
+    with running_collector(tmp_path, "--interval-s", "2", "--stale-after", "1000") as c:
+        for agent, host, version in (("athena", "r420", "v1"), ("apollo", "r710", "v2"), ("hermes", "r710", "v1")):
+            c.post(report(agent, 1, host=host, image_version=version))
+        snapshot = {"fleet": "seed", "version": "v2", "state": "running", "started_at": time.time() - 60,
+                    "updated_at": time.time(), "halt": "",
+                    "waves": [{"index": 0, "canary": True, "agents": ["apollo"], "state": "passed"},
+                              {"index": 1, "canary": False, "agents": ["hermes"], "state": "running"},
+                              {"index": 2, "canary": False, "agents": ["athena"], "state": "pending"}],
+                    "agents": {"apollo": {"host": "r710", "wave": 0, "phase": "passed", "from_version": "v1",
+                                          "version": "v2", "replaced_at": time.time() - 30, "message": ""},
+                               "hermes": {"host": "r710", "wave": 1, "phase": "replacing", "from_version": "v1",
+                                          "version": None, "replaced_at": None, "message": ""},
+                               "athena": {"host": "r420", "wave": 2, "phase": "pending", "from_version": "v1",
+                                          "version": "v1", "replaced_at": None, "message": ""}}}
+        request = urllib.request.Request(c.url + ROLLOUTS_PATH, data=json.dumps(snapshot).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {rollout_token(SECRET, 'seed')}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200
+        browser.get(c.url + "/")
+        section = browser.find_element("id", "rollout").text
+        assert "Rollout of v2: running" in section and "wave 1 of 3: hermes" in section
+        assert "1 of 3 waves passed" in section
+        assert browser.find_element("id", "versions").text == "v1 × 2, v2 × 1"
+        hosts = [h.text for h in browser.find_elements("css selector", "tr.host")]
+        assert hosts == ["r420 · 1 agent · v1 × 1", "r710 · 2 agents · v1 × 1, v2 × 1"]
+        assert browser.find_element("id", "agent-hermes").get_attribute("class") == "inwave"
+        assert cells(browser, "hermes")[-1] == "wave 1: replacing"
+        assert cells(browser, "apollo")[-1].startswith("wave 0: passed ")       # with the time it was replaced
+        browser.save_screenshot(str(tmp_path / "rollout.png"))

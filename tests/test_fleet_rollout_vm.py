@@ -201,3 +201,8 @@ def test_a_rollout_killed_mid_wave_and_run_again_ends_with_everyone_on_the_new_v
         # replaced twice, its previous root would be v2's
         assert (state["current"]["image_version"], state["previous"]["image_version"]) == (v2, v1), agent
     assert fleet.all_healthy_on(v2)
+    # the figures docs/rollout.md quotes: each wave's wall time (its replaces, boots and min-healthy) from the journal
+    journal = json.loads(next(journal.glob("*.json")).read_text())
+    for w in journal["waves"]:
+        print(f"\nwave {w['index']}: {len(w['agents'])} agent(s) on {len(w['hosts'])} host(s), "
+              f"{w['finished_at'] - w['started_at']:.0f} s (the first run's part included)")

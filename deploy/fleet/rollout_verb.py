@@ -7,11 +7,14 @@ import sys
 from typing import Optional
 
 from deploy import rollout
+from deploy.errors import CloneError
 from deploy.fleet import push as push_mod
 from deploy.fleet.errors import FleetError
 from deploy.fleet.remote_clone import call_clone
 from deploy.fleet.ssh import Ssh
 from deploy.inventory import Inventory
+from deploy.rollout.feed import CollectorFeed
+from deploy.rollout.journal import fleet_id
 from deploy.secrets import AgentSecrets, load_secrets
 
 CLONE_TIMEOUT_S = 3600  # one host's replace of a wave's agents: boots under TCG plus the health wait
@@ -54,9 +57,21 @@ class FleetSideEffects:
             raise rollout.RolloutError("push failed, nothing replaced: " + "; ".join(r.error for r in failed))
 
 
+    def feed(self, api_url: str) -> Optional[CollectorFeed]:
+        """The collector's progress feed, signed with a token from the collector secret the clone already reads;
+        none (one line) when the secrets cannot be read here: the replaces will say why, the page just stays still."""
+        try:
+            secret = next(iter(self.secrets().values()))["collector_secret"].reveal().encode()
+        except (CloneError, StopIteration, KeyError) as e:
+            print(f"rollout: warning: no progress on the collector's page ({e})", file=sys.stderr)
+            return None
+        return CollectorFeed(api_url, fleet_id(self.inv), secret)
+
+
 def main(args, inv: Inventory, ssh: Ssh) -> int:
     effects = FleetSideEffects(inv, ssh)
+    api_url = args.collector or inv.services.collector_api_url
     return rollout.run_verb(args, inv, replace_on_host=effects.replace_on_host,
                             rollback_on_host=effects.rollback_on_host, push=effects.push,
-                            health=rollout.CollectorHealth(args.collector or inv.services.collector_api_url),
-                            stdout=sys.stdout, stderr=sys.stderr)
+                            health=rollout.CollectorHealth(api_url), stdout=sys.stdout, stderr=sys.stderr,
+                            feed=lambda: effects.feed(api_url))

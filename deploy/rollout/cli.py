@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TextIO
+from typing import Callable, Optional, TextIO
 
 from deploy.inventory import Inventory
 from deploy.rollout.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RolloutError
 from deploy.rollout.executor import rollout_status, run_rollout
-from deploy.rollout.interfaces import HealthSource, Push, ReplaceOnHost, RollbackOnHost
+from deploy.rollout.interfaces import HealthSource, ProgressFeed, Push, ReplaceOnHost, RollbackOnHost
 from deploy.rollout.options import add_flags, options_from_args
 from deploy.rollout.progress import JsonReporter, TextReporter
 
@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser, *, with_json: bool = True) -> None
 
 def run_verb(args: argparse.Namespace, inventory: Inventory, *, replace_on_host: ReplaceOnHost,
              rollback_on_host: RollbackOnHost, push: Push, health: HealthSource, stdout: TextIO = sys.stdout,
-             stderr: TextIO = sys.stderr) -> int:
-    """Run `fleet rollout` as parsed; returns its exit code (docs/rollout.md). A RolloutError is one line on stderr."""
+             stderr: TextIO = sys.stderr, feed: Optional[Callable[[], Optional[ProgressFeed]]] = None) -> int:
+    """Run `fleet rollout` as parsed; returns its exit code (docs/rollout.md). A RolloutError is one line on stderr.
+    `feed` makes the collector's progress feed, called only when a rollout really runs (not --status, --dry-run)."""
     as_json = bool(getattr(args, "json", False))
     out = JsonReporter(stdout) if as_json else TextReporter(stdout)
     try:
@@ -47,7 +48,8 @@ def run_verb(args: argparse.Namespace, inventory: Inventory, *, replace_on_host:
             if not args.version:
                 raise RolloutError("name the image VERSION to roll out (or use --status)")
             report = run_rollout(inventory, args.version, options, replace_on_host=replace_on_host,
-                                 rollback_on_host=rollback_on_host, push=push, health=health, out=out)
+                                 rollback_on_host=rollback_on_host, push=push, health=health, out=out,
+                                 feed=feed() if feed and not options.dry_run else None)
     except RolloutError as e:
         print(f"rollout: {e}", file=stderr)
         return e.exit_code if not args.status else EXIT_USAGE

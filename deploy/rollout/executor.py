@@ -14,7 +14,15 @@ from typing import Optional
 from deploy.inventory import Inventory
 from deploy.rollout.errors import RolloutError
 from deploy.rollout.gates import HealthyStreaks, degraded
-from deploy.rollout.interfaces import HealthSource, Outcome, Push, ReplaceOnHost, ReplaceOutcome, RollbackOnHost
+from deploy.rollout.interfaces import (
+    HealthSource,
+    Outcome,
+    ProgressFeed,
+    Push,
+    ReplaceOnHost,
+    ReplaceOutcome,
+    RollbackOnHost,
+)
 from deploy.rollout.journal import Journal, fleet_lock, lock_holder
 from deploy.rollout.options import RolloutOptions
 from deploy.rollout.planner import Plan, Wave, scope_of
@@ -27,16 +35,21 @@ _PHASE_OF = {Outcome.REPLACED: "replaced", Outcome.ROLLED_BACK: "rolled-back", O
 
 def run_rollout(inventory: Inventory, version: str, options: RolloutOptions, *, replace_on_host: ReplaceOnHost,
                 rollback_on_host: RollbackOnHost, push: Push, health: HealthSource,
-                out: Optional[Reporter] = None) -> RolloutReport:
+                out: Optional[Reporter] = None, feed: Optional[ProgressFeed] = None) -> RolloutReport:
     """Upgrade the scope to `version`. Returns the report (its exit_code: 0 done, 4 halted, 5 refused on a degraded
-    fleet); raises RolloutError for a usage error or a refusal that changed nothing (exit 2)."""
+    fleet); raises RolloutError for a usage error or a refusal that changed nothing (exit 2). `feed` receives the
+    journal at every step (the collector's fleet page); it is closed, flushing the last step, before returning."""
     scope_of(inventory, options)  # a bad scope is a usage error before anything is read or locked
     run = _Run(inventory, version, options, replace_on_host, rollback_on_host, push, health, out or SilentReporter())
     if options.dry_run:
         return run.dry_run()
     path = Journal.path_for(options.journal_dir, inventory)
-    with fleet_lock(path):
-        return run.execute(path)
+    try:
+        with fleet_lock(path):
+            return run.execute(path, feed)
+    finally:
+        if feed is not None:
+            feed.close()
 
 
 def rollout_status(inventory: Inventory, journal_dir: Path) -> Optional[RolloutReport]:
@@ -106,8 +119,11 @@ class _Run:
         return Journal.create(path, **_fresh_journal_data(self.inv, p, self.opt))
 
     # ------------------------------------------------------------------------------------------------ executing
-    def execute(self, path: Path) -> RolloutReport:
+    def execute(self, path: Path, feed: Optional[ProgressFeed] = None) -> RolloutReport:
         self.journal = j = self._open_journal(path)
+        if feed is not None:
+            j.on_save = feed.update
+            feed.update(j.data)
         p = Plan.from_json(j.data["plan"])
         if p.waves:
             self.out.event(self._event("push", detail=f"image {self.version} to the hosts"))

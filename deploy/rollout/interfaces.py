@@ -69,6 +69,15 @@ class Push(Protocol):
     def __call__(self, version: str) -> None: ...
 
 
+class ProgressFeed(Protocol):
+    """Where the journal's snapshots go besides the workstation's disk (the collector's fleet page, feed.py):
+    `update` at every step, never raising and never blocking the rollout; `close` at the end (flushes)."""
+
+    def update(self, journal_data: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class HealthSource(Protocol):
     """The collector's view of the fleet. Raises RolloutError when it cannot be read."""
 

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from deploy.inventory import Inventory
 from deploy.rollout.errors import RolloutError
@@ -31,6 +31,7 @@ class Journal:
 
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path, self.data = path, data
+        self.on_save: Optional[Callable[[dict[str, Any]], None]] = None   # a view of each step (the collector's page)
 
     @staticmethod
     def path_for(journal_dir: Path, inv: Inventory) -> Path:
@@ -75,6 +76,8 @@ class Journal:
     def save(self) -> None:
         self.data["updated_at"] = time.time()
         atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
+        if self.on_save is not None:
+            self.on_save(self.data)
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
