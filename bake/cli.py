@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import sys
+import time
 from pathlib import Path
 
 from bake.errors import BakeError, input_errors
@@ -31,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("spec", type=Path)
     v = sub.add_parser("verify", help="verify a published image offline (OS, pins, identity-free)")
     v.add_argument("image", type=Path)
-    ls = sub.add_parser("list", help="list published images, newest last")
+    ls = sub.add_parser("list", help="list published images, newest last, with their base stage's age")
     ls.add_argument("--name", default="agent")
+    ls.add_argument("--json", action="store_true", help="print the list as JSON")
+    df = sub.add_parser("diff", help="package versions that differ between two published images")
+    df.add_argument("a", metavar="A", help="a published version (or a .qcow2 with its manifest beside it)")
+    df.add_argument("b", metavar="B", help="another one")
+    df.add_argument("--name", default="agent")
+    df.add_argument("--json", action="store_true", help="print the changes as JSON")
     args = parser.parse_args(argv)
     from bake.pipeline import Layout
     layout = Layout(args.build_dir.resolve(), args.images_dir.resolve() if args.images_dir else None)
@@ -97,14 +105,54 @@ def _verify(args, layout) -> int:
 
 def _list(args, layout) -> int:
     from bake import publish
+    now = time.time()
+    rows = []
     for image in publish.published(layout.images, args.name):
         m = image.manifest
-        print(f"{m.version}  {m.built_at}  node {m.pins.get('node')}  openclaw {m.pins.get('openclaw')}"
-              f"  {m.qcow2.size / 1e6:.0f} MB  {image.qcow2}")
+        age = _age_days(m.base.get("built_at", ""), now)
+        rows.append({"version": m.version, "built_at": m.built_at, "base_refresh": m.base.get("refresh", ""),
+                     "base_built_at": m.base.get("built_at", ""), "base_age_days": age, "pins": m.pins,
+                     "services": list(m.services), "size": m.qcow2.size, "qcow2": str(image.qcow2)})
+    if args.json:
+        print(json.dumps(rows))
+        return exit_codes.OK
+    for r in rows:
+        base = (f"base {r['base_refresh'] or '(no refresh token)'}, "
+                + (f"{r['base_age_days']:.0f} d old" if r["base_age_days"] is not None else "age unknown"))
+        pins = "  ".join(f"{k} {v}" for k, v in r["pins"].items() if k in ("node", "openclaw")) or "no pins"
+        print(f"{r['version']}  {r['built_at']}  {base}  {pins}  {r['size'] / 1e6:.0f} MB  {r['qcow2']}")
     return exit_codes.OK
 
 
-_COMMANDS = {"bake": _bake, "lock": _lock, "verify": _verify, "list": _list}
+def _age_days(stamp: str, now: float) -> float | None:
+    try:
+        return (now - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))) / 86400
+    except ValueError:
+        return None                      # images baked before the manifest recorded the base stage's time
+
+
+def _diff(args, layout) -> int:
+    from bake import publish
+    from bake.diff import package_changes
+    images = []
+    for wanted in (args.a, args.b):
+        found = publish.beside(Path(wanted)) if wanted.endswith(".qcow2") else \
+            publish.find(layout.images, args.name, wanted)
+        if found is None:
+            raise BakeError(f"{wanted}: not a published image in {layout.images}", exit_codes.USAGE)
+        images.append(found)
+    changes = package_changes(images[0].manifest, images[1].manifest)
+    if args.json:
+        print(json.dumps({"a": images[0].version, "b": images[1].version,
+                          "changes": [c.to_json() for c in changes]}))
+    else:
+        print(f"{images[0].version} -> {images[1].version}: {len(changes)} package(s) differ")
+        for c in changes:
+            print(f"  {c.line()}")
+    return exit_codes.OK
+
+
+_COMMANDS = {"bake": _bake, "lock": _lock, "verify": _verify, "list": _list, "diff": _diff}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,6 +39,7 @@ def collect(spec: Spec) -> Inputs:
     base_stage = spec.stage("base")
     base_parts = {
         "base": json.dumps([spec.base.distro, spec.base.release, spec.base.mirror, spec.base.kernel]),
+        **({"refresh": spec.base.refresh} if spec.base.refresh else {}),   # absent: the keys of before it existed
         "packages": json.dumps(list(base_stage.packages)),
         "elements": json.dumps(list(base_stage.elements)),
         "dib": hashes["dib"],

@@ -107,7 +107,8 @@ def parse_package_lock(text: str) -> dict[str, str]:
 
 
 def image_json(name: str, version: str, inputs: dict[str, str], base_key: str, scanned: dict,
-               pins: dict[str, str], services: tuple[str, ...]) -> dict:
+               pins: dict[str, str], services: tuple[str, ...], base: dict[str, str]) -> dict:
+    """`base`: the base stage's archive refresh token and when its tree was built (`bake list` shows its age)."""
     return {
         "name": name,
         "version": version,
@@ -116,6 +117,7 @@ def image_json(name: str, version: str, inputs: dict[str, str], base_key: str, s
         "services": list(services),
         "inputs": inputs,
         "base_key": base_key,
+        "base": base,
         "packages": scanned["packages"],
         "baseline": scanned["baseline"],
     }

@@ -170,8 +170,10 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
             if not (root / manifest.SCHEMA_FILE).exists():
                 raise BakeError(f"manifest: the tree has no /{manifest.SCHEMA_FILE} (openclaw element)")
             shutil.copy2(root / manifest.SCHEMA_FILE, schema)
+        base = {"refresh": spec.base.refresh,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base_tar.stat().st_mtime))}
         image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key,
-                                         manifest.scan_tree(root), spec.pins, spec.services)
+                                         manifest.scan_tree(root), spec.pins, spec.services, base)
         assemble.finish_tree(root, image_json)
     raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
     with _phase(progress, "filesystem", "filesystem: MBR + ext4 from the tree (mke2fs -d)"):

@@ -1,6 +1,7 @@
 """The image spec (images/agent.yaml) as frozen dataclasses, validated at the edge with errors that name the entry."""
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from bake.errors import BakeError
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+REFRESH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLUGIN = re.compile(r"^@openclaw/[a-z0-9][a-z0-9._-]*$")  # official plugins only: the ones OpenClaw trusts
 UPSTREAM = ("dart", "starship")  # optional artifacts from upstream sites, off unless url+sha256 are given
 # What an image can run for agentd to check (the manifest's `services`, docs/contracts.md): agentd always; OpenClaw's
@@ -26,6 +28,9 @@ class Base:
     release: str
     mirror: str
     kernel: str
+    # The archive refresh the base stage is built from (a date, or any token): part of the base stage's key, so
+    # bumping it rebakes the base with the archive's current packages (security updates), and nothing else does.
+    refresh: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,12 @@ class _EntryError(Exception):
 
 def _parse(path: Path, data: Any) -> Spec:
     top = _mapping(data, "spec", {"name", "base", "disk", "stages", "artifacts", "files"})
-    base = _mapping(top.get("base"), "base", {"distro", "release", "mirror", "kernel"})
+    base = _mapping(top.get("base"), "base", {"distro", "release", "mirror", "kernel", "refresh"})
+    refresh = base.get("refresh", "")
+    if isinstance(refresh, datetime.date):        # YAML reads 2026-11-28 as a date
+        refresh = refresh.isoformat()
+    if not isinstance(refresh, str) or (refresh and not REFRESH.match(refresh)):
+        raise _EntryError("base.refresh", "must be a date (2026-11-28) or a token of letters, digits, . _ -")
     if _str(base, "base.distro") != "ubuntu":
         raise _EntryError("base.distro", "only 'ubuntu' is supported")
     disk = _mapping(top.get("disk"), "disk", {"size_gb", "filesystem"})
@@ -180,7 +190,7 @@ def _parse(path: Path, data: Any) -> Spec:
         path=path,
         name=_match(top, "name", NAME),
         base=Base(_str(base, "base.distro"), _str(base, "base.release"), _url(base, "base.mirror", http_ok=True),
-                  _str(base, "base.kernel")),
+                  _str(base, "base.kernel"), refresh),
         disk=Disk(size, "ext4"),
         stages=stages,
         node=node,

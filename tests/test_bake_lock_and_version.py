@@ -82,3 +82,23 @@ def test_an_element_edit_is_named_in_the_miss(tmp_path):
     readme.write_text(readme.read_text() + "\nedited\n" if readme.exists() else "edited\n")
     lines = explain_miss(collect(load_spec(path)).hashes, before.hashes)
     assert lines and lines[0].startswith("element/nodejs: changed")
+
+
+def test_bumping_the_archive_refresh_rebakes_the_base_and_only_that_names_it(tmp_path):
+    spec_path = copy_images(tmp_path)
+    before = collect(load_spec(spec_path))
+    text = spec_path.read_text()
+    assert "refresh: " in text, "the committed spec names its archive refresh"
+    edit(spec_path, f"refresh: {load_spec(spec_path).base.refresh}", "refresh: 2099-01-01")
+    after = collect(load_spec(spec_path))
+    assert load_spec(spec_path).base.refresh == "2099-01-01"      # YAML's date read back as the token written
+    assert after.base_key != before.base_key and after.version != before.version
+    assert explain_miss(after.hashes, before.hashes) == [f"spec: changed ({before.hashes['spec'][:10]} -> "
+                                                         f"{after.hashes['spec'][:10]})"]
+
+
+def test_a_malformed_refresh_token_is_refused_naming_the_entry(tmp_path):
+    spec_path = copy_images(tmp_path)
+    edit(spec_path, f"refresh: {load_spec(spec_path).base.refresh}", "refresh: 'two weeks ago'")
+    with pytest.raises(BakeError, match=r"base.refresh: must be a date"):
+        load_spec(spec_path)
