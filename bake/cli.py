@@ -96,7 +96,7 @@ def _verify(args, layout) -> int:
         raise BakeError(f"{args.image}: no manifest beside it; not a published image", exit_codes.USAGE)
     publish.check_published(image, full=True)
     layout.build.mkdir(parents=True, exist_ok=True)
-    problems = verify_image(args.image, image.manifest.pins, layout.build)
+    problems = verify_image(args.image, image.manifest.pins, layout.build, toolchains=image.manifest.toolchains)
     for p in problems:
         print(f"problem: {p}")
     print("ok" if not problems else f"{len(problems)} problems")

@@ -107,7 +107,8 @@ def parse_package_lock(text: str) -> dict[str, str]:
 
 
 def image_json(name: str, version: str, inputs: dict[str, str], base_key: str, scanned: dict,
-               pins: dict[str, str], services: tuple[str, ...], base: dict[str, str]) -> dict:
+               pins: dict[str, str], services: tuple[str, ...], base: dict[str, str],
+               toolchains: dict[str, str]) -> dict:
     """`base`: the base stage's archive refresh token and when its tree was built (`bake list` shows its age)."""
     return {
         "name": name,
@@ -115,6 +116,7 @@ def image_json(name: str, version: str, inputs: dict[str, str], base_key: str, s
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "pins": pins,
         "services": list(services),
+        "toolchains": toolchains,
         "inputs": inputs,
         "base_key": base_key,
         "base": base,

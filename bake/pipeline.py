@@ -173,7 +173,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         base = {"refresh": spec.base.refresh,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base_tar.stat().st_mtime))}
         image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key,
-                                         manifest.scan_tree(root), spec.pins, spec.services, base)
+                                         manifest.scan_tree(root), spec.pins, spec.services, base, spec.toolchains)
         assemble.finish_tree(root, image_json)
     raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
     with _phase(progress, "filesystem", "filesystem: MBR + ext4 from the tree (mke2fs -d)"):
@@ -185,7 +185,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         assemble.compress(raw, qcow2, log)
         raw.unlink()
     with _phase(progress, "verify", "verify offline (libguestfs)"):
-        problems = verify_image(qcow2, spec.pins, work, log)
+        problems = verify_image(qcow2, spec.pins, work, log, spec.toolchains)
         if problems:
             raise BakeError("verify: refusing to publish: " + "; ".join(problems))
     with _phase(progress, "publish", "publish"):

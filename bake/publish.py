@@ -39,6 +39,7 @@ class Manifest:
     inputs: dict[str, str] = field(default_factory=dict)     # input name -> sha256 (what the version hashes)
     base_key: str = ""
     base: dict[str, str] = field(default_factory=dict)       # refresh token, built_at of the base stage's tree
+    toolchains: dict[str, str] = field(default_factory=dict)  # command -> version prefix verify checked
     packages: dict[str, dict] = field(default_factory=dict)  # dpkg / npm: name -> version
     baseline: dict[str, dict] = field(default_factory=dict)  # in-VM path -> agentd.vm_files.FileState.to_json()
     openclaw_schema: str = ""                                # file name of the exported schema, beside the qcow2

@@ -14,6 +14,7 @@ from bake.errors import BakeError
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+TOOL = re.compile(r"^[a-z][a-z0-9+._-]*$")
 REFRESH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLUGIN = re.compile(r"^@openclaw/[a-z0-9][a-z0-9._-]*$")  # official plugins only: the ones OpenClaw trusts
 UPSTREAM = ("dart", "starship")  # optional artifacts from upstream sites, off unless url+sha256 are given
@@ -80,6 +81,7 @@ class Spec:
     openclaw: Optional[OpenClaw]      # None: an image without OpenClaw (the small test image)
     upstream: tuple[Artifact, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
+    toolchains: dict[str, str] = field(default_factory=dict)   # command -> the version prefix it must report
 
     @property
     def images_dir(self) -> Path:
@@ -139,7 +141,12 @@ class _EntryError(Exception):
 
 
 def _parse(path: Path, data: Any) -> Spec:
-    top = _mapping(data, "spec", {"name", "base", "disk", "stages", "artifacts", "files"})
+    top = _mapping(data, "spec", {"name", "base", "disk", "stages", "artifacts", "files", "toolchains"})
+    toolchains = top.get("toolchains") or {}
+    if not isinstance(toolchains, dict) or not all(
+            isinstance(k, str) and TOOL.match(k) and isinstance(v, (str, int, float)) and VERSION.match(str(v))
+            for k, v in toolchains.items()):
+        raise _EntryError("toolchains", "must map command names (go, rustc) to version prefixes (\"1.26\")")
     base = _mapping(top.get("base"), "base", {"distro", "release", "mirror", "kernel", "refresh"})
     refresh = base.get("refresh", "")
     if isinstance(refresh, datetime.date):        # YAML reads 2026-11-28 as a date
@@ -198,6 +205,7 @@ def _parse(path: Path, data: Any) -> Spec:
         openclaw=openclaw,
         upstream=tuple(upstream),
         files=dict(files),
+        toolchains={k: str(v) for k, v in toolchains.items()},
     )
 
 

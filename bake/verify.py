@@ -4,6 +4,7 @@ Runs on a throwaway overlay, so the candidate itself is never written. Returns p
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -23,9 +24,11 @@ HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.pyt
                  "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")
 
 
-def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional[TextIO] = None) -> list[str]:
+def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional[TextIO] = None,
+                 toolchains: Optional[dict[str, str]] = None) -> list[str]:
     """`pins` as the manifest records them (bake/spec.py's Spec.pins): Node, OpenClaw and its plugins are checked
-    when pinned; an image without them (the small test image) must still boot agentd and be identity-free."""
+    when pinned; an image without them (the small test image) must still boot agentd and be identity-free.
+    `toolchains`: command -> the version prefix it must report (the spec's `toolchains`)."""
     plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if PLUGIN.match(name))
     overlay = scratch / "verify-overlay.qcow2"
     overlay.unlink(missing_ok=True)
@@ -45,8 +48,10 @@ def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional
             if "node" in pins:
                 problems += _check_versions(g, pins["node"], pins.get("openclaw"))
             problems += _check_plugins(g, plugins)
+            problems += check_toolchains(g, toolchains or {})
             if not g.is_symlink(AGENTD_WANTS):
                 problems.append(f"agentd.service is not enabled ({AGENTD_WANTS} missing)")
+            problems += _check_agentd_command(g)
             problems += identity_problems(g)
     finally:
         overlay.unlink(missing_ok=True)
@@ -87,6 +92,27 @@ def _check_plugins(g, plugins: tuple[str, ...]) -> list[str]:
         problems.append(f"{PLUGIN_CACHE} missing: the plugins cannot be installed offline")
     if not g.is_symlink(PLUGINS_WANTS):
         problems.append(f"openclaw-plugins.service is not enabled ({PLUGINS_WANTS} missing)")
+    return problems
+
+
+def _check_agentd_command(g) -> list[str]:
+    """`agentd` is on PATH for a person in the VM and its own command line works (`agentd --help` imports the
+    package with the image's python3 and the archive's modules it needs)."""
+    said = g.command(["/bin/sh", "-c", "PATH=/usr/local/bin:/usr/bin:/bin agentd --help >/dev/null 2>&1 "
+                                       "&& echo ok || echo \"exit status $?\""]).strip()
+    return [] if said == "ok" else [f"agentd --help in the image fails ({said})"]
+
+
+def check_toolchains(g, toolchains: dict[str, str]) -> list[str]:
+    """Each command runs in the image and reports the pinned version: `go version` says go1.26.x, `rustc --version`
+    rustc 1.91.x (the prefix must end at a dot or a word boundary: 1.2 is not 1.26)."""
+    problems = []
+    for tool, prefix in sorted(toolchains.items()):
+        argv = "go version" if tool == "go" else f"{tool} --version"
+        said = g.command(["/bin/sh", "-c", f"PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp {argv} 2>&1 "
+                                           f"|| echo \"(exit status $?)\""]).strip()
+        if not re.search(rf"(^|[\s/])(go)?{re.escape(prefix)}([.\s+~-]|$)", said):
+            problems.append(f"{argv} says {said.splitlines()[0][:120] if said else 'nothing'!r}, pinned {prefix}")
     return problems
 
 

@@ -78,8 +78,13 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
         g.write("/root/.bash_history", "ls\n")
         g.rm_rf("/opt/openclaw/plugin-cache")
         g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
-    problems = verify_image(dirty, baked_image.manifest.pins, tmp_path)
+        g.rm("/usr/local/bin/go")                         # the toolchain link: `go` is then not on PATH
+        g.rm("/usr/local/bin/agentd")
+    problems = verify_image(dirty, baked_image.manifest.pins, tmp_path, toolchains=baked_image.manifest.toolchains)
     text = "; ".join(problems)
+    assert "go version says" in text and "pinned 1.26" in text
+    assert "agentd --help in the image fails" in text
+    assert not [p for p in problems if p.startswith(("rustc", "cargo", "python3"))], problems
     assert "/opt/openclaw/plugin-cache/_cacache missing" in text
     assert "openclaw-plugins.service is not enabled" in text
     assert "/etc/machine-id is not empty" in text

@@ -37,6 +37,16 @@ def test_openclaw_without_node_or_its_element_is_refused(tmp_path):
         load_spec(small)
 
 
+def test_toolchains_are_pinned_as_version_prefixes_and_a_bad_entry_is_refused(tmp_path):
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    assert spec.toolchains == {"go": "1.26", "rustc": "1.91", "cargo": "1.91", "python3": "3.10"}
+    assert {"golang-1.26-go", "rustc-1.91", "cargo-1.91"} <= set(spec.stage("base").packages)
+    path = copy_images(tmp_path)
+    edit(path, 'go: "1.26"', 'go: [1, 26]')
+    with pytest.raises(BakeError, match=r"toolchains: must map command names"):
+        load_spec(path)
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     spec = copy_images(tmp_path)
     edit(spec, "release: jammy", "release: [jammy")
