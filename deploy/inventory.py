@@ -24,6 +24,7 @@ SSH_PUBLIC_KEY = re.compile(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\r\n]*)?")  # type, ba
 NETWORK_MODES = ("bridge", "user")
 SECRET_SOURCES = ("file", "env", "command", "stdin")  # stdin: the fleet tool sends them over SSH (docs/fleet.md)
 SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_-]*)@(?P<address>[A-Za-z0-9.:-]+)$")
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|[0-9a-fA-F:]+")  # an NTP server: name or IP
 DEFAULT_AGENTFLEET_DIR = "/opt/agentfleet"
 # QEMU user networking's fixed addresses (net=10.0.2.0/24)
 USER_NET = ipaddress.ip_network("10.0.2.0/24")
@@ -39,6 +40,9 @@ class Network:
     bridge: str = "br0"
     ssh_port_base: int = 2200          # user mode: agent i's SSH is forwarded from 127.0.0.1:<base+i>
     collector_forward: str = "10.0.2.100"  # user mode: guest address forwarded to the hypervisor's collector
+    # NTP servers the agents keep their clocks with (AWS signing and TLS need a sane clock); default: the gateway
+    # in bridge mode, none in user mode (tests send nothing off the machine)
+    ntp: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,17 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                 problems.append(f"{where}[{i}]: {item!r} is not an IP address")
         return out
 
+    def ntp_servers(net: dict, mode: str) -> tuple[str, ...]:
+        given = need(net, "ntp", "network", list, None)
+        if given is None:
+            gateway = net.get("gateway")
+            return (str(gateway),) if mode == "bridge" and gateway else ()
+        out = strings(given, "network.ntp")
+        for i, item in enumerate(out):
+            if not HOST_NAME.fullmatch(item):
+                problems.append(f"network.ntp[{i}]: {item!r} is not a host name or IP address")
+        return out
+
     net = data.get("network") or {}
     mode = need(net, "mode", "network", str, "bridge")
     if mode not in NETWORK_MODES:
@@ -228,7 +243,8 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                       dns=addresses(need(net, "dns", "network", list, []), "network.dns"),
                       bridge=need(net, "bridge", "network", str, "br0"),
                       ssh_port_base=need(net, "ssh_port_base", "network", int, 2200),
-                      collector_forward=need(net, "collector_forward", "network", str, "10.0.2.100"))
+                      collector_forward=need(net, "collector_forward", "network", str, "10.0.2.100"),
+                      ntp=ntp_servers(net, mode))
     if subnet is not None and network.gateway and mode == "bridge":
         if ipaddress.ip_address(network.gateway) not in subnet:
             problems.append(f"network.gateway: {network.gateway} is outside {subnet}")

@@ -31,6 +31,16 @@ def agentd_config(inv: Inventory, agent: Agent, image: Image) -> vm_files.Config
                            services=image.manifest.services)
 
 
+TIMESYNCD_DIR = "/etc/systemd/timesyncd.conf.d"
+
+
+def timesyncd_conf(inv: Inventory) -> str:
+    """systemd-timesyncd keeps the clock with the inventory's NTP servers and nothing else: no fallback to the
+    distribution's pool (a VM should not reach out where the inventory did not say), none at all in user mode."""
+    return ("# agentfleet: the inventory's network.ntp\n[Time]\n"
+            f"NTP={' '.join(inv.network.ntp)}\nFallbackNTP=\n")
+
+
 def netplan(inv: Inventory, agent: Agent, mac: str) -> dict:
     """Static addressing matched by MAC; in user mode QEMU's fixed 10.0.2.x addresses."""
     if inv.network.mode == "user":
@@ -66,6 +76,8 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
         WriteFile(vm_files.AGENTD_YAML, yaml.safe_dump(agentd_config(inv, agent, image).to_yaml_data(),
                                                        sort_keys=False).encode()),
         WriteFile(vm_files.AGENTD_TOKEN, Secret(token + "\n"), 0o600),
+        Mkdir(TIMESYNCD_DIR, 0o755),
+        WriteFile(f"{TIMESYNCD_DIR}/50-agentfleet.conf", timesyncd_conf(inv).encode()),
     ]
     for key in host_keys:
         ops.append(WriteFile(f"/etc/ssh/{key.private.name}", Secret(key.private.read_text()), 0o600))

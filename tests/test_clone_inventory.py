@@ -109,3 +109,17 @@ def test_overlay_merges_mappings_and_replaces_scalars(tmp_path):
 def test_unknown_agent_lists_the_known_ones():
     with pytest.raises(CloneError, match="unknown agent 'zeus'.*athena, apollo"):
         inventory.load(FLEET).agent("zeus")
+
+
+def test_ntp_servers_default_to_the_gateway_on_the_bridge_none_in_user_mode_and_bad_names_are_refused(tmp_path):
+    from deploy import payload
+    from deploy.errors import CloneError
+    bridge = load_inventory_with(tmp_path, {})
+    assert bridge.network.ntp == ("10.220.1.1",)
+    assert "NTP=10.220.1.1\nFallbackNTP=\n" in payload.timesyncd_conf(bridge)
+    user = load_inventory_with(tmp_path, {"network": {"mode": "user"}})
+    assert user.network.ntp == () and "NTP=\nFallbackNTP=\n" in payload.timesyncd_conf(user)
+    named = load_inventory_with(tmp_path, {"network": {"ntp": ["ntp.lab.example", "10.220.1.2"]}})
+    assert named.network.ntp == ("ntp.lab.example", "10.220.1.2")
+    with pytest.raises(CloneError, match=r"network.ntp\[0\]: 'bad name;rm' is not a host name or IP address"):
+        load_inventory_with(tmp_path, {"network": {"ntp": ["bad name;rm"]}})
