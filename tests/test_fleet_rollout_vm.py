@@ -46,6 +46,13 @@ def fleet():
         yield fl
 
 
+def test_the_agents_keep_time_with_the_inventorys_ntp_servers_only(fleet):
+    # user mode: the test inventory names no NTP server, so timesyncd runs and reaches out nowhere (no fallback pool)
+    assert fleet.ssh("rva", "systemctl is-active systemd-timesyncd") == "active"
+    conf = fleet.ssh("rva", "cat /etc/systemd/timesyncd.conf.d/50-agentfleet.conf")
+    assert "NTP=\nFallbackNTP=" in conf
+
+
 def test_a_rollout_started_while_one_agent_is_unhealthy_refuses_to_begin(fleet, tmp_path):
     # a real failing check: the disk filled past agentd's fail threshold (95 %) by the agent user
     fleet.ssh("rvd", "fallocate -l $(( $(df --output=avail -B1 / | tail -1) - 8388608 )) /var/tmp/fill")
