@@ -20,7 +20,9 @@ if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
     if _venv_python.exists() and Path(sys.prefix).resolve() != (_repo / ".venv").resolve():
         # the venv has the host dependencies (and Debian's guestfs/libvirt via system site packages)
         os.execv(str(_venv_python), [str(_venv_python), __file__, *sys.argv[1:]])
-    sys.path.insert(0, str(_repo))
+    # the repo instead of the script's own dir: deploy/ has modules named like the standard library's (secrets.py),
+    # and with deploy/ on sys.path `import secrets` in deploy/audit.py found deploy/secrets.py
+    sys.path[0] = str(_repo)
 
 from deploy import inventory as inventory_mod  # noqa: E402
 from deploy import placement, plan  # noqa: E402
