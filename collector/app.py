@@ -32,16 +32,17 @@ from agentd.protocol import (
 from . import acceptance, pages
 from .acceptance import AcceptanceBook
 from .alerts import Alerts, Changes
-from .audit import AUDIT_LIMIT, AUDIT_SHOWN, AuditRejected, parse_audit
+from .audit import AUDIT_LIMIT, AUDIT_SHOWN, parse_audit
 from .batching import GroupCommitter
 from .config import CollectorConfig, CollectorError
 from .gaps import GapExplanation, explain_gap
 from .metrics import CONTENT_TYPE, Counters, render_metrics
 from .notifier import Notifier
 from .records import AgentState, GapAcknowledgement
-from .rollouts import FINAL, RolloutRejected, parse_rollout
+from .rollouts import FINAL, parse_rollout
 from .rollouts import summary as rollout_summary
 from .siblings import drifts_alone
+from .signed_post import Rejected
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("collector")
@@ -94,6 +95,12 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     app = FastAPI(title="agentfleet collector", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.alerts, app.state.counters = store, alerts, counters
 
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, exc: Rejected) -> Response:
+        """An operator POST refused (signed_post.py): its status and one line; 401 says how to authenticate."""
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return JSONResponse({"detail": exc.detail}, exc.status, headers=headers)
+
     @app.exception_handler(StoreUnavailable)
     async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
@@ -139,11 +146,7 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     async def post_rollout(request: Request) -> Response:
         """A fleet rollout's progress (collector/rollouts.py): kept for the fleet page; its end said once in
         Mattermost."""
-        try:
-            rollout = await parse_rollout(request, config.secret)
-        except RolloutRejected as rejected:
-            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else {}
-            return JSONResponse({"detail": rejected.detail}, rejected.status, headers=headers)
+        rollout = await parse_rollout(request, config.secret)          # a Rejected becomes its 4xx (below)
         before = await store.record_rollout(rollout)
         if rollout.final and before not in FINAL:
             notifier.send(rollout_summary(rollout))
@@ -156,11 +159,7 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
     @app.post(AUDIT_PATH)
     async def post_audit(request: Request) -> Response:
         """An operator's change to an agent's config (collector/audit.py); stored in both backends, never alerted."""
-        try:
-            record = await parse_audit(request, config.secret)
-        except AuditRejected as rejected:
-            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else {}
-            return JSONResponse({"detail": rejected.detail}, rejected.status, headers=headers)
+        record = await parse_audit(request, config.secret)          # a Rejected becomes its 4xx (below)
         stored = await store.record_audit(record)
         if stored:
             log.info("audit: %s changed by %s: %s", record.agent, record.who, "; ".join(record.changes) or "nothing")

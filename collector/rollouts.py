@@ -7,7 +7,6 @@ secrets source, as the clone does; an agent (holding only HMAC(secret, agent)) c
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from agentd.protocol import rollout_token_matches, valid_agent_name
 
 from .inert import inert
+from .signed_post import Rejected, bearer_json
 
 if TYPE_CHECKING:                        # the store reads snapshots without the web framework
     from fastapi import Request
@@ -112,35 +112,16 @@ class Rollout:
                    received_at)
 
 
-class RolloutRejected(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
 async def parse_rollout(request: "Request", secret: bytes) -> Rollout:
-    """Bearer token present, a bounded body, strict JSON, a valid snapshot, then the token for its fleet."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise RolloutRejected(401, "missing bearer token")
-    declared = request.headers.get("content-length")
-    if declared is None or not declared.isdigit():
-        raise RolloutRejected(411, "a rollout snapshot needs a Content-Length")
-    if int(declared) > MAX_ROLLOUT_BYTES:
-        raise RolloutRejected(413, f"rollout snapshot larger than {MAX_ROLLOUT_BYTES} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_ROLLOUT_BYTES:
-        raise RolloutRejected(413, f"rollout snapshot larger than {MAX_ROLLOUT_BYTES} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RolloutRejected(400, f"not a JSON document: {str(exc)[:200]}") from None
+    """Bearer token present, a bounded body, strict JSON (signed_post.py), a valid snapshot, then the token for its
+    fleet. Rejected carries the 4xx."""
+    token, data = await bearer_json(request, MAX_ROLLOUT_BYTES, "a rollout snapshot")
     try:
         rollout = Rollout.from_json(data, time.time())
     except ValueError as exc:
-        raise RolloutRejected(422, str(exc)[:500]) from None
-    if not rollout_token_matches(secret, rollout.fleet, token.strip()):
-        raise RolloutRejected(401, f"token is not the rollout token of fleet {rollout.fleet!r}")
+        raise Rejected(422, str(exc)[:500]) from None
+    if not rollout_token_matches(secret, rollout.fleet, token):
+        raise Rejected(401, f"token is not the rollout token of fleet {rollout.fleet!r}")
     return rollout
 
 
