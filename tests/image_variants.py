@@ -41,15 +41,24 @@ def bake_variant(tmp: Path, name: str, edit: tuple[str, str], spec: str = "agent
     return bake(spec_path, layout, quiet=True).image
 
 
-def derive_broken_image(good: publish.Published, dest: Path) -> Path:
-    """`good` with agentd's unit overridden to /bin/false, published under its own version in `dest` (not in the
-    build's images dir, where a later clone could take it for the newest). A copy and one file written with
-    libguestfs, not another bake: what must be survived is an agentd that does not start."""
-    version = f"{good.version}-broken"
+def derive_image(good: publish.Published, dest: Path, suffix: str, edit=None) -> publish.Published:
+    """`good` copied, `edit(g)` applied to its root file system with libguestfs if given, and published in `dest`
+    (not the build's images dir, where a later clone could take it for the newest) as version good.version + suffix.
+    For a test that needs another version of an image without paying for a bake (a rollout does not care how the
+    image it rolls out was made; the bake's own tests and the e2e's one-pin bump cover rebakes)."""
+    version = f"{good.version}{suffix}"
     work = dest / f".agent-{version}.work.qcow2"
     shutil.copyfile(good.qcow2, work)
-    with guest_root(work) as g:
+    if edit is not None:
+        with guest_root(work) as g:
+            edit(g)
+    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
+    return publish.publish(dest, "agent", version, work, image_json, good.schema_path, None)
+
+
+def derive_broken_image(good: publish.Published, dest: Path) -> Path:
+    """`good` with agentd's unit overridden to /bin/false (what a replace must survive), as version V-broken."""
+    def break_agentd(g) -> None:
         g.mkdir_p("/etc/systemd/system/agentd.service.d")
         g.write("/etc/systemd/system/agentd.service.d/broken.conf", BREAK_AGENTD.encode())
-    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
-    return publish.publish(dest, "agent", version, work, image_json, good.schema_path, None).qcow2
+    return derive_image(good, dest, "-broken", break_agentd).qcow2
