@@ -13,6 +13,8 @@ class Action(str, enum.Enum):
     UPDATE = "update"      # same image: inject what inventory and secrets give today into the current overlay, restart
     ROLLBACK = "rollback"  # back to the previous overlay (by hand or after a failed replace)
     DESTROY = "destroy"    # domain and root overlays removed; the data disk kept unless purged
+    BACKUP = "backup"      # data disk and identity copied to a backup dir, the VM kept running (deploy/backup.py)
+    RESTORE = "restore"    # an agent brought back from a backup with the same identity (deploy/restore.py)
 
     @property
     def builds_disks(self) -> bool:

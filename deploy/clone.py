@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--update", action="store_true",
                       help="same image: inject what inventory and secrets give today (files, secrets, drift baseline) "
                            "into the current overlay and restart the VM (stopped while its disks are written)")
+    mode.add_argument("--backup", type=Path, metavar="DIR",
+                      help="copy each agent's data disk and identity (UUID, MAC, machine-id, host keys) into "
+                           "DIR/<agent>-<time>/ (0700) while it runs; no secrets from the secrets source")
+    mode.add_argument("--restore", type=Path, metavar="DIR",
+                      help="bring AGENT back from a backup dir (or the newest of its backups in DIR) with the same "
+                           "identity, onto the backup's image (or --image); refused if the agent exists here")
     p.add_argument("--purge-data", action="store_true", help="with --destroy: delete the data disk too")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (default: the host's from the inventory)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
@@ -90,6 +96,8 @@ def main(argv=None) -> int:
             raise CloneError("--purge-data only goes with --destroy")
         if args.restore_data and not args.rollback:
             raise CloneError("--restore-data only goes with --rollback")
+        if args.backup and args.image:
+            raise CloneError("--backup copies what each agent has; --image goes with a clone, --replace or --restore")
         if args.update and args.image:
             raise CloneError("--update keeps each agent's image; use --replace --image to change it")
         if not args.destroy:  # removing a stray copy is allowed anywhere
@@ -103,6 +111,12 @@ def main(argv=None) -> int:
             results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data, out=out)
         elif args.rollback:
             results = rollback(inv, args.agents, opts, progress, out=out)
+        elif args.backup:
+            from deploy.backup import backup
+            results = backup(inv, args.agents, args.backup, opts, progress, out=out)
+        elif args.restore:
+            from deploy.restore import restore
+            results = restore(inv, args.agents, args.restore, opts, progress, out=out)
         else:
             results = clone(inv, args.agents, opts, progress, out=out)
         _report(results, args.json)
@@ -129,12 +143,14 @@ def _report(results, as_json: bool) -> None:
         return
     for r in results:
         print(f"{r.agent}: {r.action.value} {r.image_version} - {r.message}")
-        if r.ssh and r.action is not Action.DESTROY and not r.dry_run:
+        if r.ssh and r.action not in (Action.DESTROY, Action.BACKUP) and not r.dry_run:
             print(f"  ssh -p {r.ssh['port']} {r.ssh['user']}@{r.ssh['host']}")
         for line in r.known_hosts:
             print(f"  known_hosts: {line}")
-        if r.snapshots:
+        if r.snapshots and r.action is not Action.BACKUP:
             print(f"  data snapshots: {', '.join(r.snapshots)}")
+        if r.backup:
+            print(f"  backup: {r.backup}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ class Options:
     keep_snapshots: int = 3
     update: bool = False            # --update: re-inject into the current overlay (same image), restart
     restore_data: bool = False      # --rollback: restore the data snapshot too (by hand the root only goes back)
+    restored: bool = False          # --restore: identity and data disk come from a backup (cloned_at is kept)
 
 
 class Connections:

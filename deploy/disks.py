@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from host.run import run
 
@@ -16,6 +17,12 @@ def root_disk_path(storage_dir: Path, agent: str, version: str) -> Path:
 
 def data_disk_path(storage_dir: Path, agent: str) -> Path:
     return storage_dir / f"{agent}-data.qcow2"
+
+
+def backup_overlay_path(data_disk: Path) -> Path:
+    """Where a running agent writes while its data disk is copied for a backup (beside it: QEMU's user must reach
+    it); merged back and removed before the backup ends."""
+    return data_disk.with_name(data_disk.name.removesuffix(".qcow2") + ".backup-overlay.qcow2")
 
 
 def partial(path: Path) -> Path:
@@ -33,6 +40,18 @@ def create_data_disk(path: Path, size_gb: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{int(size_gb * 1024)}M")
+
+
+def copy_disk(src: Path, dest: Path, timeout_s: Optional[float] = None) -> None:
+    """A standalone compact qcow2 of `src`'s current contents: no backing file, no internal snapshots (the data
+    disk's pre-<version> snapshots stay behind). -U: `src` may be the frozen backing file of a running guest."""
+    dest.unlink(missing_ok=True)
+    run(["qemu-img", "convert", "-U", "-O", "qcow2", str(src), str(dest)], capture=True, timeout=timeout_s)
+
+
+def commit_overlay(overlay: Path) -> None:
+    """Merge an overlay into its backing file with the guest stopped (an interrupted backup's leftover)."""
+    _qemu_img("commit", "-q", str(overlay))
 
 
 def backing_file(path: Path) -> str:

@@ -158,7 +158,7 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
     snapshots its data disk first."""
     image, agent = run.image, w.agent
     keys = ensure_host_keys(w.state_dir, agent.name)
-    if w.action is Action.CLONE or not w.state.cloned_at:
+    if (w.action is Action.CLONE and not run.opts.restored) or not w.state.cloned_at:  # a restore keeps its own
         w = w.evolve(state=w.state.evolve(cloned_at=int(time.time())))
     save_state(w.state_dir, w.state)              # uuid, MAC, machine-id fixed before any disk exists
     if w.action is Action.UPDATE:                 # its own disks, written offline: the VM stops for the inject

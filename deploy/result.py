@@ -23,6 +23,7 @@ class Result:
     snapshots: tuple[str, ...] = ()
     message: str = ""
     dry_run: bool = False     # what the run would do; nothing was written
+    backup: str = ""          # --backup: the backup dir written; --restore: the one restored from
 
     def to_json(self) -> dict:
         return {**asdict(self), "action": self.action.value, "known_hosts": list(self.known_hosts),
