@@ -199,3 +199,13 @@ def backups_of(parent: Path, agent: str) -> list[Path]:
         return []
     found = [p for p in parent.iterdir() if (m := NAME.match(p.name)) and m["agent"] == agent and p.is_dir()]
     return sorted(found, key=lambda p: p.name)
+
+
+def backup_dir(path: Path, agent: str) -> Path:
+    """`path` itself when it is a backup, else the newest backup of `agent` in it (what `--restore DIR` takes)."""
+    if (path / MANIFEST).exists():
+        return path
+    found = backups_of(path, agent)
+    if not found:
+        raise CloneError(f"{path}: neither a backup ({MANIFEST}) nor a directory holding a backup of {agent}")
+    return found[-1]

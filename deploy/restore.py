@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from deploy import disks
 from deploy.action import Action
-from deploy.backup_manifest import DATA_DISK, MANIFEST, SSH_DIR, Manifest, backups_of, key_files, verify
+from deploy.backup_manifest import DATA_DISK, SSH_DIR, Manifest, backup_dir, key_files, verify
 from deploy.console import ConsoleWatch, console_log
 from deploy.context import Connections, Options
 from deploy.destroy import destroy
@@ -61,16 +61,6 @@ class RestorePlan:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(m.taken_at))
         return (f"restore {m.agent} from {self.source.name} (taken {when} on {m.host}, image {m.image_version}) "
                 f"onto image {self.image.version}")
-
-
-def backup_dir(path: Path, agent: str) -> Path:
-    """`path` itself when it is a backup, else the newest backup of `agent` in it."""
-    if (path / MANIFEST).exists():
-        return path
-    found = backups_of(path, agent)
-    if not found:
-        raise CloneError(f"{path}: neither a backup ({MANIFEST}) nor a directory holding a backup of {agent}")
-    return found[-1]
 
 
 def plan_restore(inv: Inventory, agent: Agent, source: Path, opts: Options, progress: Progress,

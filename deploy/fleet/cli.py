@@ -6,6 +6,8 @@
   status                   every agent: host, domain, image on disk, collector health, drift, differences
   push [VERSION]           send a published image to every host lacking it (resumable, verified, manifest last)
   clone|replace|rollback|destroy AGENT...   deploy/clone.py on each agent's host, hosts in parallel
+  backup AGENT... --to DIR     back agents up while they run; the backups are pulled here over SSH and verified
+  restore AGENT --from DIR     send a backup to the agent's host and restore it there (same identity)
 
 Exit codes: 0 done/ready; 1 not ready or not converged (doctor, status); 2 an error (one line per host or agent on
 stderr; the other hosts' work completes); 3 a replace that rolled back. docs/fleet.md has the details."""
@@ -79,6 +81,21 @@ def _add_late_commands(sub, common) -> None:
         if name == "rollback":
             s.add_argument("--restore-data", action="store_true",
                            help="also put /home/agent back as it was before the upgrade (shows the snapshot's age)")
+    s = sub.add_parser("backup", parents=[common], help="back agents up while they run, into DIR here")
+    s.add_argument("agents", nargs="+", metavar="AGENT")
+    s.add_argument("--to", required=True, type=Path, metavar="DIR",
+                   help="where the backups go on this workstation (DIR/<agent>-<time>/, 0700)")
+    s.add_argument("--dry-run", action="store_true", help="print what each host would copy; touch nothing")
+    s.add_argument("--timeout", type=float, default=3600, help="hard limit per host call (s, default 3600)")
+    s = sub.add_parser("restore", parents=[common], help="bring an agent back from a backup here, same identity")
+    s.add_argument("agents", nargs=1, metavar="AGENT")
+    s.add_argument("--from", dest="source", required=True, type=Path, metavar="DIR",
+                   help="a backup dir, or a dir of backups (the agent's newest is taken)")
+    s.add_argument("--image", help="image version on the host (default: the one the backup names)")
+    s.add_argument("--dry-run", action="store_true", help="verify the backup and print the plan; touch nothing")
+    s.add_argument("--timeout", type=float, default=3600, help="hard limit per host call (s, default 3600)")
+    s.add_argument("--health-timeout", type=float, metavar="S", help="clone.py's (wait for a healthy report)")
+    s.add_argument("--unhealthy-grace", type=float, metavar="S", help="clone.py's (unhealthy reports allowed)")
     from deploy import rollout
     s = sub.add_parser("rollout", parents=[common], help="upgrade every agent: canary, then waves gated on health")
     rollout.add_arguments(s, with_json=False)
@@ -157,6 +174,16 @@ def cmd_remote_clone(args, inv: Inventory, ssh: Ssh) -> int:
     return remote_clone.main(args, inv, ssh)
 
 
+def cmd_backup(args, inv: Inventory, ssh: Ssh) -> int:
+    from deploy.fleet import backup_verb
+    return backup_verb.backup_main(args, inv, ssh)
+
+
+def cmd_restore(args, inv: Inventory, ssh: Ssh) -> int:
+    from deploy.fleet import backup_verb
+    return backup_verb.restore_main(args, inv, ssh)
+
+
 def cmd_rollout(args, inv: Inventory, ssh: Ssh) -> int:
     from deploy.fleet import rollout_verb
     return rollout_verb.main(args, inv, ssh)
@@ -169,4 +196,5 @@ def cmd_setup(args, inv: Inventory, ssh: Ssh) -> int:
 
 COMMANDS = {"trust": cmd_trust, "doctor": cmd_doctor, "status": cmd_status, "push": cmd_push,
             "clone": cmd_remote_clone, "replace": cmd_remote_clone, "update": cmd_remote_clone,
-            "rollback": cmd_remote_clone, "destroy": cmd_remote_clone, "rollout": cmd_rollout, "setup": cmd_setup}
+            "rollback": cmd_remote_clone, "destroy": cmd_remote_clone, "rollout": cmd_rollout, "setup": cmd_setup,
+            "backup": cmd_backup, "restore": cmd_restore}

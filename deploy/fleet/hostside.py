@@ -3,16 +3,20 @@ read or change only this host and answer one JSON object on stdout. The inventor
 workstation sends each step the paths and names it needs. Errors: one line on stderr, exit code 2.
 
 Steps: probe (doctor's facts), agents (status's facts), push-begin / push-receive / push-publish (an image arriving
-in pieces, verified, published manifest last), setup (prepare a fresh hypervisor)."""
+in pieces, verified, published manifest last), setup (prepare a fresh hypervisor), backup-send / backup-receive /
+backup-remove (an agent backup leaving or arriving as a tar stream; send answers with the stream itself)."""
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Optional
 
@@ -347,6 +351,79 @@ def setup(args) -> dict:
     return {"host": args.name, "done": done}
 
 
+BACKUPS_DIR = ".agentfleet-backups"   # under the storage dir: agent backups on their way to or from the workstation
+BACKUP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}-[0-9]{8}T[0-9]{6}Z$")   # deploy/backup_manifest.py's names
+
+
+def _backup_path(storage: str, name: str) -> Path:
+    if not BACKUP_NAME.match(name):
+        raise HostStepError(f"{name!r} is not the name of an agent backup")
+    return Path(storage) / BACKUPS_DIR / name
+
+
+def send_backup(root: Path, out) -> None:
+    """A backup dir as a tar stream (members under its name), regular files and dirs only."""
+    with tarfile.open(fileobj=out, mode="w|") as tar:
+        tar.add(root, arcname=root.name, recursive=True)
+
+
+def extract_backup(stream, partial: Path, name: str) -> None:
+    """Unpack a backup's tar stream into `partial` (0700 dirs, 0600 files): members must be regular files or dirs
+    under `name/`, nothing absolute, no `..`, no link (a stream from elsewhere must not write outside)."""
+    partial.mkdir(mode=0o700)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not parts or parts[0] != name or ".." in parts or Path(member.name).is_absolute():
+                raise HostStepError(f"backup stream: {member.name!r} is not inside {name}/")
+            target = partial.joinpath(*parts[1:])
+            if member.isdir():
+                target.mkdir(mode=0o700, exist_ok=True)
+            elif member.isfile():
+                source = tar.extractfile(member)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    shutil.copyfileobj(source, f, CHUNK)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                raise HostStepError(f"backup stream: {member.name!r} is neither a file nor a directory")
+
+
+def backup_send(args) -> None:
+    root = _backup_path(args.storage, args.name)
+    if not root.is_dir():
+        raise HostStepError(f"no backup {root}")
+    send_backup(root, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+def backup_receive(args) -> dict:
+    """A backup arriving on stdin: unpacked beside its place, renamed in when whole (a cut stream leaves nothing)."""
+    final = _backup_path(args.storage, args.name)
+    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(final.parent, 0o700)                       # host keys travel in it
+    partial = final.with_name(".partial-" + args.name)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        extract_backup(sys.stdin.buffer, partial, args.name)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return {"path": str(final)}
+
+
+def backup_remove(args) -> dict:
+    root = _backup_path(args.storage, args.name)
+    existed = root.exists()
+    if existed and not stat.S_ISDIR(root.lstat().st_mode):
+        raise HostStepError(f"{root} is not a directory")
+    shutil.rmtree(root, ignore_errors=True)
+    return {"removed": str(root) if existed else ""}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deploy.fleet.hostside", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="step", required=True)
@@ -381,17 +458,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--agentfleet", required=True, help="the checkout (its .venv is made with --packages)")
     s.add_argument("--packages", action="store_true")
     s.add_argument("--rename", action="store_true")
+    for step in ("backup-send", "backup-receive", "backup-remove"):
+        s = sub.add_parser(step)
+        s.add_argument("--storage", required=True)
+        s.add_argument("--name", required=True)
     return p
 
 
 STEPS = {"probe": probe, "agents": agents, "push-begin": push_begin, "push-receive": push_receive,
-         "push-publish": push_publish, "setup": setup}
+         "push-publish": push_publish, "setup": setup, "backup-send": backup_send, "backup-receive": backup_receive,
+         "backup-remove": backup_remove}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
-        print(json.dumps(STEPS[args.step](args)))
+        answer = STEPS[args.step](args)
+        if answer is not None:           # backup-send's answer is the stream it wrote
+            print(json.dumps(answer))
         return 0
     except HostStepError as e:
         print(str(e), file=sys.stderr)
