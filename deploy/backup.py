@@ -108,10 +108,9 @@ def backup(inv: Inventory, names: list[str], dest: Path, opts: Options, progress
         conns.close()
 
 
-def take_backup(hv, plan: BackupPlan, progress: Progress, now: Callable[[], float] = time.time
-                ) -> tuple[Path, Manifest]:
+def take_backup(hv, plan: BackupPlan, progress: Progress) -> tuple[Path, Manifest]:
     """The backup dir of one agent, whole, or nothing: the partial dir is removed on any failure."""
-    taken_at = now()
+    taken_at = time.time()
     final = plan.dest / backup_name(plan.agent.name, taken_at)
     if final.exists():
         raise CloneError(f"{plan.agent.name}: {final} already exists (one backup per agent per second)")
