@@ -13,5 +13,6 @@ from deploy.state import AgentState
 def define_and_start(run: CloneRun, agent: Agent, state: AgentState) -> None:
     spec = spec_for(run.inv, agent, uuid=state.uuid, mac=state.mac, root_disk=Path(state.current.root_disk),
                     data_disk=Path(state.data_disk), console_log=console_log(run.inv.state_dir(agent)),
-                    domain_type=run.domain_type, image_version=state.current.image_version)
+                    domain_type=run.domain_type, image_version=state.current.image_version,
+                    docker_disk=Path(state.docker_disk) if state.docker_disk else None)
     run.hypervisor(agent).define_and_start(domain_xml(spec), agent.name)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     try:
         inv = inventory_mod.load(args.inventory, args.overlay)
         if args.plan:
-            rows = plan.capacity(inv)
+            rows = plan.capacity(inv, plan.facts_here(inv, placement.this_host()))
             print(json.dumps([r.to_json() for r in rows], indent=2) if args.json else plan.render(rows))
             return exit_codes.OK
         if not args.agents:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from deploy import disks
+from deploy import disks, resize
 from deploy.action import Action
 from deploy.context import CloneRun
 from deploy.errors import CloneError
@@ -24,6 +24,8 @@ class Work:
     root_disk: Path = Path()
     data_disk: Path = Path()
     previous: Optional[Slot] = None     # a replace's way back
+    docker_disk: Optional[Path] = None  # Docker's disk: recorded in the state, or to be made (docker_gb > 0)
+    resize: Optional[resize.ResizePlan] = None   # what grows (settled before any VM stops; shrinking is refused)
 
     def evolve(self, **changes) -> "Work":
         return replace(self, **changes)
@@ -38,15 +40,17 @@ def decide(run: CloneRun, agent: Agent, image: Image, connected: bool = True) ->
     hv = run.hypervisor(agent) if connected else None
     running = hv.is_running(agent.name) if hv else False
     defined = bool(hv and hv.domain(agent.name))
+    docker = Path(st.docker_disk) if st.docker_disk else \
+        disks.docker_disk_path(storage, agent.name) if agent.docker_gb > 0 else None
     work = Work(agent, state_dir, st, Action.CLONE, disks.root_disk_path(storage, agent.name, image.version),
-                Path(st.data_disk))
+                Path(st.data_disk), docker_disk=docker)
     if run.opts.update:
-        return _decide_update(work, st)
+        return _with_resize(run, _decide_update(work, st), image, connected)
     if st.current is None:
         if running:
             raise CloneError(f"{agent.name}: a domain of that name is running but has no agentfleet state; "
                              f"remove it or use --destroy")
-        return work
+        return _with_resize(run, work, image, connected)
     if st.current.image_version == image.version:
         if st.pending and st.pending.image_version == image.version:
             action = Action.RESUME                    # swapped but never proven healthy
@@ -56,7 +60,31 @@ def decide(run: CloneRun, agent: Agent, image: Image, connected: bool = True) ->
     if not run.opts.replace:
         raise CloneError(f"{agent.name}: runs image {st.current.image_version}; {image.version} differs "
                          f"(use --replace to upgrade)")
-    return work.evolve(action=Action.REPLACE, previous=st.current)
+    return _with_resize(run, work.evolve(action=Action.REPLACE, previous=st.current), image, connected)
+
+
+def _with_resize(run: CloneRun, w: Work, image: Image, connected: bool) -> Work:
+    """What grows on this clone, replace or update: the persistent disks (a re-clone finds its kept data disk), the
+    root (a new overlay of root_gb), the domain's vCPU and RAM (as libvirt has them now; the dry run asks too)."""
+    agent = w.agent
+    growth = resize.persistent_growth(agent, w.state)
+    notes: tuple[str, ...] = ()
+    if w.action.builds_disks:
+        root = resize.root_growth(agent, w.root_disk, disks.virtual_size(image.path))
+        growth += (root,) if root else ()
+    else:
+        notes = resize.root_note(agent, w.root_disk)
+    if agent.docker_gb > 0 and not (w.docker_disk and w.docker_disk.exists()):
+        notes += (f"docker disk: new, {agent.docker_gb:g} GB at /var/lib/docker" if w.action.builds_disks else
+                  "docker disk: comes with the next --replace (an update does not rewrite /etc/fstab)",)
+    before = None
+    if w.state.current is not None and (connected or w.action is Action.UPDATE):   # a dry run asks only for an update
+        try:
+            before = resize.resources_of(run.hypervisor(agent).xml_of(agent.name))
+        except CloneError:
+            if connected:
+                raise
+    return w.evolve(resize=resize.ResizePlan(agent.name, growth, before, resize.wanted_resources(agent), notes))
 
 
 def check_updatable(agent: Agent, st: Optional[AgentState]) -> None:
@@ -71,5 +99,7 @@ def check_updatable(agent: Agent, st: Optional[AgentState]) -> None:
 
 
 def _decide_update(work: Work, st: AgentState) -> Work:
+    if work.docker_disk and not work.docker_disk.exists():
+        work = work.evolve(docker_disk=None)      # made by the next replace, with the fstab that mounts it
     check_updatable(work.agent, st)
     return work.evolve(action=Action.UPDATE, root_disk=Path(st.current.root_disk))

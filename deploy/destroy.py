@@ -1,4 +1,4 @@
-"""Remove agents' domains and root overlays; the data disk (the agent's work) stays unless purged."""
+"""Remove agents' domains and root overlays; the data disk (the agent's work) and Docker's disk stay unless purged."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,19 +33,29 @@ def destroy(inv: Inventory, names: list[str], opts: Options, progress: Progress,
                 for path in inv.host_of(agent).storage_dir.glob(f"{agent.name}-root-*.qcow2*"):
                     path.unlink()
                 data = Path(st.data_disk) if st else disks.data_disk_path(inv.host_of(agent).storage_dir, agent.name)
+                docker = _docker_disk(inv, agent, st)
                 if purge_data:
-                    data.unlink(missing_ok=True)
-                    disks.partial(data).unlink(missing_ok=True)
+                    for path in (data, docker):
+                        path.unlink(missing_ok=True)
+                        disks.partial(path).unlink(missing_ok=True)
                     if st:
-                        st = st.evolve(snapshots=())
+                        st = st.evolve(snapshots=(), docker_disk="")
                 if st:
                     save_state(state_dir, st.evolve(current=None, previous=None, pending=None))
             kept = "data disk purged" if purge_data else f"data disk kept: {data}"
+            if docker.exists():
+                kept += f"; docker disk kept: {docker}"
             results.append(Result(agent.name, Action.DESTROY, data_disk=str(data),
                                   message=f"domain and root disks removed; {kept}"))
         return results
     finally:
         conns.close()
+
+
+def _docker_disk(inv: Inventory, agent: Agent, st: Optional[AgentState]) -> Path:
+    """The recorded Docker disk, or where one would be (a purge removes a stray one too)."""
+    return Path(st.docker_disk) if st and st.docker_disk else \
+        disks.docker_disk_path(inv.host_of(agent).storage_dir, agent.name)
 
 
 def _refuse_a_domain_we_did_not_make(hv, name: str, st: Optional[AgentState]) -> None:
@@ -67,6 +77,9 @@ def _show(inv: Inventory, agent: Agent, purge_data: bool, out: Callable[[str], N
     for root in roots:
         out(f"remove {root}")
     out(f"remove {data} (and its snapshots)" if purge_data else f"keep {data}")
+    docker = _docker_disk(inv, agent, st)
+    if docker.exists():
+        out(f"remove {docker}" if purge_data else f"keep {docker}")
     kept = "data disk purged" if purge_data else f"data disk kept: {data}"
     return Result(agent.name, Action.DESTROY, data_disk=str(data), dry_run=True,
                   message=f"dry run: would remove the domain and {len(roots)} root disk(s); {kept}")

@@ -25,21 +25,45 @@ def backup_overlay_path(data_disk: Path) -> Path:
     return data_disk.with_name(data_disk.name.removesuffix(".qcow2") + ".backup-overlay.qcow2")
 
 
+def docker_disk_path(storage_dir: Path, agent: str) -> Path:
+    return storage_dir / f"{agent}-docker.qcow2"
+
+
+def gb_bytes(size_gb: float) -> int:
+    """An inventory size in bytes, rounded to whole MiB as qemu-img is given it (so an unchanged size compares
+    equal to the disk's)."""
+    return int(size_gb * 1024) << 20
+
+
 def partial(path: Path) -> Path:
     """Where a disk is built; renamed into place only once injected, so a killed run never leaves a half disk."""
     return path.with_name(path.name + ".partial")
 
 
-def create_overlay(golden: Path, path: Path) -> None:
+def create_overlay(golden: Path, path: Path, size_bytes: int = 0) -> None:
+    """An overlay of the golden image; `size_bytes` above the image's size makes a bigger disk (the root partition
+    and file system are grown in the appliance: deploy/resize.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(golden.resolve()), str(path))
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(golden.resolve()), str(path),
+              *([str(size_bytes)] if size_bytes else []))
 
 
 def create_data_disk(path: Path, size_gb: float) -> None:
+    """An empty qcow2 of `size_gb` (the data disk and the Docker disk); formatted in the appliance."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{int(size_gb * 1024)}M")
+    _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{gb_bytes(size_gb) >> 20}M")
+
+
+def virtual_size(path: Path) -> int:
+    """The disk's size as the guest sees it, in bytes; readable while the VM runs (-U)."""
+    return int(json.loads(_qemu_img("info", "-U", "--output=json", str(path)))["virtual-size"])
+
+
+def grow(path: Path, size_bytes: int) -> None:
+    """Grow a stopped VM's qcow2 (internal snapshots keep their own size: restoring one restores that size)."""
+    _qemu_img("resize", "-q", str(path), str(size_bytes))
 
 
 def copy_disk(src: Path, dest: Path, timeout_s: Optional[float] = None) -> None:

@@ -28,6 +28,7 @@ class DomainSpec:
     bridge: str = "br0"
     user_netdev: Optional[str] = None   # the -netdev argument in user mode
     image_version: str = ""
+    docker_disk: Optional[Path] = None  # Docker's persistent disk (vdc), when the agent has one
 
 
 def user_netdev(inv: Inventory, agent: Agent) -> str:
@@ -46,12 +47,13 @@ def user_netdev(inv: Inventory, agent: Agent) -> str:
 
 
 def spec_for(inv: Inventory, agent: Agent, *, uuid: str, mac: str, root_disk: Path, data_disk: Path,
-             console_log: Path, domain_type: str, image_version: str = "") -> DomainSpec:
+             console_log: Path, domain_type: str, image_version: str = "",
+             docker_disk: Optional[Path] = None) -> DomainSpec:
     return DomainSpec(name=agent.name, uuid=uuid, vcpu=agent.vcpu, memory_mib=int(agent.ram_gb * 1024),
                       root_disk=root_disk, data_disk=data_disk, mac=mac, console_log=console_log,
                       domain_type=domain_type, network_mode=inv.network.mode, bridge=inv.network.bridge,
                       user_netdev=user_netdev(inv, agent) if inv.network.mode == "user" else None,
-                      image_version=image_version)
+                      image_version=image_version, docker_disk=docker_disk)
 
 
 def domain_xml(s: DomainSpec) -> str:
@@ -65,6 +67,10 @@ def domain_xml(s: DomainSpec) -> str:
         args = ["-netdev", s.user_netdev, "-device", f"virtio-net-pci,netdev=n0,mac={s.mac},bus=pci.0,addr=0x10"]
         qemu_args = "<qemu:commandline>" + "".join(f"<qemu:arg value={quoteattr(a)}/>" for a in args) + \
                     "</qemu:commandline>"
+    docker = ""
+    if s.docker_disk:
+        docker = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/>"
+                  f"<source file={quoteattr(str(s.docker_disk))}/><target dev='vdc' bus='virtio'/></disk>")
     return f"""<domain type='{s.domain_type}' xmlns:qemu='{QEMU_NS}'>
   <name>{escape(s.name)}</name>
   <uuid>{s.uuid}</uuid>
@@ -90,6 +96,7 @@ def domain_xml(s: DomainSpec) -> str:
       <source file={quoteattr(str(s.data_disk))}/>
       <target dev='vdb' bus='virtio'/>
     </disk>
+    {docker}
     {nic}
     <serial type='pty'><log file={quoteattr(str(s.console_log))} append='on'/><target port='0'/></serial>
     <console type='pty'><target type='serial' port='0'/></console>

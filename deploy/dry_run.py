@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from deploy import docker_data
 from deploy.action import Action
 from deploy.console import console_log
 from deploy.context import CloneRun
@@ -26,6 +27,13 @@ def show(run: CloneRun, w: Work) -> Result:
     out(f"disk root: {w.root_disk} (qcow2 overlay, backing {image.path})")
     out(f"disk data: {w.data_disk} ({'exists, kept' if w.data_disk.exists() else f'new, {agent.disk_gb:g} GB'}, "
         f"mounted at /home/agent)")
+    if w.docker_disk:
+        new = f"new, {agent.docker_gb:g} GB"
+        out(f"disk docker: {w.docker_disk} ({'exists, kept' if w.docker_disk.exists() else new}, mounted at "
+            f"{docker_data.DOCKER_MOUNT})")
+        ops += docker_data.mount_ops()
+    for line in w.resize.lines() if w.resize else ():
+        out(f"resize {line}")
     if not keys:
         out("ssh host keys: generated on first clone (ed25519, ecdsa, rsa)")
     for op in ops:
@@ -36,7 +44,8 @@ def show(run: CloneRun, w: Work) -> Result:
         out("    <secret, masked>" if op.secret else "\n".join(
             "    " + ln for ln in op.data().decode(errors="replace").splitlines()))
     spec = spec_for(run.inv, agent, uuid=w.state.uuid, mac=w.state.mac, root_disk=w.root_disk, data_disk=w.data_disk,
-                    console_log=console_log(w.state_dir), domain_type=run.domain_type, image_version=image.version)
+                    console_log=console_log(w.state_dir), domain_type=run.domain_type, image_version=image.version,
+                    docker_disk=w.docker_disk)
     out(domain_xml(spec))
     planned = result_for(run.inv, agent, w.state, run.domain_type, w.action, f"dry run: would {w.action.value}")
     return replace(planned, dry_run=True)
@@ -51,7 +60,13 @@ def _show_update(run: CloneRun, w: Work, ops: tuple[Op, ...]) -> Result:
         f"while its disks are written, then started again)")
     for line in render(changes):
         out(line)
+    resized = w.resize.lines() if w.resize else []
+    for line in resized:
+        out(f"resize {line}")
     changed = [c.path for c in changes if c.changes]
     what = f"{len(changed)} file(s)" + (f": {', '.join(changed)}" if changed else "")
+    grows = [line for line in resized if "->" in line]
+    if grows:
+        what += f"; resize: {'; '.join(grows)}"
     planned = result_for(run.inv, w.agent, w.state, run.domain_type, w.action, f"dry run: would update {what}")
     return replace(planned, dry_run=True)

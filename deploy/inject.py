@@ -54,6 +54,14 @@ Op = Union[Mkdir, WriteFile]
 
 
 @dataclass(frozen=True)
+class ExtraDisk:
+    """A persistent disk beyond root and data (Docker's): formatted with `label` when new (`seed`)."""
+    path: Path
+    label: str
+    seed: bool = False
+
+
+@dataclass(frozen=True)
 class AgentDisks:
     """One agent's part of a launch: its disks and the operations to apply (paths as seen inside the VM)."""
     agent: str
@@ -66,6 +74,12 @@ class AgentDisks:
     # come from its own /etc/passwd; /etc/fstab is left as it is; the baseline keeps its entries for files not
     # written again, so drift in them is still seen.
     updating: bool = False
+    extra: tuple[ExtraDisk, ...] = ()       # attached for formatting or growing only
+    fstab_extra: tuple[str, ...] = ()       # lines a new overlay's /etc/fstab gets after /home/agent's
+    grow_fs: tuple[str, ...] = ()           # "root", "data", or an extra disk's label: grown to fill its disk
+
+    def drives(self) -> list[Path]:
+        return [self.root_disk, self.data_disk, *(d.path for d in self.extra)]
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,7 @@ def inject(batch: list[AgentDisks]) -> dict[str, Injected]:
     the one it replaced)."""
     for item in batch:
         validate_ops(item.ops, item.agent)
-    drives = [Drive(p) for item in batch for p in (item.root_disk, item.data_disk)]
+    drives = [Drive(p) for item in batch for p in item.drives()]
     baselines = {}
     current = "(launch)"
     try:
@@ -109,11 +123,15 @@ def inject(batch: list[AgentDisks]) -> dict[str, Injected]:
             devices = g.list_devices()
             partitions = set(g.list_partitions())
             facts = None
-            for i, item in enumerate(batch):
+            first = 0
+            for item in batch:
                 current = item.agent
-                root_dev, data_dev = devices[2 * i], devices[2 * i + 1]
+                mine = devices[first:first + len(item.drives())]
+                first += len(mine)
+                root_dev, data_dev = mine[0], mine[1]
                 root_part = root_dev + "1" if root_dev + "1" in partitions else root_dev
                 started = time.monotonic()
+                _prepare_file_systems(g, item, root_dev, root_part, data_dev, mine[2:])
                 g.mount(root_part, "/")
                 if item.updating:
                     baselines[item.agent] = _update_one(g, item, data_dev)
@@ -124,6 +142,27 @@ def inject(batch: list[AgentDisks]) -> dict[str, Injected]:
     except RuntimeError as e:  # libguestfs reports every failure as RuntimeError
         raise CloneError(f"libguestfs ({current}): {str(e).splitlines()[0][:300]}", exit_codes.FAILED) from None
     return baselines
+
+
+def _prepare_file_systems(g, item: AgentDisks, root_dev: str, root_part: str, data_dev: str,
+                          extra_devs: list[str]) -> None:
+    """Before anything is mounted: format new extra disks, and grow each file system whose disk was grown (the
+    root's partition first). resize2fs wants a freshly checked file system, hence e2fsck -f."""
+    for disk, dev in zip(item.extra, extra_devs):
+        if disk.seed:
+            g.mkfs("ext4", dev, label=disk.label)
+        elif disk.label in item.grow_fs:
+            _grow_fs(g, dev)
+    if "data" in item.grow_fs and not item.seed_data:
+        _grow_fs(g, data_dev)
+    if "root" in item.grow_fs and root_part != root_dev:
+        g.part_resize(root_dev, 1, g.blockdev_getsz(root_dev) - 1)   # the image's one partition, to the disk's end
+        _grow_fs(g, root_part)
+
+
+def _grow_fs(g, dev: str) -> None:
+    g.e2fsck_f(dev)
+    g.resize2fs(dev)
 
 
 @dataclass(frozen=True)
@@ -158,7 +197,8 @@ def _inject_one(g, item: AgentDisks, data_dev: str, facts: ImageFacts) -> dict:
     try:
         # a long device timeout: under TCG on a busy host udev can take longer than systemd's default 90 s
         mount = f"LABEL={DATA_LABEL} {HOME} ext4 defaults,nofail,x-systemd.device-timeout=10min 0 2"
-        fstab = WriteFile("/etc/fstab", ("\n".join(facts.fstab + (mount,)) + "\n").encode(), 0o644)
+        fstab = WriteFile("/etc/fstab", ("\n".join(facts.fstab + (mount,) + item.fstab_extra) + "\n").encode(),
+                          0o644)
         ops = (Mkdir(HOME, 0o750, "agent:agent"),) + item.ops + (fstab,)
         baseline = baseline_of(ops)
         record = json.dumps({**dict(item.meta), "injected_at": int(time.time()), "baseline": baseline}, indent=2,

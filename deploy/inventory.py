@@ -80,6 +80,15 @@ class SshTarget:
 
 
 @dataclass(frozen=True)
+class Reserve:
+    """The share of a host's RAM and disk no clone may use (host/hypervisor overhead, qcow2 and log growth,
+    snapshots): `reserve: {ram: 10%, disk: 15%}` fleet-wide or per host; `--plan` shows it and the clone refuses to
+    break it (deploy/plan.py)."""
+    ram_pct: float = 10.0
+    disk_pct: float = 15.0
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     uri: str
@@ -89,6 +98,7 @@ class Host:
     disk_gb: float
     ssh: Optional[SshTarget] = None    # None: reached only by running clone.py on it
     images_dir: Optional[Path] = None  # published images on the host (default <storage_dir>/golden)
+    reserve: Reserve = Reserve()
 
     @property
     def host_images_dir(self) -> Path:
@@ -101,10 +111,12 @@ class Agent:
     host: str
     vcpu: int
     ram_gb: float
-    disk_gb: float                     # the data disk (/home/agent); the root overlay is the image's size
+    disk_gb: float                     # the data disk (/home/agent)
     ip: str
     role: str
     ssh_port: Optional[int] = None     # user mode only
+    root_gb: Optional[float] = None    # the root overlay's virtual size; None: the image's own (deploy/resize.py)
+    docker_gb: float = 0               # Docker's persistent disk at /var/lib/docker; 0: none (deploy/docker_data.py)
 
 
 @dataclass(frozen=True)
@@ -297,6 +309,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
         problems.append("secrets.shared: must name collector_secret (agentd's token is minted from it)")
 
     default_state = need(data, "state_dir", "inventory", str, "/var/lib/agentfleet")
+    fleet_reserve = _reserve(data.get("reserve"), "reserve", Reserve(), problems)
     images_dir = need(data, "images_dir", "inventory", str, "../build/images")
     hosts: dict[str, Host] = {}
     for name, h in (need(data, "hosts", "inventory", dict, {}) or {}).items():
@@ -307,7 +320,9 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                            ram_gb=need(h, "ram_gb", where, (int, float)) or 0,
                            disk_gb=need(h, "disk_gb", where, (int, float), 0),
                            ssh=_ssh_target(h.get("ssh") if isinstance(h, Mapping) else None, where, problems),
-                           images_dir=path(images) if images else None)
+                           images_dir=path(images) if images else None,
+                           reserve=_reserve(h.get("reserve") if isinstance(h, Mapping) else None, f"{where}.reserve",
+                                            fleet_reserve, problems))
     _check_host_addresses(hosts, problems)
 
     agents: dict[str, Agent] = {}
@@ -321,7 +336,9 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                       ram_gb=need(a, "ram_gb", where, (int, float)) or 0,
                       disk_gb=need(a, "disk_gb", where, (int, float)) or 0,
                       ip=str(need(a, "ip", where) or ""), role=str(need(a, "role", where, str, "")),
-                      ssh_port=need(a, "ssh_port", where, int, None))
+                      ssh_port=need(a, "ssh_port", where, int, None),
+                      root_gb=need(a, "root_gb", where, (int, float), None),
+                      docker_gb=need(a, "docker_gb", where, (int, float), 0))
         if mode == "user" and agent.ssh_port is None:
             agent = Agent(**{**agent.__dict__, "ssh_port": network.ssh_port_base + index})
         if agent.host and agent.host not in hosts:
@@ -346,6 +363,8 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
             seen_ports.setdefault(agent.ssh_port, agent.name)
         if agent.vcpu < 1 or agent.ram_gb <= 0 or agent.disk_gb <= 0:
             problems.append(f"{where}: vcpu, ram_gb and disk_gb must be positive")
+        if (agent.root_gb is not None and agent.root_gb <= 0) or agent.docker_gb < 0:
+            problems.append(f"{where}: root_gb must be positive and docker_gb 0 (none) or positive")
         agents[agent.name] = agent
 
     for host in hosts.values():
@@ -359,6 +378,41 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     return Inventory(network=network, services=services, admin_keys=admin_keys, secrets=secrets,
                      images_dir=path(images_dir), hosts=hosts, agents=agents,
                      sources=sources)
+
+
+def _reserve(raw: Any, where: str, default: Reserve, problems: list[str]) -> Reserve:
+    """`{ram: 10%, disk: 15%}` (or plain numbers, read as percent); keys left out keep `default` (the fleet's)."""
+    if raw is None:
+        return default
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be a mapping like {{ram: 10%, disk: 15%}}")
+        return default
+    unknown = sorted(set(raw) - {"ram", "disk"})
+    if unknown:
+        problems.append(f"{where}: unknown key {unknown[0]!r} (ram, disk)")
+    values = {}
+    for key in ("ram", "disk"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        pct = percent(value)
+        if pct is None:
+            problems.append(f"{where}.{key}: {value!r} is not a percentage from 0% to 90%")
+            continue
+        values[f"{key}_pct"] = pct
+    return Reserve(**{"ram_pct": default.ram_pct, "disk_pct": default.disk_pct, **values})
+
+
+def percent(value: Any) -> Optional[float]:
+    """`15%`, `15` or `15.5` -> 15.0; None for anything else or outside 0..90 (a host reserved whole is a typo)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", value)
+        value = float(match[1]) if match else None
+    if not isinstance(value, (int, float)) or not 0 <= value <= 90:
+        return None
+    return float(value)
 
 
 def _expected(types) -> str:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from agentd.protocol import AuditEvent
-from deploy import audit, disks, dry_run, openclaw_config
+from deploy import audit, disks, docker_data, dry_run, openclaw_config, plan, resize
 from deploy.action import Action
 from deploy.boot import define_and_start
 from deploy.console import ConsoleWatch, console_log
@@ -27,7 +27,7 @@ from deploy.errors import RolledBack
 from deploy.health import wait_healthy
 from deploy.hostkeys import ensure_host_keys
 from deploy.images import find_image
-from deploy.inject import AgentDisks, Injected, Op, inject
+from deploy.inject import AgentDisks, ExtraDisk, Injected, Op, inject
 from deploy.inventory import Agent, Inventory
 from deploy.payload import agent_ops
 from deploy.result import Result, result_for
@@ -80,9 +80,13 @@ def _clone(inv: Inventory, agents: list[Agent], opts: Options, progress: Progres
         openclaw_config.validate_config(openclaw_config.build_config(inv, agent), schema, agent.name)
     run = CloneRun(inv, opts, Connections(opts.connect), accel.domain_type(), progress, image, secrets, out)
     if opts.dry_run:
-        return [dry_run.show(run, decide(run, agent, image, connected=False)) for agent in agents]
+        works = [decide(run, agent, image, connected=False) for agent in agents]
+        plan.check_reserve(inv, works, image)
+        return [dry_run.show(run, w) for w in works]
     try:
-        return _run_recipe(run, [decide(run, agent, image) for agent in agents])
+        works = [decide(run, agent, image) for agent in agents]
+        plan.check_reserve(inv, works, image)
+        return _run_recipe(run, works)
     finally:
         run.conns.close()
 
@@ -113,7 +117,7 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
         if w.action in (Action.CLONE, Action.START):
             results[w.agent.name] = _result(run, w, "defined and started")
         elif w.action is Action.UPDATE:
-            results[w.agent.name] = _result(run, w, _updated(injected[w.agent.name]))
+            results[w.agent.name] = _result(run, w, _updated(injected[w.agent.name], w))
             _audit_update(run, w, changes[w.agent.name])
     failures = []
     waiting = [w for w in works if w.action.awaits_health]
@@ -161,15 +165,24 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
     if (w.action is Action.CLONE and not run.opts.restored) or not w.state.cloned_at:  # a restore keeps its own
         w = w.evolve(state=w.state.evolve(cloned_at=int(time.time())))
     save_state(w.state_dir, w.state)              # uuid, MAC, machine-id fixed before any disk exists
+    growth = w.resize.disks if w.resize else ()
+    grown = tuple(g.role for g in growth)
     if w.action is Action.UPDATE:                 # its own disks, written offline: the VM stops for the inject
         run.hypervisor(agent).stop(agent.name, run.opts.stop_timeout_s)
+        resize.grow_disks(growth)
         ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
+        extra = (ExtraDisk(w.docker_disk, docker_data.DOCKER_LABEL),) if "docker" in grown else ()
         return w, AgentDisks(agent.name, w.root_disk, w.data_disk, False, ops, updating=True,
-                             meta=(("agent", agent.name), ("image_version", image.version)))
-    disks.create_overlay(image.path, disks.partial(w.root_disk))
+                             meta=(("agent", agent.name), ("image_version", image.version)), extra=extra,
+                             grow_fs=_fs_to_grow(grown))
+    root = next((g for g in growth if g.role == "root"), None)
+    disks.create_overlay(image.path, disks.partial(w.root_disk), root.to_bytes if root else 0)
     seed = not w.data_disk.exists()
     if seed:
         disks.create_data_disk(disks.partial(w.data_disk), agent.disk_gb)
+    seed_docker = bool(w.docker_disk) and not w.docker_disk.exists()
+    if seed_docker:
+        disks.create_data_disk(disks.partial(w.docker_disk), agent.docker_gb)
     if w.action is Action.REPLACE:
         state = w.state.evolve(pending=Slot(image.version, str(w.root_disk)))
         save_state(w.state_dir, state)
@@ -177,10 +190,25 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
         state = snapshot_before_swap(state, w.data_disk, image.version, run.opts.keep_snapshots)
         save_state(w.state_dir, state)
         w = w.evolve(state=state)
+    resize.grow_disks(growth)     # the kept data and Docker disks; the VM is stopped (or was never started)
     ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
+    extra: tuple[ExtraDisk, ...] = ()
+    fstab: tuple[str, ...] = ()
+    if w.docker_disk:             # the new overlay mounts Docker's disk at /var/lib/docker
+        ops += docker_data.mount_ops()
+        fstab = (docker_data.fstab_line(),)
+        if seed_docker or "docker" in grown:
+            extra = (ExtraDisk(disks.partial(w.docker_disk) if seed_docker else w.docker_disk,
+                               docker_data.DOCKER_LABEL, seed_docker),)
     disk = AgentDisks(agent.name, disks.partial(w.root_disk), disks.partial(w.data_disk) if seed else w.data_disk,
-                      seed, ops, meta=(("agent", agent.name), ("image_version", image.version)))
+                      seed, ops, meta=(("agent", agent.name), ("image_version", image.version)), extra=extra,
+                      fstab_extra=fstab, grow_fs=_fs_to_grow(grown))
     return w, disk
+
+
+def _fs_to_grow(roles: tuple[str, ...]) -> tuple[str, ...]:
+    """The appliance names an extra disk's file system by its label."""
+    return tuple(docker_data.DOCKER_LABEL if role == "docker" else role for role in roles)
 
 
 def _undo_prepare(run: CloneRun, works: list[Work]) -> None:
@@ -188,6 +216,8 @@ def _undo_prepare(run: CloneRun, works: list[Work]) -> None:
     for w in works:
         disks.partial(w.root_disk).unlink(missing_ok=True)
         disks.partial(w.data_disk).unlink(missing_ok=True)
+        if w.docker_disk:
+            disks.partial(w.docker_disk).unlink(missing_ok=True)
         if w.action in (Action.REPLACE, Action.UPDATE) and w.state.current is not None:
             try:
                 save_state(w.state_dir, w.state.evolve(pending=None))
@@ -204,9 +234,12 @@ def _swap(run: CloneRun, w: Work) -> Work:
     os.replace(disks.partial(w.root_disk), w.root_disk)
     if disks.partial(w.data_disk).exists():
         os.replace(disks.partial(w.data_disk), w.data_disk)
+    if w.docker_disk and disks.partial(w.docker_disk).exists():
+        os.replace(disks.partial(w.docker_disk), w.docker_disk)
+    docker = str(w.docker_disk) if w.docker_disk and w.docker_disk.exists() else w.state.docker_disk
     version = run.image.version
     replacing = w.action is Action.REPLACE
-    state = w.state.evolve(current=Slot(version, str(w.root_disk)),
+    state = w.state.evolve(current=Slot(version, str(w.root_disk)), docker_disk=docker,
                            previous=w.previous if replacing else w.state.previous,
                            pending=Slot(version, str(w.root_disk)) if replacing else None)
     save_state(w.state_dir, state)
@@ -246,10 +279,12 @@ def _audit_update(run: CloneRun, w: Work, changes: tuple[str, ...]) -> None:
                     api_url, why)
 
 
-def _updated(injected: Injected) -> str:
+def _updated(injected: Injected, w: Work) -> str:
     changed = injected.changed()
     what = f"{len(changed)} file(s) changed: {', '.join(changed)}" if changed else "nothing changed"
-    return f"re-injected, {what}; restarted on the same overlay"
+    grown = [line.split(" (")[0] for line in (w.resize.lines() if w.resize else []) if "->" in line]
+    return f"re-injected, {what}" + (f"; resized: {'; '.join(grown)}" if grown else "") + \
+        "; restarted on the same overlay"
 
 
 def _prune_overlays(run: CloneRun, w: Work) -> None:

@@ -1,5 +1,6 @@
 """Per-agent state on the hypervisor (`<state_dir>/<agent>/state.json`): which image and root overlay are current,
-the previous ones (for rollback), the data disk, its snapshots, domain UUID, MAC and machine-id. No secret values.
+the previous ones (for rollback), the data disk, its snapshots, the Docker disk, domain UUID, MAC and machine-id.
+No secret values.
 
 Written atomically (temp file, fsync, rename) so a process killed at any step leaves the old or the new state."""
 from __future__ import annotations
@@ -34,6 +35,7 @@ class AgentState:
     pending: Optional[Slot] = None       # a replace in progress: the overlay being swapped in
     snapshots: tuple[str, ...] = ()      # data-disk qcow2 snapshots, oldest first
     cloned_at: int = 0                   # first clone (epoch s), kept across replaces and updates (identity.json)
+    docker_disk: str = ""                # Docker's persistent disk (/var/lib/docker); "" while the agent has none
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -49,7 +49,8 @@ def host_inventory(inv: Inventory, host: Host) -> dict:
                     "per_agent": list(inv.secrets.per_agent)},
         "images_dir": str(host.host_images_dir),
         "hosts": {host.name: {"uri": host.uri, "storage_dir": str(host.storage_dir), "state_dir": str(host.state_dir),
-                              "ram_gb": host.ram_gb, "disk_gb": host.disk_gb}},
+                              "ram_gb": host.ram_gb, "disk_gb": host.disk_gb,
+                              "reserve": {"ram": host.reserve.ram_pct, "disk": host.reserve.disk_pct}}},
         "agents": {a.name: _agent(a) for a in placed},
     }
 
@@ -58,6 +59,10 @@ def _agent(a: Agent) -> dict:
     out = {"host": a.host, "vcpu": a.vcpu, "ram_gb": a.ram_gb, "disk_gb": a.disk_gb, "ip": a.ip, "role": a.role}
     if a.ssh_port is not None:
         out["ssh_port"] = a.ssh_port
+    if a.root_gb is not None:
+        out["root_gb"] = a.root_gb
+    if a.docker_gb:
+        out["docker_gb"] = a.docker_gb
     return out
 
 
