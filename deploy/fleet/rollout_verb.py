@@ -56,7 +56,6 @@ class FleetSideEffects:
         if failed:
             raise rollout.RolloutError("push failed, nothing replaced: " + "; ".join(r.error for r in failed))
 
-
     def feed(self, api_url: str) -> Optional[CollectorFeed]:
         """The collector's progress feed, signed with a token from the collector secret the clone already reads;
         none (one line) when the secrets cannot be read here: the replaces will say why, the page just stays still."""
