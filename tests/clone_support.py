@@ -137,7 +137,8 @@ def write_overlay(path: Path, *, work: Path, images_dir: Path, secrets_file: Pat
         "images_dir": str(images_dir),
         "hosts": {"local": {"uri": "qemu:///system", "storage_dir": str(work / "storage"),
                             "state_dir": str(work / "state"), "ram_gb": 64, "disk_gb": 100}},
-        "agents": {a: {"host": "local", "ram_gb": ram_gb, "vcpu": 1, "disk_gb": 1, "role": "test",
+        # docker_gb 0: a seed agent's Docker disk (apollo's 64 GB in deploy/fleet.yaml) is not what these tests try
+        "agents": {a: {"host": "local", "ram_gb": ram_gb, "vcpu": 1, "disk_gb": 1, "docker_gb": 0, "role": "test",
                        **({} if a in SEED_AGENTS else {"ip": f"10.220.1.{200 + i}"})} for i, a in enumerate(agents)},
     }
     if admin_key:

@@ -40,7 +40,7 @@ def run(tmp_path, collector, feed, **flags):
     pages = []
 
     def replace(host, agents, version):                # what a person watching the page sees while a wave runs
-        pages.append(collector.get("/")[1])
+        pages.append(page_marking(collector, agents))   # the feed posts in the background: give it a moment
         return fake.replace(host, agents, version)
     try:
         report = run_rollout(inv, V2, fast_options(tmp_path / "journal"), replace_on_host=replace,
@@ -61,6 +61,16 @@ def rollout_messages(hook, before: int, count: int, timeout: float = 10.0) -> li
         found = [m for m in hook.messages[before:] if "rollout of" in m]
         if len(found) >= count or time.monotonic() > deadline:
             return found
+        time.sleep(0.05)
+
+
+def page_marking(collector, agents, timeout: float = 10.0) -> str:
+    """The fleet page once it marks `agents` as the current wave (or as it is after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page = collector.get("/")[1]
+        if all(f'<tr id="agent-{a}" class="inwave">' in page for a in agents) or time.monotonic() > deadline:
+            return page
         time.sleep(0.05)
 
 
