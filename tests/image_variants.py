@@ -44,8 +44,9 @@ def bake_variant(tmp: Path, name: str, edit: tuple[str, str], spec: str = "agent
 def derive_image(good: publish.Published, dest: Path, suffix: str, edit=None) -> publish.Published:
     """`good` copied, `edit(g)` applied to its root file system with libguestfs if given, and published in `dest`
     (not the build's images dir, where a later clone could take it for the newest) as version good.version + suffix.
-    For a test that needs another version of an image without paying for a bake (a rollout does not care how the
-    image it rolls out was made; the bake's own tests and the e2e's one-pin bump cover rebakes)."""
+    The copy's own /etc/agentfleet/image.json still names good's version, and agentd reports that one: a derived
+    image cannot stand for a new version that must report healthy as itself (bake one: bake_variant); it serves an
+    image that must fail (derive_broken_image)."""
     version = f"{good.version}{suffix}"
     work = dest / f".agent-{version}.work.qcow2"
     shutil.copyfile(good.qcow2, work)

@@ -5,9 +5,8 @@ real collector through QEMU's restricted user networking. The tests run in file 
 1. a rollout started while one agent is unhealthy (its disk filled) refuses to begin, exit 5, nobody touched;
 2. a rollout of an image whose agentd cannot start halts after the canary, exit 4: the canary is back on the old
    version, no other agent was touched;
-3. a rollout of the next version (the image published again under a new version: a rollout does not care how an
-   image was made, and a rebake costs CI minutes the e2e's one-pin bump already pays), killed in the middle of a
-   wave and run again, completes with every agent on the new version and none replaced twice.
+3. a rollout of a one-spec-change bump (the app stage rebaked, the base tree cached), killed in the middle of a wave
+   and run again, completes with every agent on the new version and none replaced twice.
 """
 from __future__ import annotations
 
@@ -19,13 +18,16 @@ import subprocess
 import pytest
 
 from tests.fleet_support import PYTHON, REPO
-from tests.image_variants import derive_broken_image, derive_image
+from tests.image_variants import bake_variant, derive_broken_image
 from tests.small_fleet import ROLLOUT, small_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 HOSTS = ("rv1", "rv2", "rv3")
 AGENTS = {"rva": "rv1", "rvb": "rv1", "rvc": "rv2", "rvd": "rv3"}   # own names: never clash with other suites
+# The bump: a spec change outside the base stage (the small image pins nothing), so the app stage is rebaked on the
+# cached base tree and the version changes, as a pin bump of the full image does.
+BUMP = ("name: agent\n", "name: agent\n# rollout test: the next version\n")
 
 
 def _report(proc: subprocess.CompletedProcess) -> dict:
@@ -89,7 +91,10 @@ def test_a_rollout_whose_agentd_cannot_start_halts_after_the_canary_and_puts_it_
 def test_a_rollout_killed_mid_wave_and_run_again_ends_with_everyone_on_the_new_version_none_replaced_twice(
         fleet, tmp_path):
     v1 = fleet.v1.version
-    v2 = derive_image(fleet.v1, fleet.ws_images, "-next").version
+    bumped = bake_variant(tmp_path, "small-bump", BUMP, spec="agent-small.yaml", images_dir="small-images")
+    v2 = bumped.version
+    assert v2 != v1 and bumped.manifest.base_key == fleet.v1.manifest.base_key
+    fleet.add_image(bumped)
     journal = tmp_path / "journal"
     argv = [PYTHON, "-m", "deploy.fleet", "rollout", v2, *ROLLOUT, "--canary", "1", "--waves", "100%", "--json",
             "--journal-dir", str(journal)]
