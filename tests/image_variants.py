@@ -2,9 +2,11 @@
 image (images/agent-small.yaml), a variant of a spec (a pin bump), and a broken copy whose agentd cannot start."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+from agentd import vm_files
 from bake import fetch, lock, publish
 from bake.pipeline import Layout, bake
 from bake.spec import load_spec
@@ -42,19 +44,20 @@ def bake_variant(tmp: Path, name: str, edit: tuple[str, str], spec: str = "agent
 
 
 def derive_image(good: publish.Published, dest: Path, suffix: str, edit=None) -> publish.Published:
-    """`good` copied, `edit(g)` applied to its root file system with libguestfs if given, and published in `dest`
-    (not the build's images dir, where a later clone could take it for the newest) as version good.version + suffix.
-    The copy's own /etc/agentfleet/image.json still names good's version, and agentd reports that one: a derived
-    image cannot stand for a new version that must report healthy as itself (bake one: bake_variant); it serves an
-    image that must fail (derive_broken_image)."""
+    """`good` copied as version good.version + suffix: its /etc/agentfleet/image.json says the new version (agentd
+    reports that one, so a replace with it turns healthy as itself), `edit(g)` applied to its root file system with
+    libguestfs if given, published in `dest` (not the build's images dir, where a later clone could take it for the
+    newest). Another version of an image without paying for a bake."""
     version = f"{good.version}{suffix}"
     work = dest / f".agent-{version}.work.qcow2"
     shutil.copyfile(good.qcow2, work)
-    if edit is not None:
-        with guest_root(work) as g:
+    with guest_root(work) as g:
+        baked = json.loads(g.cat(vm_files.IMAGE_JSON))
+        g.write(vm_files.IMAGE_JSON, json.dumps({**baked, "version": version}).encode())
+        if edit is not None:
             edit(g)
     image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
-    return publish.publish(dest, "agent", version, work, image_json, good.schema_path, None)
+    return publish.publish(dest, "agent", version, work, {**image_json, "version": version}, good.schema_path, None)
 
 
 def derive_broken_image(good: publish.Published, dest: Path) -> Path:

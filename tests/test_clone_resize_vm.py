@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bake import publish
-from tests.clone_support import clone_cli, ensure_libvirtd, guest_root, libvirt_workdir, write_overlay, write_secrets
+from tests.clone_support import clone_cli, ensure_libvirtd, libvirt_workdir, write_overlay, write_secrets
 from tests.collector_server import free_port, start_collector
 from tests.fleet_support import keygen
-from tests.image_variants import small_image
+from tests.image_variants import derive_image, small_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -32,20 +31,6 @@ RUN = f"{os.getpid() % 100000:05d}"
 AGENT = f"rsz{RUN}"                       # own name per run: never another suite's domain
 BOOT_S = 900                              # one boot of the small image to SSH under TCG on a loaded machine
 SECRET = b"collector-secret-for-tests"    # write_secrets' collector_secret
-
-
-def respin(good: publish.Published, dest: Path) -> str:
-    """The same image under another version (its image.json says so, or agentd's image check fails): a replace
-    needs another version, and what it must keep is Docker's disk, whatever the image."""
-    version = f"{good.version}r"
-    work = dest / f".agent-{version}.work.qcow2"
-    shutil.copyfile(good.qcow2, work)
-    with guest_root(work) as g:
-        image_json = json.loads(g.cat("/etc/agentfleet/image.json"))
-        g.write("/etc/agentfleet/image.json", json.dumps({**image_json, "version": version}).encode())
-    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
-    publish.publish(dest, "agent", version, work, {**image_json, "version": version}, good.schema_path, None)
-    return version
 
 
 class Site:
@@ -113,7 +98,7 @@ def site():
     overlay.write_text(yaml.safe_dump(data))
     s = Site(work, overlay, key, port, collector)
     s.v1 = image.version
-    s.v2 = respin(image, images)
+    s.v2 = derive_image(image, images, "r").version   # a replace needs another version; what it keeps is the disk
     try:
         yield s
     finally:
