@@ -36,7 +36,7 @@ from tests.clone_support import (  # noqa: E402
 from tests.collector_server import SECRET, free_port, start_collector  # noqa: E402
 
 JOURNAL = ("sudo journalctl -b --no-pager -o short-monotonic -u openclaw-plugins -u openclaw-gateway "
-           "| grep -E 'Start|seed|installed|listening|connected as|websocket|trusted plugins' | head -20")
+           "| grep -E 'Start|seed|install|listening|catalog|connected as|websocket|trusted plugins' | head -24")
 
 
 def agent_state(collector, agent: str) -> dict:
@@ -71,7 +71,8 @@ def main() -> int:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     secrets = work / "secrets.yaml"
     secrets.write_text(json.dumps({
-        "shared": {"collector_secret": SECRET.decode(), "anthropic_api_key": "sk-ant-bench-dummy"},
+        "shared": {"collector_secret": SECRET.decode(), "anthropic_api_key": "sk-ant-bench-dummy",
+                   "openai_api_key": "sk-bench-dummy", "google_api_key": "bench-dummy"},
         "agents": {a: {"mattermost_bot_token": f"mm-{a}", "gateway_token": f"gw-{a}"} for a in agents}}))
     secrets.chmod(0o600)
     ssh_base = free_port()
