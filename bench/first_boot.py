@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bake import publish as bake_publish  # noqa: E402
+from deploy import inventory  # noqa: E402
 from tests.clone_support import (  # noqa: E402
     MattermostStandIn,
     clone_cli,
@@ -82,8 +83,10 @@ def main() -> int:
     overlay.write_text(overlay.read_text().replace(
         "services:\n", f"services:\n  mattermost_url: http://10.0.2.100:{mattermost.port}\n"))
 
+    inv = inventory.load(None, [overlay])
+
     def ssh(agent: str, command: str) -> str:
-        out = subprocess.run(["ssh", "-i", str(key), "-p", str(ssh_base + agents.index(agent)),
+        out = subprocess.run(["ssh", "-i", str(key), "-p", str(inv.agent(agent).ssh_port),
                               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                               "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
                               "agent@127.0.0.1", command], capture_output=True, text=True, timeout=180)
@@ -93,7 +96,7 @@ def main() -> int:
     try:
         for agent, version in zip(agents, versions):
             print(f"== {agent} on image {version}", flush=True)
-            t0 = time.monotonic()
+            t0, seen = time.monotonic(), len(mattermost.requests)
             out = clone_cli(agent, "--image", version, "--overlay", str(overlay))
             if out.returncode != 0:
                 sys.exit(f"bench: clone of {agent} failed: {out.stderr.strip()[-500:]}")
@@ -103,8 +106,11 @@ def main() -> int:
                 args.deadline)
             to_healthy = time.monotonic() - t0
             logged_in = bool(wait_for(lambda agent=agent: mattermost.logged_in(f"mm-{agent}"), 300, 2))
+            # a trusted channel asks for its websocket after logging in; one OpenClaw refuses exits before that
+            websocket = bool(wait_for(lambda seen=seen: any(
+                path == "/api/v4/websocket" for path, _ in mattermost.requests[seen:]), 120, 2))
             journal = ssh(agent, JOURNAL)
-            trusted = "websocket" in journal and "trusted plugins" not in journal
+            trusted = websocket and "trusted plugins" not in journal
             print(f"   clone {cloned:.0f} s; first healthy report {to_healthy:.0f} s after the clone began"
                   f"{'' if healthy else ' (NOT HEALTHY: deadline passed)'}; Mattermost login "
                   f"{'yes' if logged_in else 'no'}; channel trusted {'yes' if trusted else 'no'}", flush=True)
