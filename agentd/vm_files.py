@@ -18,6 +18,8 @@ INJECTED_JSON = f"{ETC}/injected.json"  # the clone: the baseline of what it inj
 AGENTD_YAML = f"{ETC}/agentd.yaml"      # the clone: agentd's Config
 AGENTD_TOKEN = f"{ETC}/agentd.token"    # the clone: agentd's bearer token (0600)
 CLONE_OWNED = (IDENTITY_JSON, INJECTED_JSON, AGENTD_YAML, AGENTD_TOKEN)  # per VM: never in the golden image
+# the bake: one entry per baked OpenClaw plugin, named by its plugin id (the clone's `plugins.load.paths`)
+OPENCLAW_PLUGINS_DIR = "/opt/openclaw/plugins"
 
 AGENT_API_PATH = "/api/v1/agents/"  # + agent name: the collector's record of one agent (GET)
 

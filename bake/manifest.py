@@ -58,11 +58,20 @@ def scan_tree(root: Path) -> dict:
     npm_lock = root / NPM_LOCK_FILE
     return {
         "baseline": baseline,
+        "openclaw_plugins": baked_plugins(root),
         "packages": {
             "dpkg": parse_dpkg_status(dpkg_status.read_text()) if dpkg_status.exists() else {},
             "npm": parse_package_lock(npm_lock.read_text()) if npm_lock.exists() else {},
         },
     }
+
+
+def baked_plugins(root: Path) -> list[str]:
+    """The in-VM dirs of the OpenClaw plugins baked into the tree: what the clone names in `plugins.load.paths`."""
+    plugins = root / vm_files.OPENCLAW_PLUGINS_DIR.lstrip("/")
+    if not plugins.is_dir():
+        return []
+    return sorted(f"{vm_files.OPENCLAW_PLUGINS_DIR}/{entry.name}" for entry in plugins.iterdir())
 
 
 def _sha256(path: Path) -> str:
@@ -122,4 +131,5 @@ def image_json(name: str, version: str, inputs: dict[str, str], base_key: str, s
         "base": base,
         "packages": scanned["packages"],
         "baseline": scanned["baseline"],
+        "openclaw_plugins": scanned["openclaw_plugins"],
     }

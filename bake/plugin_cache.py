@@ -1,9 +1,9 @@
-"""The npm cache from which the guest installs OpenClaw's official plugins, offline, at boot.
+"""The npm cache from which the bake installs OpenClaw's official plugins into the image, offline.
 
-OpenClaw lets a channel plugin work fully (open its ingress queue) only when OpenClaw itself installed it from the
-official npm package and recorded that in the agent's state, which lives on the data disk. So the image cannot
-carry an installed plugin; it carries what `openclaw plugins install <name>@<version>` reads offline: the package's
-registry document and its tarball, whose integrity must be the one the committed package-lock pins.
+OpenClaw trusts a channel plugin (opens its ingress queue) only when it installed the plugin itself from the official
+npm package and recorded that in the state database it runs with. So the openclaw element runs
+`openclaw plugins install <name>@<version>` in the chroot, offline, against this cache: the package's registry
+document and its tarball, whose integrity must be the one the committed package-lock pins.
 """
 from __future__ import annotations
 

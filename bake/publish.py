@@ -46,6 +46,8 @@ class Manifest:
     # what the image runs for agentd to check (bake/spec.py); manifests from before the small image carry both
     services: tuple[str, ...] = ("agentd", "openclaw")
     tree_size: int = 0                                       # bytes of the root tree before it became a disk
+    # in-VM dirs of the OpenClaw plugins baked in (agentd.vm_files.OPENCLAW_PLUGINS_DIR); none before issue 15
+    openclaw_plugins: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,8 +61,9 @@ class Manifest:
                                    int(qcow2["size"]), str(qcow2["sha256"]))
             known = {f for f in cls.__dataclass_fields__} - {"qcow2"}
             fields = {k: v for k, v in data.items() if k in known}
-            if "services" in fields:
-                fields["services"] = tuple(str(s) for s in fields["services"])
+            for key in ("services", "openclaw_plugins"):
+                if key in fields:
+                    fields[key] = tuple(str(s) for s in fields[key])
             manifest = cls(qcow2=image_file, **fields)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BakeError(f"{where}: malformed image manifest ({type(e).__name__}: {e})") from None

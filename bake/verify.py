@@ -4,6 +4,8 @@ Runs on a throwaway overlay, so the candidate itself is never written. Returns p
 """
 from __future__ import annotations
 
+import json
+import posixpath
 import re
 from pathlib import Path
 from typing import Optional, TextIO
@@ -14,9 +16,12 @@ from host.appliance import Drive, appliance
 from host.run import run
 
 AGENTD_WANTS = "/etc/systemd/system/multi-user.target.wants/agentd.service"
-PLUGINS_WANTS = "/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service"
 PLUGINS_ENV = "/opt/openclaw/plugins.env"
-PLUGIN_CACHE = "/opt/openclaw/plugin-cache/_cacache"
+PLUGINS_DIR = vm_files.OPENCLAW_PLUGINS_DIR
+PLUGIN_STATE = "/opt/openclaw/plugin-state"
+STATE_TEMPLATE = f"{PLUGIN_STATE}/state/openclaw.sqlite"
+STATE_SEED = "/usr/local/libexec/agentfleet/openclaw-state-seed"
+PER_INSTALL = (f"{PLUGIN_STATE}/openclaw.json", f"{PLUGIN_STATE}/config-journal-fingerprint.key")
 SECRET_PATTERN = r"BEGIN [A-Z ]*PRIVATE KEY|sk-ant-[A-Za-z0-9]|xox[bp]-[0-9]"
 SECRET_FILES = (*vm_files.CLONE_OWNED, "/home/agent/.openclaw/.env",
                 "/home/agent/.openclaw/openclaw.json", "/root/.ssh/authorized_keys", "/home/agent/.ssh/authorized_keys")
@@ -79,19 +84,33 @@ def _check_versions(g, node_version: str, openclaw_version: Optional[str]) -> li
 
 
 def _check_plugins(g, plugins: tuple[str, ...]) -> list[str]:
-    """The pinned plugins are installed at boot from the baked cache: the list, the cache and the unit must be there."""
+    """The pinned plugins are baked in: each installed at its pin under /opt/openclaw/plugins, the state template
+    that makes OpenClaw trust them, and the gateway's seed step; the template carries nothing per install."""
     if not plugins:
         return []
     if not g.is_file(PLUGINS_ENV):
-        return [f"{PLUGINS_ENV} missing: the image cannot install its plugins {' '.join(plugins)}"]
-    baked = g.cat(PLUGINS_ENV).strip().partition("=")[2].strip("'\"").replace("\\", "").split()
+        return [f"{PLUGINS_ENV} missing: the image does not say which plugins it bakes ({' '.join(plugins)})"]
+    listed = g.cat(PLUGINS_ENV).strip().partition("=")[2].strip("'\"").replace("\\", "").split()
     problems = []
+    if sorted(listed) != sorted(plugins):
+        problems.append(f"{PLUGINS_ENV} lists {' '.join(listed) or 'nothing'}, pinned {' '.join(plugins)}")
+    baked = []
+    for entry in sorted(g.ls(PLUGINS_DIR)) if g.is_dir(PLUGINS_DIR) else []:
+        package = f"{_resolved(g, f'{PLUGINS_DIR}/{entry}')}/package.json"
+        if not g.is_file(package):
+            problems.append(f"{PLUGINS_DIR}/{entry} is not an installed plugin ({package} missing)")
+            continue
+        data = json.loads(g.cat(package))
+        baked.append(f"{data.get('name')}@{data.get('version')}")
     if sorted(baked) != sorted(plugins):
-        problems.append(f"{PLUGINS_ENV} lists {' '.join(baked) or 'nothing'}, pinned {' '.join(plugins)}")
-    if not g.is_dir(PLUGIN_CACHE):
-        problems.append(f"{PLUGIN_CACHE} missing: the plugins cannot be installed offline")
-    if not g.is_symlink(PLUGINS_WANTS):
-        problems.append(f"openclaw-plugins.service is not enabled ({PLUGINS_WANTS} missing)")
+        problems.append(f"{PLUGINS_DIR} holds {' '.join(baked) or 'nothing'}, pinned {' '.join(plugins)}")
+    if not g.is_file(STATE_TEMPLATE):
+        problems.append(f"{STATE_TEMPLATE} missing: OpenClaw would not trust the baked plugins")
+    for leftover in PER_INSTALL:
+        if g.exists(leftover):
+            problems.append(f"{leftover} must not be in the golden image (per install)")
+    if not g.is_file(STATE_SEED):
+        problems.append(f"{STATE_SEED} missing: the gateway cannot seed an agent's OpenClaw state")
     return problems
 
 
@@ -114,6 +133,14 @@ def check_toolchains(g, toolchains: dict[str, str]) -> list[str]:
         if not re.search(rf"(^|[\s/])(go)?{re.escape(prefix)}([.\s+~-]|$)", said):
             problems.append(f"{argv} says {said.splitlines()[0][:120] if said else 'nothing'!r}, pinned {prefix}")
     return problems
+
+
+def _resolved(g, path: str) -> str:
+    """A symlink's target as a guest path: the appliance would follow an absolute one in its own root."""
+    if not g.is_symlink(path):
+        return path
+    target = g.readlink(path)
+    return target if target.startswith("/") else posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
 
 
 def identity_problems(g) -> list[str]:

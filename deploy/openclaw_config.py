@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -42,12 +42,15 @@ def on_private_network(url: str) -> bool:
         return "." not in host or host.endswith(LOCAL_SUFFIXES)
 
 
-def build_config(inv: Inventory, agent: Agent) -> dict:
+def build_config(inv: Inventory, agent: Agent, plugin_dirs: Sequence[str] = ()) -> dict:
     """Gateway on the LAN with token auth, and the Mattermost channel; secrets as references.
 
-    Mattermost is an official plugin: enabled here explicitly (the image installs it at boot, see the openclaw
-    element). OpenClaw refuses private addresses for channel APIs unless told the server is a trusted one; a
-    self-hosted Mattermost on the home lab's network is exactly that."""
+    Mattermost is an official plugin: enabled here explicitly. `plugin_dirs` are the image's baked plugins (its
+    manifest's `openclaw_plugins`), loaded from there; OpenClaw trusts them because the agent's state database
+    starts with their install records (the openclaw element). An older image, which installs the plugin at boot,
+    has none, and a load path to a missing dir would make the whole config invalid. OpenClaw refuses private
+    addresses for channel APIs unless told the server is a trusted one; a self-hosted Mattermost on the home
+    lab's network is exactly that."""
     mattermost = {
         "enabled": True,
         "baseUrl": inv.services.mattermost_url,
@@ -57,6 +60,9 @@ def build_config(inv: Inventory, agent: Agent) -> dict:
     }
     if on_private_network(inv.services.mattermost_url):
         mattermost["network"] = {"dangerouslyAllowPrivateNetwork": True}
+    plugins: dict = {"entries": {"mattermost": {"enabled": True}}}
+    if plugin_dirs:
+        plugins["load"] = {"paths": list(plugin_dirs)}
     return {
         "gateway": {
             "mode": "local",
@@ -65,7 +71,7 @@ def build_config(inv: Inventory, agent: Agent) -> dict:
             "auth": {"mode": "token", "token": secret_ref("gateway_token")},
         },
         "channels": {"mattermost": mattermost},
-        "plugins": {"entries": {"mattermost": {"enabled": True}}},
+        "plugins": plugins,
     }
 
 

@@ -64,7 +64,7 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
     ip = USER_GUEST_IP if inv.network.mode == "user" else agent.ip
     hosts = (f"127.0.0.1 localhost\n{ip} {agent.name}\n::1 localhost ip6-localhost ip6-loopback\n"
              f"ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n")
-    config = openclaw_config.build_config(inv, agent)
+    config = openclaw_config.build_config(inv, agent, image.manifest.openclaw_plugins)
     token = agent_token(secrets["collector_secret"].reveal().encode(), agent.name)
     ops: list[Op] = [
         WriteFile("/etc/hostname", f"{agent.name}\n".encode()),

@@ -77,7 +77,8 @@ def _clone(inv: Inventory, agents: list[Agent], opts: Options, progress: Progres
     secrets = load_secrets(inv.secrets, [a.name for a in agents])
     schema = openclaw_config.load_schema(image.schema_path)
     for agent in agents:
-        openclaw_config.validate_config(openclaw_config.build_config(inv, agent), schema, agent.name)
+        config = openclaw_config.build_config(inv, agent, image.manifest.openclaw_plugins)
+        openclaw_config.validate_config(config, schema, agent.name)
     run = CloneRun(inv, opts, Connections(opts.connect), accel.domain_type(), progress, image, secrets, out)
     if opts.dry_run:
         works = [decide(run, agent, image, connected=False) for agent in agents]

@@ -69,9 +69,10 @@ def guest_root(image: Path):
         yield g
 
 
-def publish(image: Path, images_dir: Path, version: str, schema: dict | None = None) -> Path:
+def publish(image: Path, images_dir: Path, version: str, schema: dict | None = None,
+            openclaw_plugins: tuple[str, ...] = ()) -> Path:
     """A copy of `image` published by the bake's own publish() (the source is kept: tests publish it as several
-    versions); returns the published qcow2."""
+    versions), optionally saying it bakes OpenClaw plugins at those in-VM dirs; returns the published qcow2."""
     from bake import publish as bake_publish
 
     schema_file = None
@@ -79,7 +80,8 @@ def publish(image: Path, images_dir: Path, version: str, schema: dict | None = N
         images_dir.mkdir(parents=True, exist_ok=True)
         schema_file = images_dir / f".schema-{version}.json"
         schema_file.write_text(json.dumps(schema))
-    image_json = {"name": "agent", "version": version, "baseline": {}, "packages": {}}
+    image_json = {"name": "agent", "version": version, "baseline": {}, "packages": {},
+                  "openclaw_plugins": list(openclaw_plugins)}
     published = bake_publish.publish(images_dir, "agent", version, image, image_json, schema_file, None,
                                      keep_source=True)
     if schema_file:
@@ -118,8 +120,11 @@ TEST_SCHEMA = {
                 "network": {"type": "object", "additionalProperties": False, "properties": {
                     "dangerouslyAllowPrivateNetwork": {"type": "boolean"}}}},
                 "required": ["dmPolicy", "groupPolicy"]}}},
-        "plugins": {"type": "object", "properties": {"entries": {"type": "object", "additionalProperties": {
-            "type": "object", "properties": {"enabled": {"type": "boolean"}}}}}},
+        "plugins": {"type": "object", "additionalProperties": False, "properties": {
+            "entries": {"type": "object", "additionalProperties": {
+                "type": "object", "properties": {"enabled": {"type": "boolean"}}}},
+            "load": {"type": "object", "additionalProperties": False, "properties": {
+                "paths": {"type": "array", "items": {"type": "string"}}}}}},
     },
 }
 
@@ -249,6 +254,22 @@ class JsonStub:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class MattermostStandIn(JsonStub):
+    """Answers like Mattermost on loopback: /api/v4/system/ping for agentd's check, and /api/v4/users/me for the
+    bot token OpenClaw's Mattermost channel logs in with. It has no websocket (404): a trusted channel asks for
+    /api/v4/websocket next and retries; one OpenClaw does not trust exits before that."""
+
+    def answer(self, path: str) -> tuple[int, dict]:
+        if path.startswith("/api/v4/system/ping"):
+            return 200, {"status": "OK"}
+        if path.startswith("/api/v4/users/me"):
+            return 200, {"id": "bot", "username": "e2e-bot", "is_bot": True}
+        return 404, {}
+
+    def logged_in(self, token: str) -> bool:
+        return ("/api/v4/users/me", f"Bearer {token}") in self.requests
 
 
 class CollectorStub(JsonStub):

@@ -67,7 +67,7 @@ def test_cache_hit_notices_a_modified_image(baked_image, tmp_path):
         check_published(image, full=False)
 
 
-def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plugins(baked_image, tmp_path):
+def test_verify_refuses_an_image_that_carries_identity_or_lacks_its_baked_plugins(baked_image, tmp_path):
     from host.appliance import Drive, appliance
     dirty = tmp_path / "dirty.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(dirty)])
@@ -76,8 +76,9 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
         g.write("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
         g.write("/etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
         g.write("/root/.bash_history", "ls\n")
-        g.rm_rf("/opt/openclaw/plugin-cache")
-        g.rm("/etc/systemd/system/multi-user.target.wants/openclaw-plugins.service")
+        g.rm_rf("/opt/openclaw/plugins/mattermost")
+        g.rm("/opt/openclaw/plugin-state/state/openclaw.sqlite")
+        g.write("/opt/openclaw/plugin-state/config-journal-fingerprint.key", "k" * 32)
         g.rm("/usr/local/bin/go")                         # the toolchain link: `go` is then not on PATH
         g.rm("/usr/local/bin/agentd")
     problems = verify_image(dirty, baked_image.manifest.pins, tmp_path, toolchains=baked_image.manifest.toolchains)
@@ -85,8 +86,9 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
     assert "go version says" in text and "pinned 1.26" in text
     assert "agentd --help in the image fails" in text
     assert not [p for p in problems if p.startswith(("rustc", "cargo", "python3"))], problems
-    assert "/opt/openclaw/plugin-cache/_cacache missing" in text
-    assert "openclaw-plugins.service is not enabled" in text
+    assert "/opt/openclaw/plugins holds nothing, pinned @openclaw/mattermost@2026.9.2" in text
+    assert "/opt/openclaw/plugin-state/state/openclaw.sqlite missing" in text
+    assert "/opt/openclaw/plugin-state/config-journal-fingerprint.key must not be in the golden image" in text
     assert "/etc/machine-id is not empty" in text
     assert "SSH host keys present: /etc/ssh/ssh_host_ed25519_key" in text
     assert "/root/.bash_history must not be in the golden image" in text

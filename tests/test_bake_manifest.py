@@ -11,6 +11,14 @@ def test_clone_owned_files_are_unmanaged_but_their_neighbours_are_managed():
     assert not managed("var/log/syslog")
 
 
+def test_scan_names_the_baked_openclaw_plugins_by_their_in_vm_dirs(tmp_path):
+    assert scan_tree(tmp_path)["openclaw_plugins"] == []
+    plugins = tmp_path / "opt" / "openclaw" / "plugins"
+    plugins.mkdir(parents=True)
+    os.symlink("../plugin-state/npm/projects/p/node_modules/@openclaw/mattermost", plugins / "mattermost")
+    assert scan_tree(tmp_path)["openclaw_plugins"] == ["/opt/openclaw/plugins/mattermost"]
+
+
 def test_scan_records_files_and_symlinks_with_the_images_own_owner_names(tmp_path):
     (tmp_path / "etc" / "xdg" / "systemd").mkdir(parents=True)
     (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/bash\n")

@@ -12,7 +12,8 @@ from deploy.images import find_image
 
 IMAGE_JSON = {"name": "agent", "version": "ignored", "built_at": "2026-11-28T00:00:00Z", "pins": {"node": "22.23.3"},
               "inputs": {"spec": "ab" * 32}, "packages": {"dpkg": {"bash": "5.1"}},
-              "baseline": {"/etc/hosts": {"sha256": "cd" * 32, "mode": "0644", "owner": "root:root"}}}
+              "baseline": {"/etc/hosts": {"sha256": "cd" * 32, "mode": "0644", "owner": "root:root"}},
+              "openclaw_plugins": ["/opt/openclaw/plugins/mattermost"]}
 
 
 def _candidate(tmp_path, name="disk.qcow2", data=b"qcow2 bytes"):
@@ -30,6 +31,7 @@ def test_what_publish_writes_every_reader_reads_back_typed(tmp_path):
     assert written.qcow2 == images / "agent-v1.qcow2" and written.qcow2.stat().st_mode & 0o222 == 0
     assert written.manifest.version == "v1" and written.manifest.qcow2.size == len(b"qcow2 bytes")
     assert written.manifest.baseline == IMAGE_JSON["baseline"]
+    assert written.manifest.openclaw_plugins == ("/opt/openclaw/plugins/mattermost",)
     assert written.schema_path == images / "agent-v1.openclaw-schema.json"
     for read in (publish.find(images, "agent", "v1"), publish.newest(images, "agent"), publish.beside(written.qcow2)):
         assert read == written
@@ -77,3 +79,10 @@ def test_a_manifest_whose_image_is_gone_is_refused_by_both(tmp_path):
         publish.check_published(written, full=False)
     with pytest.raises(CloneError, match="has no agent-v1.qcow2 beside it"):
         find_image(images)
+
+
+def test_a_manifest_from_before_the_plugins_were_baked_in_names_none(tmp_path):
+    """Images published before issue 15 install their plugins at boot: the clone must give them no load paths."""
+    data = {**IMAGE_JSON, "version": "old", "qcow2": {"file": "agent-old.qcow2", "size": 1, "sha256": "0" * 64}}
+    del data["openclaw_plugins"]
+    assert publish.Manifest.from_json(data, "old.manifest.json").openclaw_plugins == ()

@@ -49,6 +49,26 @@ def test_mattermost_plugin_is_enabled_and_a_lab_server_is_trusted_but_a_public_o
     assert "network" not in openclaw_config.build_config(inv, inv.agent("athena"))["channels"]["mattermost"]
 
 
+def test_an_image_that_bakes_its_plugins_gets_them_as_load_paths_and_an_older_one_gets_none():
+    """A load path to a dir the image lacks would make OpenClaw refuse the whole config (plugin path not found)."""
+    inv = inventory.load()
+    baked = openclaw_config.build_config(inv, inv.agent("athena"), ("/opt/openclaw/plugins/mattermost",))
+    assert baked["plugins"] == {"entries": {"mattermost": {"enabled": True}},
+                                "load": {"paths": ["/opt/openclaw/plugins/mattermost"]}}
+    openclaw_config.validate_config(baked, TEST_SCHEMA, "athena")
+    assert "load" not in openclaw_config.build_config(inv, inv.agent("athena"))["plugins"]
+
+
+def test_the_clone_names_the_plugins_the_images_manifest_says_are_baked(site):
+    tmp, overlay, _ = site
+    publish(tmp / "tiny.qcow2", tmp / "images", "v2", TEST_SCHEMA, ("/opt/openclaw/plugins/mattermost",))
+    baked = clone_cli("--overlay", str(overlay), "athena", "--image", "v2", "--dry-run")
+    assert baked.returncode == 0, baked.stderr
+    assert re.search(r'"load": \{\s+"paths": \[\s+"/opt/openclaw/plugins/mattermost"\s+\]', baked.stdout)
+    older = clone_cli("--overlay", str(overlay), "athena", "--image", "v1", "--dry-run")
+    assert older.returncode == 0 and '"load"' not in older.stdout
+
+
 @pytest.mark.parametrize("url,private", [
     ("http://10.0.2.100:8065", True), ("http://127.0.0.1:8065", True), ("http://[fe80::1]:8065", True),
     ("http://mattermost:8065", True), ("https://chat.home.arpa", True), ("https://mm.lab.lan", True),

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.clone_support import (
-    JsonStub,
+    MattermostStandIn,
     clone_cli,
     ensure_libvirtd,
     libvirt_workdir,
@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 AGENTS = ("athena", "apollo")
 BOOT_DEADLINE = 1500      # boot to the first healthy report, under TCG on 2 shared cores (measured 10-15 min)
 DRIFT_DEADLINE = 60
+GATEWAY_JOURNAL = "sudo journalctl -b --no-pager -o cat -u openclaw-gateway"
 REPLACE_TIMEOUT = 1800     # the clone process: a health deadline of 1500 s plus a rollback
 # One pin: npm one patch release back (OpenClaw cannot move: 2026.9.2 is the newest for Node 22, and its
 # Mattermost plugin has no 2026.9.1 release).
@@ -79,21 +80,6 @@ class Steps:
 
     def summary(self) -> str:
         return "\n".join(f"{seconds:7.0f} s  {name}" for name, seconds in self.times)
-
-
-class MattermostStandIn(JsonStub):
-    """Answers like Mattermost on loopback: /api/v4/system/ping for agentd's check, and /api/v4/users/me for the
-    bot token OpenClaw's Mattermost channel logs in with (it has no websocket: the channel then retries)."""
-
-    def answer(self, path: str) -> tuple[int, dict]:
-        if path.startswith("/api/v4/system/ping"):
-            return 200, {"status": "OK"}
-        if path.startswith("/api/v4/users/me"):
-            return 200, {"id": "bot", "username": "e2e-bot", "is_bot": True}
-        return 404, {}
-
-    def logged_in(self, token: str) -> bool:
-        return ("/api/v4/users/me", f"Bearer {token}") in self.requests
 
 
 class ReportWatch:
@@ -197,9 +183,9 @@ def test_fleet_end_to_end(baked_image, tmp_path):
             lines.append(f"--- {agent} at the collector: version {s.get('image_version')}, healthy "
                          f"{s.get('healthy')}, seq {s.get('last_seq')}, not ok: {failing}")
             with contextlib.suppress(Exception):
-                lines.append(ssh(agent, "systemctl is-active agentd openclaw-plugins openclaw-gateway | paste -sd ' '; "
-                                        "sudo journalctl -b --no-pager -n 20 -u agentd -u openclaw-plugins "
-                                        "-u openclaw-gateway | cut -c1-200"))
+                lines.append(ssh(agent, "systemctl is-active agentd openclaw-gateway | paste -sd ' '; "
+                                        "sudo journalctl -b --no-pager -n 20 -u agentd -u openclaw-gateway "
+                                        "| cut -c1-200"))
         return "\n".join(lines)
     steps.diagnose = diagnose
 
@@ -235,10 +221,14 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                 assert ssh(agent, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18789/") == "200"
                 identity = json.loads(ssh(agent, "cat /etc/agentfleet/identity.json"))
                 assert identity["agent"] == agent and identity["image_version"] == v1
-                # the Mattermost channel (an official plugin, installed at first boot) logged in with the bot
-                # token that reached the gateway only through ~/.openclaw/.env
+                # the Mattermost channel (an official plugin, baked into the image) logged in with the bot token
+                # that reached the gateway only through ~/.openclaw/.env, and went on to its websocket: OpenClaw
+                # trusted it (an untrusted plugin logs in too, then exits refused its ingress queue)
                 wait_for(f"{agent}'s Mattermost channel to log in",
                          lambda agent=agent: mattermost.logged_in(f"mm-{agent}-e2e"), 120)
+                wait_for(f"{agent}'s Mattermost channel to open its websocket",
+                         lambda agent=agent: "websocket" in ssh(agent, GATEWAY_JOURNAL), 120)
+                assert "only available for trusted plugins" not in ssh(agent, GATEWAY_JOURNAL)
         with steps.step("4. change a managed file in athena: drift at the collector and on the page"):
             seq0 = agent_state(collector, "athena")["last_seq"]
             ssh("athena", "echo e2e-drift | sudo tee -a /etc/issue >/dev/null")

@@ -152,68 +152,109 @@ def test_gateway_unit_runs_as_agent_on_18789_only_when_configured():
     assert "WantedBy=multi-user.target" in unit
 
 
-def test_gateway_starts_after_the_plugins_are_installed():
+def test_the_gateway_seeds_its_state_first_and_no_unit_installs_plugins_at_boot():
     units = ELEMENTS / "openclaw" / "openclaw-units"
     gateway = (units / "openclaw-gateway.service").read_text()
-    plugins = (units / "openclaw-plugins.service").read_text()
-    assert re.search(r"^After=.*openclaw-plugins.service", gateway, re.M)
-    assert re.search(r"^Wants=.*openclaw-plugins.service", gateway, re.M)
-    assert "User=agent" in plugins and "Type=oneshot" in plugins
-    assert "ConditionPathExists=/home/agent/.openclaw/openclaw.json" in plugins
-
-
-FAKE_OPENCLAW = """#!/bin/bash
-# Stands in for the OpenClaw CLI: records how it was called; fails when told to.
-echo "$* offline=$npm_config_offline cache=$npm_config_cache" >> "$HOME/calls"
-test -d "$npm_config_cache/_cacache" && test -w "$npm_config_cache"
-[ -z "${FAIL_ON:-}" ] || [ "$3" != "$FAIL_ON" ]
-"""
+    assert re.search(r"^ExecStartPre=/usr/local/libexec/agentfleet/openclaw-state-seed$", gateway, re.M)
+    assert "openclaw-plugins" not in gateway
+    assert not list(units.glob("*.service.d")) and sorted(p.name for p in units.glob("*.service")) == [
+        "openclaw-gateway.service"]
+    hook = (ELEMENTS / "openclaw" / "install.d" / "30-openclaw").read_text()
+    assert "openclaw plugins install" in hook and "systemctl enable openclaw-gateway.service" in hook
 
 
 @pytest.fixture
-def plugin_box(tmp_path: Path):
-    """The boot-time plugin installer with a fake `openclaw` on PATH and a fake baked cache."""
-    (tmp_path / "bin").mkdir()
-    fake = tmp_path / "bin" / "openclaw"
-    fake.write_text(FAKE_OPENCLAW)
-    fake.chmod(0o755)
-    (tmp_path / "cache" / "_cacache").mkdir(parents=True)
-    (tmp_path / "home").mkdir()
-    (tmp_path / "plugins.env").write_text(
-        "AGENTFLEET_OPENCLAW_PLUGINS='@openclaw/mattermost@2026.9.2 @openclaw/x@1.0.0'\n")
+def seed_box(tmp_path: Path):
+    """openclaw-state-seed against a throwaway HOME and a template database."""
+    template = tmp_path / "template.sqlite"
+    template.write_bytes(b"SQLite format 3\0 the install records")
+    (tmp_path / "home" / ".openclaw").mkdir(parents=True)
 
-    def install(**env: str) -> subprocess.CompletedProcess:
-        return run_hook(ELEMENTS / "openclaw" / "openclaw-units" / "openclaw-plugins",
-                        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", HOME=str(tmp_path / "home"),
-                        TMPDIR=str(tmp_path), AGENTFLEET_OPENCLAW_PLUGINS_ENV=str(tmp_path / "plugins.env"),
-                        AGENTFLEET_OPENCLAW_PLUGIN_CACHE=str(tmp_path / "cache"), **env)
-    return tmp_path, install
+    def seed() -> subprocess.CompletedProcess:
+        return run_hook(ELEMENTS / "openclaw" / "openclaw-units" / "openclaw-state-seed", HOME=str(tmp_path / "home"),
+                        AGENTFLEET_OPENCLAW_STATE_TEMPLATE=str(template))
+    return tmp_path / "home" / ".openclaw", template, seed
 
 
-def test_boot_plugin_install_is_offline_pinned_once_and_cleans_up(plugin_box):
-    box, install = plugin_box
-    first = install()
+def test_a_new_agent_gets_a_private_copy_of_the_template_and_keeps_its_own_database_after(seed_box):
+    openclaw, template, seed = seed_box
+    first = seed()
     assert first.returncode == 0, first.stderr
-    calls = (box / "home" / "calls").read_text().splitlines()
-    assert [c.split(" offline=")[0] for c in calls] == [
-        "plugins install @openclaw/mattermost@2026.9.2 --pin --force",
-        "plugins install @openclaw/x@1.0.0 --pin --force"]
-    assert all("offline=true" in c and f"cache={box}/openclaw-plugins." in c for c in calls)
-    assert (box / "home" / ".openclaw" / "agentfleet-plugins").read_text() == \
-        "@openclaw/mattermost@2026.9.2 @openclaw/x@1.0.0"
-    assert not list(box.glob("openclaw-plugins.*")), "the writable cache copy is removed"
-    again = install()
-    assert again.returncode == 0 and "already installed" in again.stdout
-    assert len((box / "home" / "calls").read_text().splitlines()) == 2
+    db = openclaw / "state" / "openclaw.sqlite"
+    assert db.read_bytes() == template.read_bytes()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600 and stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    assert sorted(p.name for p in db.parent.iterdir()) == ["openclaw.sqlite"]
+    db.write_bytes(b"the agent's own state since")
+    again = seed()
+    assert again.returncode == 0 and again.stdout == again.stderr == ""
+    assert db.read_bytes() == b"the agent's own state since"
 
 
-def test_a_failed_plugin_install_fails_the_unit_and_is_retried_next_boot(plugin_box):
-    box, install = plugin_box
-    failed = install(FAIL_ON="@openclaw/x@1.0.0")
-    assert failed.returncode != 0
-    assert not (box / "home" / ".openclaw" / "agentfleet-plugins").exists()
-    assert install().returncode == 0
-    assert (box / "home" / ".openclaw" / "agentfleet-plugins").exists()
+def test_a_database_from_an_image_that_installed_plugins_at_boot_is_kept_and_named(seed_box):
+    openclaw, _, seed = seed_box
+    (openclaw / "state").mkdir()
+    (openclaw / "state" / "openclaw.sqlite").write_bytes(b"old records")
+    (openclaw / "agentfleet-plugins").write_text("@openclaw/mattermost@2026.9.2")
+    result = seed()
+    assert result.returncode == 0
+    assert "records the plugins an older image installed at boot" in result.stderr
+    assert (openclaw / "state" / "openclaw.sqlite").read_bytes() == b"old records"
+
+
+def test_an_image_without_a_template_leaves_the_state_to_openclaw(seed_box):
+    openclaw, template, seed = seed_box
+    template.unlink()
+    result = seed()
+    assert result.returncode == 0 and "no template" in result.stdout
+    assert not (openclaw / "state").exists()
+
+
+def make_install_state(root: Path, with_index: bool = True) -> Path:
+    """What `openclaw plugins install` leaves in an OpenClaw state dir, in miniature (the tables it wrote)."""
+    import sqlite3
+    (root / "state").mkdir(parents=True)
+    (root / "npm" / "projects" / "openclaw-mattermost-x" / "node_modules").mkdir(parents=True)
+    (root / "openclaw.json").write_text("{}")
+    (root / "config-journal-fingerprint.key").write_bytes(b"k" * 32)
+    (root / "logs").mkdir()
+    db = sqlite3.connect(root / "state" / "openclaw.sqlite")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE config_machine_state (state_key TEXT PRIMARY KEY, value_json TEXT)")
+    db.execute("CREATE TABLE diagnostic_events (id TEXT, value_json TEXT)")
+    db.execute("CREATE TABLE config_health_entries (path TEXT, value_json TEXT)")
+    db.execute("CREATE TABLE schema_meta (role TEXT, version TEXT)")
+    if with_index:
+        db.execute("INSERT INTO config_machine_state VALUES ('plugins.installedIndex', '{\"revision\": 1}')")
+    db.execute("INSERT INTO config_machine_state VALUES ('config.lastTouchedAt', '1')")
+    db.execute("INSERT INTO diagnostic_events VALUES ('config-audit', '/bake/openclaw.json')")
+    db.execute("INSERT INTO config_health_entries VALUES ('/bake/openclaw.json', '{}')")
+    db.execute("INSERT INTO schema_meta VALUES ('primary', '2026.9.2')")
+    db.commit()
+    db.close()
+    return root
+
+
+def test_the_state_template_keeps_the_installs_and_their_records_and_nothing_per_install(tmp_path: Path):
+    import sqlite3
+    state = make_install_state(tmp_path / "plugin-state")
+    result = subprocess.run(["python3", str(ELEMENTS / "openclaw" / "openclaw-units" / "openclaw-plugin-template"),
+                             str(state)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in state.iterdir()) == ["npm", "state"]
+    assert sorted(p.name for p in (state / "state").iterdir()) == ["openclaw.sqlite"]
+    db = sqlite3.connect(state / "state" / "openclaw.sqlite")
+    assert db.execute("SELECT state_key FROM config_machine_state").fetchall() == [("plugins.installedIndex",)]
+    assert db.execute("SELECT count(*) FROM diagnostic_events").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM config_health_entries").fetchone() == (0,)
+    assert db.execute("SELECT version FROM schema_meta").fetchone() == ("2026.9.2",)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_a_state_without_install_records_makes_no_template(tmp_path: Path):
+    state = make_install_state(tmp_path / "plugin-state", with_index=False)
+    result = subprocess.run(["python3", str(ELEMENTS / "openclaw" / "openclaw-units" / "openclaw-plugin-template"),
+                             str(state)], capture_output=True, text=True)
+    assert result.returncode != 0 and "holds no plugins.installedIndex" in result.stderr
 
 
 # --- host-side hooks run for real against temporary trees ---
