@@ -7,6 +7,7 @@ real tree.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -163,11 +164,40 @@ def test_the_gateway_seeds_its_state_first_and_no_unit_installs_plugins_at_boot(
     assert "openclaw plugins install" in hook and "systemctl enable openclaw-gateway.service" in hook
 
 
+def plugin_db(path: Path, records: dict, plugins: list) -> Path:
+    """An OpenClaw state database holding an installed-plugin index (its real table, as 2026.9.2 makes it)."""
+    import sqlite3
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE config_machine_state (state_key TEXT NOT NULL PRIMARY KEY, value_json TEXT NOT NULL, "
+               "updated_at_ms INTEGER NOT NULL) STRICT")
+    index = {"revision": 1, "index": {"version": 1, "installRecords": records, "plugins": plugins}}
+    db.execute("INSERT INTO config_machine_state VALUES ('plugins.installedIndex', ?, 1)", (json.dumps(index),))
+    db.execute("INSERT INTO config_machine_state VALUES ('config.lastTouchedAt', '1', 1)")
+    db.commit()
+    db.close()
+    return path
+
+
+def plugin_index(path: Path) -> dict:
+    import sqlite3
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT value_json FROM config_machine_state WHERE state_key = 'plugins.installedIndex'")
+        return json.loads(row.fetchone()[0])["index"]
+    finally:
+        db.close()
+
+
+BAKED_RECORD = {"source": "npm",
+                "installPath": "/opt/openclaw/plugin-state/npm/projects/mm/node_modules/@openclaw/mattermost"}
+
+
 @pytest.fixture
 def seed_box(tmp_path: Path):
     """openclaw-state-seed against a throwaway HOME and a template database."""
-    template = tmp_path / "template.sqlite"
-    template.write_bytes(b"SQLite format 3\0 the install records")
+    template = plugin_db(tmp_path / "template.sqlite", {"mattermost": BAKED_RECORD},
+                         [{"pluginId": "a2a", "origin": "bundled"}, {"pluginId": "mattermost", "origin": "config"}])
     (tmp_path / "home" / ".openclaw").mkdir(parents=True)
 
     def seed() -> subprocess.CompletedProcess:
@@ -190,15 +220,27 @@ def test_a_new_agent_gets_a_private_copy_of_the_template_and_keeps_its_own_datab
     assert db.read_bytes() == b"the agent's own state since"
 
 
-def test_a_database_from_an_image_that_installed_plugins_at_boot_is_kept_and_named(seed_box):
-    openclaw, _, seed = seed_box
-    (openclaw / "state").mkdir()
-    (openclaw / "state" / "openclaw.sqlite").write_bytes(b"old records")
+def test_an_agent_whose_plugins_an_older_image_installed_at_boot_adopts_the_baked_ones_once(seed_box):
+    openclaw, template, seed = seed_box
+    home_install = {"source": "npm", "installPath": f"{openclaw}/npm/projects/mm/node_modules/@openclaw/mattermost"}
+    own = {"source": "npm", "installPath": f"{openclaw}/npm/projects/own/node_modules/own-plugin"}
+    db = plugin_db(openclaw / "state" / "openclaw.sqlite", {"mattermost": home_install, "own": own},
+                   [{"pluginId": "mattermost", "origin": "global"}, {"pluginId": "own", "origin": "global"}])
     (openclaw / "agentfleet-plugins").write_text("@openclaw/mattermost@2026.9.2")
     result = seed()
-    assert result.returncode == 0
-    assert "records the plugins an older image installed at boot" in result.stderr
-    assert (openclaw / "state" / "openclaw.sqlite").read_bytes() == b"old records"
+    assert result.returncode == 0, result.stderr
+    assert "now name the baked ones (mattermost)" in result.stdout
+    index = plugin_index(db)
+    assert index["installRecords"] == {"mattermost": BAKED_RECORD, "own": own}      # the agent's own plugin kept
+    assert [p["pluginId"] for p in index["plugins"]] == ["a2a", "mattermost", "own"]
+    assert [p["origin"] for p in index["plugins"]][:2] == ["bundled", "config"]
+    assert not (openclaw / "agentfleet-plugins").exists()
+    import sqlite3
+    assert sqlite3.connect(db).execute("SELECT value_json FROM config_machine_state WHERE state_key = "
+                                       "'config.lastTouchedAt'").fetchone() == ("1",)     # the rest untouched
+    before = db.read_bytes()
+    again = seed()
+    assert again.returncode == 0 and again.stdout == again.stderr == "" and db.read_bytes() == before
 
 
 def test_an_image_without_a_template_leaves_the_state_to_openclaw(seed_box):
