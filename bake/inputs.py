@@ -40,6 +40,9 @@ def collect(spec: Spec) -> Inputs:
     base_parts = {
         "base": json.dumps([spec.base.distro, spec.base.release, spec.base.mirror, spec.base.kernel]),
         **({"refresh": spec.base.refresh} if spec.base.refresh else {}),   # absent: the keys of before it existed
+        # Dart and Starship are installed by base-stage elements (languages, devtools): enabling one must rebake the
+        # base tree, not reuse one without it. Absent while none is enabled: today's keys stay as they were.
+        **({"upstream": json.dumps([[a.name, a.version, a.sha256] for a in spec.upstream])} if spec.upstream else {}),
         "packages": json.dumps(list(base_stage.packages)),
         "elements": json.dumps(list(base_stage.elements)),
         "dib": hashes["dib"],

@@ -75,6 +75,14 @@ def test_a_base_package_change_invalidates_the_base_tree(tmp_path):
     assert collect(load_spec(path)).base_key != before.base_key
 
 
+def test_enabling_an_upstream_artifact_rebakes_the_base_tree_that_installs_it(tmp_path):
+    before = collect(load_spec(copy_images(tmp_path / "a")))
+    path = copy_images(tmp_path / "b")
+    edit(path, "dart: {enabled: false}",
+         f"dart: {{version: 3.99.0, url: 'https://example.invalid/dart.zip', sha256: {'a' * 64}}}")
+    assert collect(load_spec(path)).base_key != before.base_key
+
+
 def test_an_element_edit_is_named_in_the_miss(tmp_path):
     before = collect(load_spec(copy_images(tmp_path / "a")))
     path = copy_images(tmp_path / "b")
