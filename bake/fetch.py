@@ -97,18 +97,16 @@ def fill_npm_cache(spec: Spec, npm_cmd: list[str], cache: Path, scratch: Path, l
 
 def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: Path, plugin_cache: Path,
           log: Optional[TextIO] = None) -> None:
-    """Lay out the staging dir that the agentfleet-common element copies into the chroot (docs/contracts.md)."""
+    """Lay out the staging dir that the agentfleet-common element copies into the chroot (docs/contracts.md).
+    Every pinned file is downloaded and checked first: one that fails its sha256 leaves the staging dir untouched."""
+    files = [(artifact, rel) for artifact, rel in ((spec.node, "node/node.tgz"), (spec.npm, "npm/npm.tgz")) if artifact]
+    files += [(artifact, f"upstream/{artifact.name}/{Path(artifact.url).name}") for artifact in spec.upstream]
+    fetched = [(download(artifact, downloads, log), rel) for artifact, rel in files]
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for artifact, rel in ((spec.node, "node/node.tgz"), (spec.npm, "npm/npm.tgz")):
-        if artifact is None:
-            continue
-        (staging / rel).parent.mkdir()
-        _link_or_copy(download(artifact, downloads, log), staging / rel)
-    for artifact in spec.upstream:
-        target = staging / "upstream" / artifact.name / Path(artifact.url).name
-        target.parent.mkdir(parents=True)
-        _link_or_copy(download(artifact, downloads, log), target)
+    for path, rel in fetched:
+        (staging / rel).parent.mkdir(parents=True)
+        _link_or_copy(path, staging / rel)
     if spec.openclaw:
         oc = staging / "openclaw"
         oc.mkdir()
