@@ -25,6 +25,15 @@ PER_INSTALL = (f"{PLUGIN_STATE}/openclaw.json", f"{PLUGIN_STATE}/config-journal-
 SECRET_PATTERN = r"BEGIN [A-Z ]*PRIVATE KEY|sk-ant-[A-Za-z0-9]|xox[bp]-[0-9]"
 SECRET_FILES = (*vm_files.CLONE_OWNED, "/home/agent/.openclaw/.env",
                 "/home/agent/.openclaw/openclaw.json", "/root/.ssh/authorized_keys", "/home/agent/.ssh/authorized_keys")
+# What `sshd -T` must say in the image (agent-base's 10-agentfleet.conf): keys only, no root, and local forwards only,
+# which VS Code's Remote-SSH needs (docs/vscode.md); no agent forwarding into a VM whose agent runs as the login user.
+SSHD_SETTINGS = {"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitrootlogin": "no",
+                 "permitemptypasswords": "no", "x11forwarding": "no", "allowtcpforwarding": "local",
+                 "allowstreamlocalforwarding": "local", "allowagentforwarding": "no", "disableforwarding": "no"}
+# sshd -T needs a host key, which the golden image must not have: a throwaway one in the throwaway overlay's /tmp.
+SSHD_T = ('k=$(mktemp -d) && ssh-keygen -q -t ed25519 -N "" -f "$k/key" && mkdir -p /run/sshd && '
+          '/usr/sbin/sshd -T -f /etc/ssh/sshd_config -h "$k/key" -C user=agent,host=workstation,addr=10.0.0.1 2>&1; '
+          'echo "(exit status $?)"; rm -rf "$k"')
 HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.python_history",
                  "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")
 
@@ -58,6 +67,7 @@ def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional
                 problems.append(f"agentd.service is not enabled ({AGENTD_WANTS} missing)")
             problems += _check_agentd_command(g)
             problems += identity_problems(g)
+            problems += _check_sshd(g)
     finally:
         overlay.unlink(missing_ok=True)
     if log:
@@ -133,6 +143,23 @@ def check_toolchains(g, toolchains: dict[str, str]) -> list[str]:
         if not re.search(rf"(^|[\s/])(go)?{re.escape(prefix)}([.\s+~-]|$)", said):
             problems.append(f"{argv} says {said.splitlines()[0][:120] if said else 'nothing'!r}, pinned {prefix}")
     return problems
+
+
+def _check_sshd(g) -> list[str]:
+    """The effective sshd settings for the agent user logging in, as the image's own sshd reads its config."""
+    if not g.is_file("/usr/sbin/sshd"):
+        return ["/usr/sbin/sshd missing: the image has no SSH server"]
+    said, _, status = g.command(["/bin/sh", "-c", SSHD_T]).rstrip().rpartition("\n")
+    if status != "(exit status 0)":
+        return [f"sshd -T in the image fails {status}: {' '.join(said.splitlines()[-2:])[:200]}"]
+    return sshd_problems(said)
+
+
+def sshd_problems(said: str) -> list[str]:
+    """`sshd -T` output (one lowercase `key value` a line) against SSHD_SETTINGS: a problem per setting that differs."""
+    effective = dict(line.split(" ", 1) for line in said.splitlines() if " " in line)
+    return [f"sshd -T says {key} {effective.get(key, '(absent)')}, expected {value}"
+            for key, value in SSHD_SETTINGS.items() if effective.get(key) != value]
 
 
 def _resolved(g, path: str) -> str:

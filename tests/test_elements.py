@@ -445,3 +445,39 @@ def test_identity_free_refuses_to_clean_the_host_root():
     result = run_hook(ELEMENTS / "identity-free" / "cleanup.d" / "95-identity-free", TARGET_ROOT="/")
     assert result.returncode != 0
     assert "refusing" in result.stderr
+
+
+def agent_base_sshd_conf() -> str:
+    """The sshd drop-in 20-agent-base writes, as written (its heredoc)."""
+    hook = (ELEMENTS / "agent-base" / "post-install.d" / "20-agent-base").read_text()
+    match = re.search(r"10-agentfleet\.conf <<'SSHD'\n(.*?)^SSHD$", hook, re.S | re.M)
+    assert match, "20-agent-base no longer writes 10-agentfleet.conf from a heredoc"
+    return match.group(1)
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="needs openssh-server's sshd")
+def test_sshd_takes_keys_only_and_allows_the_local_forwards_vs_code_needs(tmp_path: Path):
+    """The image's drop-in through a real sshd -T, beside a cloud-init drop-in that says otherwise (first match wins:
+    10- is read before 50-). The bake's verify runs the same check with the image's own sshd."""
+    from bake.verify import SSHD_SETTINGS, sshd_problems
+    conf_d = tmp_path / "sshd_config.d"
+    conf_d.mkdir()
+    (conf_d / "10-agentfleet.conf").write_text(agent_base_sshd_conf())
+    (conf_d / "50-cloud-init.conf").write_text("PasswordAuthentication yes\nAllowTcpForwarding yes\n")
+    config = tmp_path / "sshd_config"
+    config.write_text(f"Include {conf_d}/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\nX11Forwarding yes\n"
+                      "PrintMotd no\nAcceptEnv LANG LC_*\nSubsystem sftp /usr/lib/openssh/sftp-server\n")  # jammy's
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    said = subprocess.run(["/usr/sbin/sshd", "-T", "-f", str(config), "-h", str(tmp_path / "key"),
+                           "-C", "user=agent,host=workstation,addr=10.0.0.1"], capture_output=True, text=True)
+    assert said.returncode == 0, said.stderr
+    assert sshd_problems(said.stdout) == []
+    assert SSHD_SETTINGS["allowtcpforwarding"] == "local" and SSHD_SETTINGS["permitrootlogin"] == "no"
+
+
+def test_the_verify_names_each_sshd_setting_that_differs():
+    from bake.verify import SSHD_SETTINGS, sshd_problems
+    said = "\n".join(f"{k} {v}" for k, v in SSHD_SETTINGS.items() if k != "allowagentforwarding")
+    assert sshd_problems(said.replace("allowtcpforwarding local", "allowtcpforwarding no")) == [
+        "sshd -T says allowtcpforwarding no, expected local",
+        "sshd -T says allowagentforwarding (absent), expected no"]
