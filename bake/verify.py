@@ -16,6 +16,9 @@ from host.appliance import Drive, appliance
 from host.run import run
 
 AGENTD_WANTS = "/etc/systemd/system/multi-user.target.wants/agentd.service"
+UFW_WANTS = "/etc/systemd/system/multi-user.target.wants/ufw.service"
+UFW_CONF = "/etc/ufw/ufw.conf"
+UFW_DEFAULTS = "/etc/default/ufw"
 PLUGINS_ENV = "/opt/openclaw/plugins.env"
 PLUGINS_DIR = vm_files.OPENCLAW_PLUGINS_DIR
 PLUGIN_STATE = "/opt/openclaw/plugin-state"
@@ -66,6 +69,7 @@ def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional
             if not g.is_symlink(AGENTD_WANTS):
                 problems.append(f"agentd.service is not enabled ({AGENTD_WANTS} missing)")
             problems += _check_agentd_command(g)
+            problems += firewall_problems(g)
             problems += identity_problems(g)
             problems += _check_sshd(g)
     finally:
@@ -130,6 +134,23 @@ def _check_agentd_command(g) -> list[str]:
     said = g.command(["/bin/sh", "-c", "PATH=/usr/local/bin:/usr/bin:/bin agentd --help >/dev/null 2>&1 "
                                        "&& echo ok || echo \"exit status $?\""]).strip()
     return [] if said == "ok" else [f"agentd --help in the image fails ({said})"]
+
+
+def firewall_problems(g) -> list[str]:
+    """ufw (the firewall element) is installed, on at boot and denies incoming by default; the rules are the
+    clone's (deploy/firewall.py), so an image without them is right."""
+    if not g.is_file("/usr/sbin/ufw"):
+        return ["ufw is not installed (/usr/sbin/ufw missing): the firewall element needs ufw in stages.base.packages"]
+    problems = []
+    conf = g.cat(UFW_CONF) if g.is_file(UFW_CONF) else ""
+    if "ENABLED=yes" not in conf.splitlines():
+        problems.append(f"ufw is not enabled ({UFW_CONF} lacks ENABLED=yes)")
+    defaults = g.cat(UFW_DEFAULTS) if g.is_file(UFW_DEFAULTS) else ""
+    if 'DEFAULT_INPUT_POLICY="DROP"' not in defaults.splitlines():
+        problems.append(f'ufw does not deny incoming by default ({UFW_DEFAULTS} lacks DEFAULT_INPUT_POLICY="DROP")')
+    if not g.is_symlink(UFW_WANTS):
+        problems.append(f"ufw.service is not enabled ({UFW_WANTS} missing)")
+    return problems
 
 
 def check_toolchains(g, toolchains: dict[str, str]) -> list[str]:

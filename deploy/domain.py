@@ -32,13 +32,16 @@ class DomainSpec:
 
 
 def user_netdev(inv: Inventory, agent: Agent) -> str:
-    """QEMU user networking, restricted (no route out), with SSH and the collector forwarded over loopback."""
+    """QEMU user networking, restricted (no route out), with SSH, the agent's own `forwards` (host port on loopback
+    to guest port, TCP) and the collector forwarded over loopback. The guest's firewall still decides: a forward to
+    a port it does not allow connects on the host side and then gets nothing."""
     port = urlparse(inv.services.collector_url).port or 80
     api_port = urlparse(inv.services.collector_api_url).port or 80
     api_host = urlparse(inv.services.collector_api_url).hostname or "127.0.0.1"
-    netdev = (f"user,id=n0,net=10.0.2.0/24,restrict=on,"
-              f"hostfwd=tcp:127.0.0.1:{agent.ssh_port}-{USER_GUEST_IP}:22,"
-              f"guestfwd=tcp:{inv.network.collector_forward}:{port}-cmd:nc {api_host} {api_port}")
+    hostfwds = [(agent.ssh_port, 22), *agent.forwards]
+    netdev = ("user,id=n0,net=10.0.2.0/24,restrict=on,"
+              + "".join(f"hostfwd=tcp:127.0.0.1:{host}-{USER_GUEST_IP}:{guest}," for host, guest in hostfwds)
+              + f"guestfwd=tcp:{inv.network.collector_forward}:{port}-cmd:nc {api_host} {api_port}")
     # A Mattermost URL at the forward address (a test stand-in on the hypervisor) is forwarded the same way.
     mm = urlparse(inv.services.mattermost_url)
     if mm.hostname == inv.network.collector_forward and (mm.port or 80) != port:

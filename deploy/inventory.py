@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import yaml
 
 from agentd.protocol import AGENT_NAME, AGENT_NAME_RULE, valid_agent_name
+from deploy import firewall
 from deploy.errors import CloneError
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parent / "fleet.yaml"
@@ -117,6 +118,9 @@ class Agent:
     ssh_port: Optional[int] = None     # user mode only
     root_gb: Optional[float] = None    # the root overlay's virtual size; None: the image's own (deploy/resize.py)
     docker_gb: float = 0               # Docker's persistent disk at /var/lib/docker; 0: none (deploy/docker_data.py)
+    # incoming ports opened beyond the seed's 22/tcp and 18789/tcp (deploy/firewall.py)
+    firewall_allow: tuple[firewall.Allow, ...] = ()
+    forwards: tuple[tuple[int, int], ...] = ()   # user mode: (host port on 127.0.0.1, guest port), TCP
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,31 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                 problems.append(f"{where}[{i}]: {item!r} is not an IP address")
         return out
 
+    def firewall_allow(a: Any, where: str) -> tuple[firewall.Allow, ...]:
+        out = []
+        for i, item in enumerate(need(a, "firewall_allow", where, list, [])):
+            try:
+                out.append(firewall.parse_allow(item))
+            except ValueError as e:
+                problems.append(f"{where}.firewall_allow[{i}]: {e}")
+        return tuple(out)
+
+    def forwards(a: Any, where: str) -> tuple[tuple[int, int], ...]:
+        given = need(a, "forwards", where, dict, {})
+        if given and mode != "user":
+            problems.append(f"{where}.forwards: only in network.mode user (QEMU's forwards); on the bridge the "
+                            f"agent's own IP is reached directly: open the port with firewall_allow")
+            return ()
+        out = []
+        for host_port, guest_port in given.items():
+            ports = [_port(host_port), _port(guest_port)]
+            if None in ports:
+                problems.append(f"{where}.forwards: {host_port!r}: {guest_port!r} is not host port: guest port "
+                                f"(TCP ports 1-65535, e.g. \"18080\": 8080)")
+                continue
+            out.append((ports[0], ports[1]))
+        return tuple(out)
+
     def ntp_servers(net: dict, mode: str) -> tuple[str, ...]:
         given = need(net, "ntp", "network", list, None)
         if given is None:
@@ -327,7 +356,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
 
     agents: dict[str, Agent] = {}
     seen_ips: dict[str, str] = {}
-    seen_ports: dict[int, str] = {}
+    seen_ports: dict[int, str] = {}   # host port -> the key that took it
     for index, (name, a) in enumerate((need(data, "agents", "inventory", dict, {}) or {}).items()):
         where = f"agents.{name}"
         if not valid_agent_name(name):
@@ -338,7 +367,8 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                       ip=str(need(a, "ip", where) or ""), role=str(need(a, "role", where, str, "")),
                       ssh_port=need(a, "ssh_port", where, int, None),
                       root_gb=need(a, "root_gb", where, (int, float), None),
-                      docker_gb=need(a, "docker_gb", where, (int, float), 0))
+                      docker_gb=need(a, "docker_gb", where, (int, float), 0),
+                      firewall_allow=firewall_allow(a, where), forwards=forwards(a, where))
         if mode == "user" and agent.ssh_port is None:
             agent = Agent(**{**agent.__dict__, "ssh_port": network.ssh_port_base + index})
         if agent.host and agent.host not in hosts:
@@ -357,10 +387,13 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
             if host.ssh and host.ssh.address == agent.ip:
                 problems.append(f"{where}.ip: {agent.ip} is the address of hypervisor {host.name}")
         seen_ips.setdefault(agent.ip, agent.name)
+        host_ports = [(f"forwards.{host_port}", host_port) for host_port, _ in agent.forwards]
         if agent.ssh_port is not None:
-            if agent.ssh_port in seen_ports:
-                problems.append(f"{where}.ssh_port: {agent.ssh_port} duplicates agents.{seen_ports[agent.ssh_port]}")
-            seen_ports.setdefault(agent.ssh_port, agent.name)
+            host_ports.insert(0, ("ssh_port", agent.ssh_port))
+        for key, port in host_ports:
+            if port in seen_ports:       # one host port, one listener: SSH ports and forwards share 127.0.0.1
+                problems.append(f"{where}.{key}: host port {port} is also {seen_ports[port]}")
+            seen_ports.setdefault(port, f"agents.{agent.name}.{key}")
         if agent.vcpu < 1 or agent.ram_gb <= 0 or agent.disk_gb <= 0:
             problems.append(f"{where}: vcpu, ram_gb and disk_gb must be positive")
         if (agent.root_gb is not None and agent.root_gb <= 0) or agent.docker_gb < 0:
@@ -378,6 +411,13 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
     return Inventory(network=network, services=services, admin_keys=admin_keys, secrets=secrets,
                      images_dir=path(images_dir), hosts=hosts, agents=agents,
                      sources=sources)
+
+
+def _port(value: Any) -> Optional[int]:
+    """A TCP port written as an integer or a string of digits (YAML keys are often quoted); None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        return None
+    return int(value) if 1 <= int(value) <= 65535 else None
 
 
 def _reserve(raw: Any, where: str, default: Reserve, problems: list[str]) -> Reserve:

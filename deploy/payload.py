@@ -10,7 +10,7 @@ import yaml
 from agentd import vm_files
 from agentd.protocol import agent_token
 from bake.spec import OPENCLAW
-from deploy import openclaw_config
+from deploy import firewall, openclaw_config
 from deploy.hostkeys import HostKey
 from deploy.images import Image
 from deploy.inject import HOME, Mkdir, Op, WriteFile
@@ -78,6 +78,10 @@ def agent_ops(inv: Inventory, agent: Agent, image: Image, state: AgentState, sec
         WriteFile(vm_files.AGENTD_TOKEN, Secret(token + "\n"), 0o600),
         Mkdir(TIMESYNCD_DIR, 0o755),
         WriteFile(f"{TIMESYNCD_DIR}/50-agentfleet.conf", timesyncd_conf(inv).encode()),
+        # ufw's rules (the image has it on, incoming denied): the seed's ports and the agent's own; 0640 as ufw's
+        Mkdir("/etc/ufw", 0o755),
+        WriteFile(firewall.USER_RULES, firewall.user_rules(agent.firewall_allow).encode(), 0o640),
+        WriteFile(firewall.USER6_RULES, firewall.user_rules(agent.firewall_allow, v6=True).encode(), 0o640),
     ]
     for key in host_keys:
         ops.append(WriteFile(f"/etc/ssh/{key.private.name}", Secret(key.private.read_text()), 0o600))

@@ -12,12 +12,18 @@ Docker's own disk, a replace, a live backup and a restore as the same agent. One
    UUID and /home/agent back, the .env not (the secrets source injects it), a fresh Docker disk (Docker's data is
    rebuildable and not in a backup).
 
+The same boots check the firewall (ufw, the seed's rules and the agent's `firewall_allow`): two listeners in the guest,
+8080 allowed and 8081 not, each forwarded from a host port (`forwards`); from the host the allowed one answers and the
+other gets no byte. The update moves the opening to 8081 (8080 closes); then, with ufw stopped, 8080 answers: the
+closed check can fail. The replace's new overlay has ufw on again with the updated rules.
+
 The image has no Docker: the test writes to /var/lib/docker itself; what is tested is the disk under it."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -103,6 +109,45 @@ class Agent:
         return {"host_key": self.host_key(), "machine_id": self.ssh("cat /etc/machine-id"),
                 "mac": self.ssh("cat /sys/class/net/eth0/address"), "uuid": virsh("domuuid", AGENT)}
 
+    def listen(self, *ports: int) -> None:
+        """python3 -m http.server on each port in the guest, as the agent, on every address (the firewall decides)."""
+        start = "".join(f"(setsid python3 -m http.server {p} >/dev/null 2>&1 </dev/null &); " for p in ports)
+        ready = " && ".join(f"ss -ltn | grep -q ':{p} '" for p in ports)
+        self.ssh(f"cd /tmp && {start} for i in $(seq 60); do {ready} && exit 0; sleep 1; done; exit 1")
+        for p in ports:   # each one answers inside the guest: a silent port from the host is the firewall's doing
+            self.ssh(f"python3 -c 'import urllib.request as u; u.urlopen(\"http://127.0.0.1:{p}/\", timeout=20)'")
+
+    def probe(self, guest_port: int, wait_s: float = 20) -> bytes:
+        """What an HTTP request from the host through the forward to `guest_port` gets back (b'' for nothing: QEMU
+        accepts on the host side, then the guest drops the SYN)."""
+        got = b""
+        with socket.create_connection(("127.0.0.1", self.forwards[guest_port]), timeout=wait_s) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                while chunk := s.recv(4096):
+                    got += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+        return got
+
+    def firewall(self, allowed: str, closed: int, what: str) -> None:
+        """`allowed` as firewall_allow and `ufw status` write it ("8080", "8081/tcp"); `closed` a port not in it."""
+        status = self.ssh("sudo ufw status")
+        assert "Status: active" in status, status
+        for rule in ("22/tcp", "18789/tcp", allowed):
+            assert any(line.split()[:2] == [rule, "ALLOW"] for line in status.splitlines()), (rule, status)
+        assert not any(line.split()[0].split("/")[0] == str(closed) for line in status.splitlines() if line), status
+        port = int(allowed.split("/")[0])
+        self.listen(port, closed)
+        t0 = time.monotonic()
+        opened = self.probe(port)
+        t1 = time.monotonic()
+        shut = self.probe(closed)
+        print(f"firewall {what}: {port} answered {opened[:15]!r} in {t1 - t0:.1f} s; {closed} got {shut!r} in "
+              f"{time.monotonic() - t1:.1f} s")
+        assert opened.startswith(b"HTTP/1.0 200"), opened[:200]
+        assert shut == b"", shut[:200]
+
     def guest(self) -> dict:
         out = self.ssh("nproc; awk '/MemTotal/ {print $2}' /proc/meminfo; df -B1 --output=size /home/agent | tail -1;"
                        " df -B1 --output=size / | tail -1; findmnt -n -o SOURCE /var/lib/docker;"
@@ -134,9 +179,12 @@ def agent():
                             admin_key=key.with_suffix(".pub").read_text().strip(), ram_gb=1)
     data = yaml.safe_load(overlay.read_text())
     data["services"].update(collector_api_url=collector.url, mattermost_url="")
-    data["agents"][AGENT].update(ssh_port=port, docker_gb=1, root_gb=9)     # the small image's root is 8 GB
+    forwards = {8080: free_port(), 8081: free_port()}
+    data["agents"][AGENT].update(ssh_port=port, docker_gb=1, root_gb=9,     # the small image's root is 8 GB
+                                 firewall_allow=[8080], forwards={str(h): g for g, h in forwards.items()})
     overlay.write_text(yaml.safe_dump(data))
     a = Agent(work, overlay, key, port, collector)
+    a.forwards = forwards
     a.v1 = image.version
     a.v2 = derive_image(image, images, "-d2").version    # a replace needs another version; what it keeps is the disk
     try:
@@ -160,11 +208,13 @@ def test_1_a_clone_gets_a_docker_disk_and_a_grown_root(agent):
     agent.born = agent.identity()
     assert agent.first["docker_dev"] == "/dev/vdc" and agent.first["nproc"] == 1, agent.first
     assert agent.first["root_bytes"] > 8.5 * (1 << 30), agent.first          # root_gb 9: partition and fs grown
+    agent.firewall(allowed="8080", closed=8081, what="after the clone")
 
 
 def test_2_update_applies_more_cpu_ram_and_data_disk_by_a_restart(agent):
-    agent.size(vcpu=2, ram_gb=2, disk_gb=2)
+    agent.size(vcpu=2, ram_gb=2, disk_gb=2, firewall_allow=["8081/tcp"])
     dry = agent.ok("--update", "--dry-run")
+    assert "changed   /etc/ufw/user.rules" in dry.stdout and "-### tuple ### allow any 8080" in dry.stdout, dry.stdout
     assert f"resize data disk {AGENT}-data.qcow2: 1 GB -> 2 GB (file system grown)" in dry.stdout, dry.stdout
     assert "resize domain: 1 -> 2 vCPU, 1 GB -> 2 GB RAM (applied by the restart" in dry.stdout, dry.stdout
     t0 = time.monotonic()
@@ -175,6 +225,9 @@ def test_2_update_applies_more_cpu_ram_and_data_disk_by_a_restart(agent):
     assert after["nproc"] == 2 and after["mem_kib"] > agent.first["mem_kib"] + 800_000, (agent.first, after)
     assert after["home_bytes"] > agent.first["home_bytes"] * 1.8, (agent.first, after)
     assert (after["docker_file"], after["home_file"]) == ("docker-kept", "home-kept")
+    agent.firewall(allowed="8081/tcp", closed=8080, what="after the update")
+    agent.ssh("sudo ufw disable")                                  # the control: without the firewall 8080 answers
+    assert agent.probe(8080).startswith(b"HTTP/1.0 200"), "8080 silent with ufw off: the closed check proves nothing"
 
 
 def test_3_a_replace_keeps_docker_data_and_home(agent):
@@ -185,6 +238,8 @@ def test_3_a_replace_keeps_docker_data_and_home(agent):
     replaced = agent.guest()
     assert replaced["docker_dev"] == "/dev/vdc" and replaced["nproc"] == 2, replaced
     assert (replaced["docker_file"], replaced["home_file"]) == ("docker-kept", "home-kept")
+    status = agent.ssh("sudo ufw status")                          # a new overlay: ufw on again, the updated rules
+    assert "Status: active" in status and "8081/tcp" in status and "8080 " not in status, status
     state = agent.state()
     assert state["current"]["image_version"] == agent.v2 and state["docker_disk"].endswith(f"{AGENT}-docker.qcow2")
     assert agent.identity() == agent.born

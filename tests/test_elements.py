@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ELEMENTS = REPO / "images" / "elements"
@@ -30,7 +31,8 @@ HOOKS = sorted(
 )
 
 # The two DIB stages of the bake, as bake/ runs them (stage 1 also gets the generated agentfleet-packages).
-BASE_STAGE = ["ubuntu-minimal", "agent-base", "agent-user", "immutable", "languages", "devtools", "neovim"]
+BASE_STAGE = ["ubuntu-minimal", "agent-base", "agent-user", "immutable", "firewall", "languages", "devtools",
+              "neovim"]
 APP_STAGE = ["agentfleet-base-tree", "nodejs", "openclaw", "agentd", "identity-free"]
 
 DEBUG_TRACE_LINE = '[ "${DIB_DEBUG_TRACE:-0}" -gt 0 ] && set -x'
@@ -191,6 +193,57 @@ def plugin_index(path: Path) -> dict:
 
 BAKED_RECORD = {"source": "npm",
                 "installPath": "/opt/openclaw/plugin-state/npm/projects/mm/node_modules/@openclaw/mattermost"}
+
+
+class TreeGuest:
+    """The few libguestfs calls the verify's firewall check makes, answered from a directory as the image's root."""
+    def __init__(self, root: Path):
+        self.root = root
+
+    def is_file(self, path: str) -> bool:
+        return (self.root / path.lstrip("/")).is_file()
+
+    def is_symlink(self, path: str) -> bool:
+        return (self.root / path.lstrip("/")).is_symlink()
+
+    def cat(self, path: str) -> str:
+        return (self.root / path.lstrip("/")).read_text()
+
+
+def test_both_specs_bake_the_firewall_element_with_ufw():
+    for spec in ("agent.yaml", "agent-small.yaml"):
+        stage = yaml.safe_load((REPO / "images" / spec).read_text())["stages"]["base"]
+        assert "firewall" in stage["elements"] and "ufw" in stage["packages"], spec
+
+
+def test_verify_wants_ufw_installed_enabled_and_denying_incoming(tmp_path: Path):
+    from bake.verify import UFW_CONF, UFW_DEFAULTS, UFW_WANTS, firewall_problems
+
+    g = TreeGuest(tmp_path)
+    assert firewall_problems(g) == ["ufw is not installed (/usr/sbin/ufw missing): the firewall element needs ufw "
+                                    "in stages.base.packages"]
+    for path, text in (("usr/sbin/ufw", "#!/usr/bin/python3\n"), (UFW_CONF, "ENABLED=no\nLOGLEVEL=low\n"),
+                       (UFW_DEFAULTS, 'IPV6=yes\nDEFAULT_INPUT_POLICY="ACCEPT"\n')):
+        (tmp_path / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path.lstrip("/")).write_text(text)
+    assert firewall_problems(g) == [f"ufw is not enabled ({UFW_CONF} lacks ENABLED=yes)",
+                                    f'ufw does not deny incoming by default ({UFW_DEFAULTS} lacks '
+                                    f'DEFAULT_INPUT_POLICY="DROP")',
+                                    f"ufw.service is not enabled ({UFW_WANTS} missing)"]
+    (tmp_path / UFW_CONF.lstrip("/")).write_text("ENABLED=yes\nLOGLEVEL=low\n")
+    (tmp_path / UFW_DEFAULTS.lstrip("/")).write_text('IPV6=yes\nDEFAULT_INPUT_POLICY="DROP"\n')
+    wants = tmp_path / UFW_WANTS.lstrip("/")
+    wants.parent.mkdir(parents=True)
+    wants.symlink_to("/lib/systemd/system/ufw.service")
+    assert firewall_problems(g) == []
+
+
+FAKE_OPENCLAW = """#!/bin/bash
+# Stands in for the OpenClaw CLI: records how it was called; fails when told to.
+echo "$* offline=$npm_config_offline cache=$npm_config_cache" >> "$HOME/calls"
+test -d "$npm_config_cache/_cacache" && test -w "$npm_config_cache"
+[ -z "${FAIL_ON:-}" ] || [ "$3" != "$FAIL_ON" ]
+"""
 
 
 @pytest.fixture

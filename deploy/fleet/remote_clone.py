@@ -63,6 +63,10 @@ def _agent(a: Agent) -> dict:
         out["root_gb"] = a.root_gb
     if a.docker_gb:
         out["docker_gb"] = a.docker_gb
+    if a.firewall_allow:
+        out["firewall_allow"] = [str(rule) for rule in a.firewall_allow]
+    if a.forwards:
+        out["forwards"] = {str(host): guest for host, guest in a.forwards}
     return out
 
 
