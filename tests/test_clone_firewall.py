@@ -1,6 +1,6 @@
 """The agent's firewall as the clone writes it (fast): ufw's rule files byte for byte as ufw 0.36.1 writes them, the
 inventory's `firewall_allow` and user-mode `forwards`, the files injected (and re-injected by --update) and the
-forwards in the domain XML. tests/test_clone_resize_vm.py proves it in a real VM: a port not allowed is closed."""
+forwards in the domain XML. tests/test_clone_day2_vm.py proves it in a real VM: a port not allowed is closed."""
 import hashlib
 import subprocess
 from pathlib import Path
