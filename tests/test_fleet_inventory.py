@@ -126,3 +126,21 @@ def test_a_flat_vault_is_read_through_the_key_map_with_agent_placeholders(tmp_pa
         "collector_secret": "c1", "anthropic_api_key": "a1", "mattermost_bot_token": "m1", "gateway_token": "g-athena"}
     with pytest.raises(CloneError, match=r"missing agents\.apollo\.gateway_token"):
         load_secrets(spec, ["athena", "apollo"])
+
+
+def test_what_a_host_is_sent_reads_back_as_the_same_network_services_and_agents(tmp_path):
+    """Every field the clone on a host uses must survive host_inventory: a field it forgets is silently its default
+    there (network.ntp was: a fleet-wide NTP setting never reached remote clones)."""
+    from deploy.fleet.remote_clone import host_inventory
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"network": {"ntp": ["ntp.lab.internal", "10.220.1.1"]},
+                                       "agents": {"athena": {"firewall_allow": [8080], "docker_gb": 20}}}))
+    inv = inventory.load(inventory.DEFAULT_INVENTORY, [overlay])
+    for host in inv.hosts.values():
+        again = inventory.parse(host_inventory(inv, host), base_dir=Path("/"))
+        assert again.network == inv.network
+        assert again.services == inv.services
+        placed = sorted(a.name for a in inv.agents.values() if a.host == host.name)
+        assert sorted(again.agents) == placed
+        for name in placed:
+            assert again.agent(name) == inv.agent(name), name

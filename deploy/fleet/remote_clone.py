@@ -41,7 +41,8 @@ def host_inventory(inv: Inventory, host: Host) -> dict:
     placed = [a for a in inv.agents.values() if a.host == host.name]
     return {
         "network": {"mode": n.mode, "subnet": str(n.subnet), "gateway": n.gateway, "dns": list(n.dns),
-                    "bridge": n.bridge, "ssh_port_base": n.ssh_port_base, "collector_forward": n.collector_forward},
+                    "bridge": n.bridge, "ssh_port_base": n.ssh_port_base, "collector_forward": n.collector_forward,
+                    "ntp": list(n.ntp)},
         "services": {"mattermost_url": s.mattermost_url, "collector_url": s.collector_url,
                      "collector_api_url": s.collector_api_url},
         "admins": {"ssh_keys": list(inv.admin_keys)},
