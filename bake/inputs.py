@@ -27,8 +27,8 @@ def collect(spec: Spec) -> Inputs:
     hashes: dict[str, str] = {
         "spec": file_sha256(spec.path),
         "lock": file_sha256(spec.lock_path) if spec.lock_path.exists() else "missing",
-        **({"openclaw/package-lock.json": file_sha256(spec.openclaw_dir / "package-lock.json"),
-            "openclaw/package.json": file_sha256(spec.openclaw_dir / "package.json")} if spec.openclaw else {}),
+        **{f"{tree.name}/{name}": file_sha256(spec.tree_dir(tree.name) / name)
+           for tree in spec.npm_trees for name in ("package-lock.json", "package.json")},
         "agentd": tree_sha256(AGENTD_SOURCE),
         "dib": _dib_version(),
     }

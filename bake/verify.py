@@ -105,15 +105,21 @@ def _check_agentd_command(g) -> list[str]:
 
 def check_toolchains(g, toolchains: dict[str, str]) -> list[str]:
     """Each command runs in the image and reports the pinned version: `go version` says go1.26.x, `rustc --version`
-    rustc 1.91.x (the prefix must end at a dot or a word boundary: 1.2 is not 1.26)."""
+    rustc 1.91.x, `cdk --version` 2.1148.1 (the prefix must end at a dot or a word boundary: 1.2 is not 1.26)."""
     problems = []
     for tool, prefix in sorted(toolchains.items()):
         argv = "go version" if tool == "go" else f"{tool} --version"
-        said = g.command(["/bin/sh", "-c", f"PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp {argv} 2>&1 "
-                                           f"|| echo \"(exit status $?)\""]).strip()
+        said = _sh(g, argv)
         if not re.search(rf"(^|[\s/])(go)?{re.escape(prefix)}([.\s+~-]|$)", said):
             problems.append(f"{argv} says {said.splitlines()[0][:120] if said else 'nothing'!r}, pinned {prefix}")
     return problems
+
+
+def _sh(g, command: str) -> str:
+    """A command in the image, as a person's shell finds it (guestfsd's PATH lacks /usr/local/bin, and node CLIs
+    are `#!/usr/bin/env node` scripts); its output with stderr, or its exit status."""
+    return g.command(["/bin/sh", "-c", f"PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp PYTHONDONTWRITEBYTECODE=1 "
+                                       f"{command} 2>&1 || echo \"(exit status $?)\""]).strip()
 
 
 def identity_problems(g) -> list[str]:

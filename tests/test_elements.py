@@ -27,10 +27,13 @@ HOOKS = sorted(
     for hook in phase.iterdir()
     if hook.is_file()
 )
+# Scripts an element ships for its hooks to run (seen in the chroot under /tmp/in_target.d/<dir>/): held to the same
+# rules as the hooks.
+LIB_SCRIPTS = sorted(p for p in ELEMENTS.glob("*/*-lib/*") if p.is_file())
 
 # The two DIB stages of the bake, as bake/ runs them (stage 1 also gets the generated agentfleet-packages).
 BASE_STAGE = ["ubuntu-minimal", "agent-base", "agent-user", "immutable", "languages", "devtools", "neovim"]
-APP_STAGE = ["agentfleet-base-tree", "nodejs", "openclaw", "agentd", "identity-free"]
+APP_STAGE = ["agentfleet-base-tree", "nodejs", "openclaw", "aws-cdk", "agentd", "identity-free"]
 
 DEBUG_TRACE_LINE = '[ "${DIB_DEBUG_TRACE:-0}" -gt 0 ] && set -x'
 
@@ -75,7 +78,7 @@ def test_there_are_elements_and_hooks_to_check():
     assert len(HOOKS) >= 12
 
 
-@pytest.mark.parametrize("hook", HOOKS, ids=lambda p: str(p.relative_to(ELEMENTS)))
+@pytest.mark.parametrize("hook", HOOKS + LIB_SCRIPTS, ids=lambda p: str(p.relative_to(ELEMENTS)))
 def test_every_hook_is_an_executable_strict_bash_script(hook: Path):
     text = hook.read_text()
     lines = text.splitlines()
@@ -87,7 +90,7 @@ def test_every_hook_is_an_executable_strict_bash_script(hook: Path):
     subprocess.run(["bash", "-n", str(hook)], check=True)
 
 
-@pytest.mark.parametrize("hook", HOOKS, ids=lambda p: str(p.relative_to(ELEMENTS)))
+@pytest.mark.parametrize("hook", HOOKS + LIB_SCRIPTS, ids=lambda p: str(p.relative_to(ELEMENTS)))
 def test_no_hook_fetches_from_the_network(hook: Path):
     for number, line in enumerate(code_lines(hook), 1):
         for pattern in NETWORK_COMMANDS:
@@ -136,6 +139,13 @@ def test_each_stage_resolves_with_dibs_own_dependency_logic(tmp_path: Path, stag
     if skip_base:
         # Stage 2 must not drag in apt (dpkg runs apt-get update) or debootstrap.
         assert not resolved & {"base", "dpkg", "debootstrap", "ubuntu-minimal"}
+
+
+def test_the_stages_list_the_elements_the_committed_spec_runs():
+    from bake.spec import load_spec
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    assert list(spec.stage("base").elements) == BASE_STAGE[1:]
+    assert list(spec.stage("app").elements) == APP_STAGE[1:]
 
 
 def test_the_base_tree_element_is_the_operating_system_of_stage_two():
@@ -362,3 +372,38 @@ def test_identity_free_refuses_to_clean_the_host_root():
     result = run_hook(ELEMENTS / "identity-free" / "cleanup.d" / "95-identity-free", TARGET_ROOT="/")
     assert result.returncode != 0
     assert "refusing" in result.stderr
+
+
+@needs_root
+def test_npm_tree_install_puts_a_locked_tree_in_place_offline_and_root_owned(tmp_path: Path):
+    """The helper every npm element uses, for real: aws-cdk's locked tree from a cache the host filled, installed
+    with no network at all (a fresh network namespace), by the pinned Node and npm."""
+    from bake import fetch
+    from bake.pipeline import Layout
+    from bake.spec import load_spec
+
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    tree = next(t for t in spec.npm_trees if t.name == "aws-cdk")
+    layout = Layout(REPO / "build")
+    node, npm_cli = fetch.host_npm(spec, layout.downloads, layout.tools)
+    staging = tmp_path / "staging"
+    fetch.fill_npm_cache(spec, tree, [node, npm_cli], staging / "npm-cache", tmp_path / "scratch")
+    (staging / "npm-trees" / "aws-cdk").mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(spec.tree_dir("aws-cdk") / name, staging / "npm-trees" / "aws-cdk" / name)
+    (staging / "image.env").write_text(f"AGENTFLEET_NODE_VERSION={spec.node.version}\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "npm").write_text(f'#!/bin/sh\nexec "{node}" "{npm_cli}" "$@"\n')   # as the chroot's npm
+    (tmp_path / "bin" / "npm").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:{Path(node).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+           "AGENTFLEET_STAGING_IN_TARGET": str(staging), "AGENTFLEET_NPM_TREE_PREFIX": str(tmp_path / "opt")}
+    result = subprocess.run(["unshare", "-n", str(ELEMENTS / "nodejs" / "nodejs-lib" / "npm-tree-install"), "aws-cdk"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    app = tmp_path / "opt" / "aws-cdk"
+    installed = app / "node_modules" / "aws-cdk"
+    assert f'"version": "{tree.version}"' in (installed / "package.json").read_text()
+    assert all(p.stat().st_uid == 0 and not p.stat().st_mode & 0o022 for p in (app, installed, installed / "bin"))
+    said = subprocess.run(["unshare", "-n", str(installed / "bin" / "cdk"), "--version"],
+                          env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert said.stdout.startswith(f"{tree.version} "), said
