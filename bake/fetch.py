@@ -112,6 +112,9 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
         target = staging / "upstream" / artifact.name / Path(artifact.url).name
         target.parent.mkdir(parents=True)
         _link_or_copy(download(artifact, downloads, log), target)
+    if spec.cpython:
+        (staging / "cpython").mkdir()
+        _link_or_copy(download(spec.cpython, downloads, log), staging / "cpython" / Path(spec.cpython.url).name)
     for tree in spec.npm_trees:      # each tree's manifests under npm-trees/<name>/, the one npm cache beside them
         (staging / "npm-trees" / tree.name).mkdir(parents=True)
         for name in ("package.json", "package-lock.json"):
@@ -138,6 +141,7 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
         "AGENTFLEET_OPENCLAW_VERSION": spec.openclaw.version if spec.openclaw else "",
         "AGENTFLEET_OPENCLAW_ALLOW_SCRIPTS": " ".join(spec.openclaw.allow_scripts) if spec.openclaw else "",
         "AGENTFLEET_OPENCLAW_PLUGINS": " ".join(spec.openclaw.plugin_specs) if spec.openclaw else "",
+        "AGENTFLEET_CPYTHON_VERSION": spec.cpython.version if spec.cpython else "",
         "AGENTFLEET_NPM_TOOLS": " ".join(f"{t.name}@{t.version}" for t in spec.npm_tools),
     }
     (staging / "image.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))

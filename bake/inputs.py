@@ -40,6 +40,8 @@ def collect(spec: Spec) -> Inputs:
     base_parts = {
         "base": json.dumps([spec.base.distro, spec.base.release, spec.base.mirror, spec.base.kernel]),
         **({"refresh": spec.base.refresh} if spec.base.refresh else {}),   # absent: the keys of before it existed
+        # the CPython source the base stage builds (absent: the keys of before it existed)
+        **({"cpython": json.dumps([spec.cpython.version, spec.cpython.sha256])} if spec.cpython else {}),
         "packages": json.dumps(list(base_stage.packages)),
         "elements": json.dumps(list(base_stage.elements)),
         "dib": hashes["dib"],

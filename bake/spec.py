@@ -97,6 +97,7 @@ class Spec:
     npm: Optional[Artifact]
     openclaw: Optional[OpenClaw]      # None: an image without OpenClaw (the small test image)
     upstream: tuple[Artifact, ...] = ()
+    cpython: Optional[Artifact] = None   # a CPython source release, built in the base stage (the cpython element)
     npm_tools: tuple[NpmTree, ...] = ()  # NPM_TOOLS the spec pins (aws-cdk)
     files: dict[str, str] = field(default_factory=dict)
     toolchains: dict[str, str] = field(default_factory=dict)   # command -> the version prefix it must report
@@ -143,7 +144,7 @@ class Spec:
     @property
     def pins(self) -> dict[str, str]:
         """Name -> version of every pinned artifact the image carries (the manifest's `pins`)."""
-        pins = {a.name: a.version for a in (self.node, self.npm) if a}
+        pins = {a.name: a.version for a in (self.node, self.npm, self.cpython) if a}
         if self.openclaw:
             pins |= {"openclaw": self.openclaw.version, **dict(self.openclaw.plugins)}
         return pins | {t.name: t.version for t in self.npm_tools}
@@ -199,7 +200,7 @@ def _parse(path: Path, data: Any) -> Spec:
     if set(stages_raw) != {"base", "app"}:
         raise _EntryError("stages", "needs exactly the stages 'base' and 'app'")
     stages = tuple(_stage(name, stages_raw[name]) for name in ("base", "app"))
-    arts = _mapping(top.get("artifacts"), "artifacts", {"node", "npm", "openclaw", *NPM_TOOLS, *UPSTREAM})
+    arts = _mapping(top.get("artifacts"), "artifacts", {"node", "npm", "openclaw", "cpython", *NPM_TOOLS, *UPSTREAM})
     node = _artifact("node", _mapping(arts["node"], "artifacts.node", {"version", "url", "sha256"})) \
         if "node" in arts else None
     npm = _artifact("npm", _mapping(arts["npm"], "artifacts.npm", {"version", "url", "sha256"})) \
@@ -213,9 +214,13 @@ def _parse(path: Path, data: Any) -> Spec:
                                            f"artifacts.{name}.version")) for name in NPM_TOOLS if name in arts)
     if npm_tools and not node:
         raise _EntryError(f"artifacts.{npm_tools[0].name}", "needs artifacts.node and artifacts.npm (it runs on Node)")
+    # The CPython source tarball is pinned by sha256, so a plain-http mirror (the Ubuntu archive's pool) is fine.
+    cpython = _artifact("cpython", _mapping(arts["cpython"], "artifacts.cpython", {"version", "url", "sha256"}),
+                        http_ok=True) if "cpython" in arts else None
     # Each element that installs a pinned artifact, in the stage it must run in: both or neither.
     for stage, element, needs, present in (("app", "openclaw", "artifacts.openclaw", openclaw),
                                            ("app", "nodejs", "artifacts.node", node),
+                                           ("base", "cpython", "artifacts.cpython", cpython),
                                            *(("app", name, f"artifacts.{name}", name in arts) for name in NPM_TOOLS)):
         listed = element in stages[0 if stage == "base" else 1].elements
         if listed != bool(present):
@@ -245,6 +250,7 @@ def _parse(path: Path, data: Any) -> Spec:
         npm=npm,
         openclaw=openclaw,
         upstream=tuple(upstream),
+        cpython=cpython,
         npm_tools=npm_tools,
         files=dict(files),
         toolchains={k: str(v) for k, v in toolchains.items()},
@@ -279,12 +285,13 @@ def _stage(name: str, raw: Any) -> Stage:
     return Stage(name, tuple(elements), tuple(packages))
 
 
-def _artifact(name: str, entry: dict) -> Artifact:
+def _artifact(name: str, entry: dict, http_ok: bool = False) -> Artifact:
     where = f"artifacts.{name}"
     sha = entry.get("sha256")
     if not isinstance(sha, str) or not SHA256.match(sha):
         raise _EntryError(f"{where}.sha256", "must be 64 lowercase hex digits")
-    return Artifact(name, _match(entry, "version", VERSION, f"{where}.version"), _url(entry, f"{where}.url"), sha)
+    return Artifact(name, _match(entry, "version", VERSION, f"{where}.version"),
+                    _url(entry, f"{where}.url", http_ok=http_ok), sha)
 
 
 def _mapping(value: Any, where: str, allowed: set[str]) -> dict:

@@ -20,6 +20,9 @@ PLUGIN_CACHE = "/opt/openclaw/plugin-cache/_cacache"
 SECRET_PATTERN = r"BEGIN [A-Z ]*PRIVATE KEY|sk-ant-[A-Za-z0-9]|xox[bp]-[0-9]"
 SECRET_FILES = (*vm_files.CLONE_OWNED, "/home/agent/.openclaw/.env",
                 "/home/agent/.openclaw/openclaw.json", "/root/.ssh/authorized_keys", "/home/agent/.ssh/authorized_keys")
+# Every Python the spec promises (python3, python3.12) must make venvs with pip, speak TLS and have sqlite3.
+PYTHON = re.compile(r"^python3(\.\d+)?$")
+PYTHON_MODULES = "ssl, venv, sqlite3, ensurepip"
 HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.python_history",
                  "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")
 
@@ -105,13 +108,19 @@ def _check_agentd_command(g) -> list[str]:
 
 def check_toolchains(g, toolchains: dict[str, str]) -> list[str]:
     """Each command runs in the image and reports the pinned version: `go version` says go1.26.x, `rustc --version`
-    rustc 1.91.x, `cdk --version` 2.1148.1 (the prefix must end at a dot or a word boundary: 1.2 is not 1.26)."""
+    rustc 1.91.x, `cdk --version` 2.1148.1 (the prefix must end at a dot or a word boundary: 1.2 is not 1.26); each
+    Python also imports PYTHON_MODULES."""
     problems = []
     for tool, prefix in sorted(toolchains.items()):
         argv = "go version" if tool == "go" else f"{tool} --version"
         said = _sh(g, argv)
         if not re.search(rf"(^|[\s/])(go)?{re.escape(prefix)}([.\s+~-]|$)", said):
             problems.append(f"{argv} says {said.splitlines()[0][:120] if said else 'nothing'!r}, pinned {prefix}")
+        elif PYTHON.match(tool):
+            said = _sh(g, f"{tool} -c 'import {PYTHON_MODULES}; print(\"ok\")'")
+            if said != "ok":  # the traceback's last line names the module
+                why = [line for line in said.splitlines() if not line.startswith("(exit status")]
+                problems.append(f"{tool} cannot import {PYTHON_MODULES}: {why[-1][:120] if why else said!r}")
     return problems
 
 

@@ -25,13 +25,16 @@ def test_published_image_carries_a_manifest_that_matches_it(baked_image):
     m = baked_image.manifest
     assert m.version == baked_image.version and len(m.version) == 12
     assert m.pins == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2",
-                      "@openclaw/mattermost": "2026.9.2", "aws-cdk": "2.1148.1"}
-    assert m.toolchains == {"go": "1.26", "rustc": "1.91", "cargo": "1.91", "python3": "3.10", "cdk": "2.1148.1"}
+                      "@openclaw/mattermost": "2026.9.2", "cpython": "3.12.3", "aws-cdk": "2.1148.1"}
+    assert m.toolchains == {"go": "1.26", "rustc": "1.91", "cargo": "1.91", "python3": "3.10", "python3.12": "3.12",
+                            "cdk": "2.1148.1"}
     assert m.qcow2.sha256 == file_sha256(baked_image.qcow2)
     assert m.qcow2.size == baked_image.qcow2.stat().st_size
     assert baked_image.qcow2.stat().st_mode & 0o222 == 0, "published images are read-only"
     assert "linux-image-virtual" in m.packages["dpkg"] and "grub-pc" in m.packages["dpkg"]
     assert m.packages["npm"]["openclaw"] == "2026.9.2" and m.packages["npm"]["aws-cdk"] == "2.1148.1"
+    assert not {"libssl-dev", "libsqlite3-dev", "zlib1g-dev"} & set(m.packages["dpkg"]), "CPython's build deps left"
+    assert "build-essential" in m.packages["dpkg"]
     assert m.baseline["/etc/passwd"]["owner"] == "root:root"
     assert m.baseline["/etc/passwd"]["mode"] == "0644"
     assert "/etc/machine-id" not in m.baseline
@@ -83,11 +86,14 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
         g.rm("/usr/local/bin/go")                         # the toolchain link: `go` is then not on PATH
         g.rm("/usr/local/bin/agentd")
         g.rm("/usr/local/bin/cdk")                        # aws-cdk's link
+        for ssl in g.glob_expand("/opt/python3.12/lib/python3.12/lib-dynload/_ssl*.so"):
+            g.rm(ssl)                                     # a Python 3.12 without TLS
     problems = verify_image(dirty, baked_image.manifest.pins, tmp_path, toolchains=baked_image.manifest.toolchains)
     text = "; ".join(problems)
     assert "go version says" in text and "pinned 1.26" in text
     assert "agentd --help in the image fails" in text
     assert "cdk --version says" in text and "pinned 2.1148.1" in text
+    assert "python3.12 cannot import ssl, venv, sqlite3, ensurepip: ModuleNotFoundError: No module named '_ssl'" in text
     assert not [p for p in problems if p.startswith(("rustc", "cargo", "python3 "))], problems
     assert "/opt/openclaw/plugin-cache/_cacache missing" in text
     assert "openclaw-plugins.service is not enabled" in text
@@ -98,7 +104,8 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
 
 
 def test_each_tool_reports_its_pinned_version_inside_the_image(baked_image, tmp_path):
-    """Run in the image offline, as verify does: the AWS CDK CLI on Node; the toolchains of the spec."""
+    """Run in the image offline, as verify does: Python 3.12 beside the system's 3.10, with pip, venv, TLS and
+    sqlite3; the AWS CDK CLI on Node; the toolchains of the spec."""
     from bake.verify import _sh, check_toolchains
     from host.appliance import Drive, appliance
     overlay = tmp_path / "tools.qcow2"
@@ -107,10 +114,19 @@ def test_each_tool_reports_its_pinned_version_inside_the_image(baked_image, tmp_
         g.mount(g.inspect_os()[0], "/")
         assert check_toolchains(g, baked_image.manifest.toolchains) == []
         said = {command: _sh(g, command) for command in (
-            "python3 --version", "cdk --version", "node --version")}
+            "python3.12 --version", "pip3.12 --version", "python3 --version", "cdk --version", "node --version",
+            "readlink -f /usr/local/bin/python3.12",
+            "python3.12 -c 'import ssl, sqlite3; print(ssl.OPENSSL_VERSION, sqlite3.sqlite_version)'",
+            "python3.12 -m venv /tmp/v && /tmp/v/bin/pip --version")}
+    assert said["python3.12 --version"] == "Python 3.12.3", said
+    assert "(python 3.12)" in said["pip3.12 --version"], said
     assert said["python3 --version"].startswith("Python 3.10."), "jammy's python3 stays the system's"
     assert said["cdk --version"].startswith("2.1148.1 (build "), said
     assert said["node --version"] == "v22.23.3"
+    assert said["readlink -f /usr/local/bin/python3.12"] == "/opt/python3.12/bin/python3.12"
+    assert said["python3.12 -c 'import ssl, sqlite3; print(ssl.OPENSSL_VERSION, sqlite3.sqlite_version)'"].startswith(
+        "OpenSSL 3.0.2"), said
+    assert "/tmp/v/lib/python3.12/site-packages/pip" in said["python3.12 -m venv /tmp/v && /tmp/v/bin/pip --version"]
 
 
 def test_golden_image_boots_to_a_login_prompt_and_its_unconfigured_agentd_says_so_on_the_console(baked_image,

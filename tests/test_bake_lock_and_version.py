@@ -134,3 +134,11 @@ def test_a_lock_without_the_aws_cdk_entry_says_to_relock(tmp_path):
     with pytest.raises(BakeError, match=r"has no entry for aws-cdk, which the spec pins; run `make lock`"):
         Lock.load(load_spec(path))
 
+
+def test_the_cpython_source_is_part_of_the_base_tree_key(tmp_path):
+    before = collect(load_spec(copy_images(tmp_path / "a")))
+    path = copy_images(tmp_path / "b")
+    sha = load_spec(path).cpython.sha256
+    edit(path, f"sha256: {sha}", f"sha256: {'a' * 64}")
+    after = collect(load_spec(path))
+    assert after.base_key != before.base_key and after.version != before.version

@@ -32,7 +32,7 @@ HOOKS = sorted(
 LIB_SCRIPTS = sorted(p for p in ELEMENTS.glob("*/*-lib/*") if p.is_file())
 
 # The two DIB stages of the bake, as bake/ runs them (stage 1 also gets the generated agentfleet-packages).
-BASE_STAGE = ["ubuntu-minimal", "agent-base", "agent-user", "immutable", "languages", "devtools", "neovim"]
+BASE_STAGE = ["ubuntu-minimal", "agent-base", "agent-user", "immutable", "languages", "cpython", "devtools", "neovim"]
 APP_STAGE = ["agentfleet-base-tree", "nodejs", "openclaw", "aws-cdk", "agentd", "identity-free"]
 
 DEBUG_TRACE_LINE = '[ "${DIB_DEBUG_TRACE:-0}" -gt 0 ] && set -x'
@@ -146,6 +146,19 @@ def test_the_stages_list_the_elements_the_committed_spec_runs():
     spec = load_spec(REPO / "images" / "agent.yaml")
     assert list(spec.stage("base").elements) == BASE_STAGE[1:]
     assert list(spec.stage("app").elements) == APP_STAGE[1:]
+
+
+def test_cpython_build_dependencies_are_build_only_and_never_shadow_the_system_python():
+    """DIB removes build-only packages after install.d: the -dev packages never reach the image."""
+    import yaml
+    packages = yaml.safe_load((ELEMENTS / "cpython" / "package-installs.yaml").read_text())
+    assert {"libssl-dev", "libsqlite3-dev", "libffi-dev", "zlib1g-dev"} <= set(packages)
+    assert all(entry == {"build-only": True} for entry in packages.values()), packages
+    hook = "\n".join(code_lines(ELEMENTS / "cpython" / "install.d" / "50-cpython"))
+    assert "make altinstall" in hook and "make install" not in hook, "altinstall: no python3 over the system's"
+    assert "--enable-optimizations" not in hook, "PGO costs many minutes of CI per base rebuild"
+    assert '--prefix="$prefix"' in hook and "--with-ensurepip=install" in hook
+    assert (ELEMENTS / "cpython" / "install.d" / "50-cpython").name < "99-package-uninstalls"
 
 
 def test_the_base_tree_element_is_the_operating_system_of_stage_two():
