@@ -93,7 +93,8 @@ def test_verify_refuses_an_image_that_carries_identity_or_cannot_install_its_plu
     assert "go version says" in text and "pinned 1.26" in text
     assert "agentd --help in the image fails" in text
     assert "cdk --version says" in text and "pinned 2.1148.1" in text
-    assert "python3.12 cannot import ssl, venv, sqlite3, ensurepip: ModuleNotFoundError: No module named '_ssl'" in text
+    assert "python3.12 cannot import ssl, venv, sqlite3, ensurepip: \"ModuleNotFoundError: No module named '_ssl'\"" \
+        in text
     assert not [p for p in problems if p.startswith(("rustc", "cargo", "python3 "))], problems
     assert "/opt/openclaw/plugin-cache/_cacache missing" in text
     assert "openclaw-plugins.service is not enabled" in text
