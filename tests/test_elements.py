@@ -157,7 +157,7 @@ def test_cpython_build_dependencies_are_build_only_and_never_shadow_the_system_p
     hook = "\n".join(code_lines(ELEMENTS / "cpython" / "install.d" / "50-cpython"))
     assert "make altinstall" in hook and "make install" not in hook, "altinstall: no python3 over the system's"
     assert "--enable-optimizations" not in hook, "PGO costs many minutes of CI per base rebuild"
-    assert '--prefix="$prefix"' in hook and "--with-ensurepip=install" in hook
+    assert '--prefix="$prefix"' in hook and "--with-ensurepip=install" in hook and "--disable-test-modules" in hook
     assert (ELEMENTS / "cpython" / "install.d" / "50-cpython").name < "99-package-uninstalls"
 
 
