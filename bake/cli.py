@@ -79,12 +79,15 @@ def _lock(args, layout) -> int:
     from bake.spec import load_spec
     with input_errors():
         spec = load_spec(args.spec)
-    if not spec.openclaw:
-        raise BakeError(f"{spec.path}: pins no OpenClaw, so there is no npm tree to lock", exit_codes.USAGE)
+    if not spec.npm_trees:
+        raise BakeError(f"{spec.path}: pins no OpenClaw nor npm CLI, so there is no npm tree to lock",
+                        exit_codes.USAGE)
     npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools)
     lock = resolve(spec, npm_cmd, log=sys.stderr)
-    print(f"locked openclaw {lock['openclaw']['version']} ({lock['openclaw']['packages']} packages, "
-          f"engines.node {lock['openclaw']['engines_node']!r}) -> {spec.lock_path}")
+    for tree in spec.npm_trees:
+        entry = lock[tree.name]
+        print(f"locked {tree.name} {entry['version']} ({entry['packages']} packages, "
+              f"engines.node {entry['engines_node']!r}) -> {spec.lock_path}")
     return exit_codes.OK
 
 

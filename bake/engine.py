@@ -19,7 +19,7 @@ def satisfies(version: str, range_text: str) -> bool:
     """True when `version` is inside the npm range (`>=22.22.3 <23 || >=24.15.0 <25`)."""
     v = parse_version(version)
     for alternative in range_text.split("||"):
-        parts = alternative.split()
+        parts = re.sub(r"(>=|<=|>|<|=|\^|~)\s+", r"\1", alternative).split()   # npm allows ">= 18.0.0" (aws-cdk)
         if not parts or parts == ["*"]:
             return True
         if all(_holds(v, part) for part in parts):
@@ -60,10 +60,12 @@ def _holds(v: tuple[int, int, int], comparator: str) -> bool:
     raise AssertionError(op)
 
 
-def check_engine(node_version: str, openclaw_version: str, engines_node: str) -> None:
-    """Refuse a Node/OpenClaw pair that OpenClaw itself declares incompatible."""
+def check_engine(node_version: str, version: str, engines_node: str, package: str = "openclaw") -> None:
+    """Refuse a Node/package pair that the package itself declares incompatible (OpenClaw's, or an npm CLI's)."""
     if not satisfies(node_version, engines_node):
+        hint = " (2026.9.2 is the newest accepting Node 22)" if package == "openclaw" else ""
+        name = "OpenClaw" if package == "openclaw" else package
         raise BakeError(
-            f"artifacts.openclaw.version: OpenClaw {openclaw_version} requires node {engines_node!r}, "
-            f"but artifacts.node.version pins {node_version}; pin an OpenClaw release that accepts this Node "
-            f"(2026.9.2 is the newest accepting Node 22) or a Node it accepts")
+            f"artifacts.{package}.version: {name} {version} requires node {engines_node!r}, "
+            f"but artifacts.node.version pins {node_version}; pin a {name} release that accepts this Node"
+            f"{hint} or a Node it accepts")

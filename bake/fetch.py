@@ -18,7 +18,7 @@ from bake.engine import check_engine
 from bake.errors import BakeError
 from bake.hashing import file_sha256
 from bake.inputs import AGENTD_SOURCE
-from bake.spec import Artifact, Spec
+from bake.spec import Artifact, NpmTree, Spec
 from host.run import Command, run
 
 
@@ -68,28 +68,31 @@ def host_npm(spec: Spec, downloads: Path, tools: Path, log: Optional[TextIO] = N
     return [str(node_dir / "package" / "bin" / "node"), str(npm_dir / "package" / "bin" / "npm-cli.js")]
 
 
-def fill_npm_cache(spec: Spec, npm_cmd: list[str], cache: Path, scratch: Path, log: Optional[TextIO] = None) -> str:
-    """`npm ci` on the host checks every tarball against the package-lock's integrity and leaves them in `cache`.
-    Returns the engines.node that the fetched OpenClaw really declares (checked against the pinned Node)."""
-    stamp = cache / f".verified-{file_sha256(spec.openclaw_dir / 'package-lock.json')[:16]}"
+def fill_npm_cache(spec: Spec, tree: NpmTree, npm_cmd: list[str], cache: Path, scratch: Path,
+                   log: Optional[TextIO] = None) -> str:
+    """`npm ci` on the host checks every tarball of one locked tree against its package-lock's integrity and leaves
+    them in `cache` (shared by every tree: npm's cache is content-addressed). Returns the engines.node that the
+    fetched root package really declares (checked against the pinned Node)."""
+    tree_dir = spec.tree_dir(tree.name)
+    stamp = cache / f".verified-{file_sha256(tree_dir / 'package-lock.json')[:16]}"
     if stamp.exists():  # this exact tree was integrity-checked into the cache before (npm re-checks on install)
         engines = stamp.read_text()
-        check_engine(spec.node.version, spec.openclaw.version, engines)
+        check_engine(spec.node.version, tree.version, engines, tree.name)
         return engines
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     for name in ("package.json", "package-lock.json"):
-        shutil.copy2(spec.openclaw_dir / name, scratch / name)
+        shutil.copy2(tree_dir / name, scratch / name)
     node_bin_dir = str(Path(npm_cmd[0]).parent)
     run(Command((*npm_cmd, "ci", "--cache", str(cache), "--ignore-scripts", "--no-audit", "--no-fund",
                  "--prefer-offline", "--engine-strict=false"),
                 env=(("PATH", node_bin_dir + ":/usr/bin:/bin"),), cwd=str(scratch)), log=log)
-    manifest = json.loads((scratch / "node_modules" / "openclaw" / "package.json").read_text())
+    manifest = json.loads((scratch / "node_modules" / tree.name / "package.json").read_text())
     engines = (manifest.get("engines") or {}).get("node", "*")
-    if manifest.get("version") != spec.openclaw.version:
-        raise BakeError(f"artifacts.openclaw.version: fetched openclaw {manifest.get('version')}, "
-                        f"pinned {spec.openclaw.version}")
-    check_engine(spec.node.version, spec.openclaw.version, engines)
+    if manifest.get("version") != tree.version:
+        raise BakeError(f"artifacts.{tree.name}.version: fetched {tree.name} {manifest.get('version')}, "
+                        f"pinned {tree.version}")
+    check_engine(spec.node.version, tree.version, engines, tree.name)
     shutil.rmtree(scratch)
     stamp.write_text(engines)
     return engines
@@ -101,19 +104,23 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
     Every pinned file is downloaded and checked first: one that fails its sha256 leaves the staging dir untouched."""
     files = [(artifact, rel) for artifact, rel in ((spec.node, "node/node.tgz"), (spec.npm, "npm/npm.tgz")) if artifact]
     files += [(artifact, f"upstream/{artifact.name}/{Path(artifact.url).name}") for artifact in spec.upstream]
+    if spec.cpython:
+        files.append((spec.cpython, f"cpython/{Path(spec.cpython.url).name}"))
     fetched = [(download(artifact, downloads, log), rel) for artifact, rel in files]
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for path, rel in fetched:
         (staging / rel).parent.mkdir(parents=True)
         _link_or_copy(path, staging / rel)
-    if spec.openclaw:
-        oc = staging / "openclaw"
-        oc.mkdir()
+    for tree in spec.npm_trees:      # each tree's manifests under npm-trees/<name>/, the one npm cache beside them
+        (staging / "npm-trees" / tree.name).mkdir(parents=True)
         for name in ("package.json", "package-lock.json"):
-            shutil.copy2(spec.openclaw_dir / name, oc / name)
-        shutil.copytree(npm_cache, oc / "npm-cache", copy_function=_link_or_copy)
-        shutil.copytree(plugin_cache, oc / "plugin-cache", copy_function=_link_or_copy,
+            shutil.copy2(spec.tree_dir(tree.name) / name, staging / "npm-trees" / tree.name / name)
+    if spec.npm_trees:
+        shutil.copytree(npm_cache, staging / "npm-cache", copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".verified-*", "_logs"))
+    if spec.openclaw:
+        shutil.copytree(plugin_cache, staging / "openclaw" / "plugin-cache", copy_function=_link_or_copy,
                         ignore=shutil.ignore_patterns(".verified-*", "_logs"))
     unit = AGENTD_SOURCE / "systemd" / "agentd.service"
     if not unit.exists():
@@ -131,6 +138,8 @@ def stage(spec: Spec, version: str, staging: Path, downloads: Path, npm_cache: P
         "AGENTFLEET_OPENCLAW_VERSION": spec.openclaw.version if spec.openclaw else "",
         "AGENTFLEET_OPENCLAW_ALLOW_SCRIPTS": " ".join(spec.openclaw.allow_scripts) if spec.openclaw else "",
         "AGENTFLEET_OPENCLAW_PLUGINS": " ".join(spec.openclaw.plugin_specs) if spec.openclaw else "",
+        "AGENTFLEET_CPYTHON_VERSION": spec.cpython.version if spec.cpython else "",
+        "AGENTFLEET_NPM_TOOLS": " ".join(f"{t.name}@{t.version}" for t in spec.npm_tools),
     }
     (staging / "image.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
 

@@ -27,8 +27,8 @@ def collect(spec: Spec) -> Inputs:
     hashes: dict[str, str] = {
         "spec": file_sha256(spec.path),
         "lock": file_sha256(spec.lock_path) if spec.lock_path.exists() else "missing",
-        **({"openclaw/package-lock.json": file_sha256(spec.openclaw_dir / "package-lock.json"),
-            "openclaw/package.json": file_sha256(spec.openclaw_dir / "package.json")} if spec.openclaw else {}),
+        **{f"{tree.name}/{name}": file_sha256(spec.tree_dir(tree.name) / name)
+           for tree in spec.npm_trees for name in ("package-lock.json", "package.json")},
         "agentd": tree_sha256(AGENTD_SOURCE),
         "dib": _dib_version(),
     }
@@ -43,6 +43,8 @@ def collect(spec: Spec) -> Inputs:
         # Dart and Starship are installed by base-stage elements (languages, devtools): enabling one must rebake the
         # base tree, not reuse one without it. Absent while none is enabled: today's keys stay as they were.
         **({"upstream": json.dumps([[a.name, a.version, a.sha256] for a in spec.upstream])} if spec.upstream else {}),
+        # the CPython source the base stage builds (absent: the keys of before it existed)
+        **({"cpython": json.dumps([spec.cpython.version, spec.cpython.sha256])} if spec.cpython else {}),
         "packages": json.dumps(list(base_stage.packages)),
         "elements": json.dumps(list(base_stage.elements)),
         "dib": hashes["dib"],

@@ -22,7 +22,7 @@ UNMANAGED_FILES = {"etc/machine-id", "etc/hostname", "etc/hosts", "etc/resolv.co
 UNMANAGED_PREFIXES = ("etc/netplan/", "etc/ssh/ssh_host_", "etc/systemd/network/", "etc/udev/rules.d/70-persistent")
 WALKED = ("etc", "opt", "usr/local/bin")  # the dirs that hold every managed prefix
 SCHEMA_FILE = "opt/openclaw/config-schema.json"
-NPM_LOCK_FILE = "opt/openclaw/package-lock.json"
+NPM_LOCK_FILES = "opt/*/package-lock.json"   # each npm tree the image installs (OpenClaw's, aws-cdk's) keeps its lock
 
 
 def managed(name: str) -> bool:
@@ -55,13 +55,15 @@ def scan_tree(root: Path) -> dict:
                 owner = f"{users.get(st.st_uid, st.st_uid)}:{groups.get(st.st_gid, st.st_gid)}"
                 baseline["/" + rel] = vm_files.FileState.of(sha, st.st_mode, owner).to_json()
     dpkg_status = root / "var" / "lib" / "dpkg" / "status"
-    npm_lock = root / NPM_LOCK_FILE
+    npm = {}
+    for npm_lock in sorted(root.glob(NPM_LOCK_FILES)):
+        npm |= parse_package_lock(npm_lock.read_text())
     return {
         "baseline": baseline,
         "openclaw_plugins": baked_plugins(root),
         "packages": {
             "dpkg": parse_dpkg_status(dpkg_status.read_text()) if dpkg_status.exists() else {},
-            "npm": parse_package_lock(npm_lock.read_text()) if npm_lock.exists() else {},
+            "npm": npm,
         },
     }
 

@@ -73,7 +73,7 @@ def plan(spec_path: Path) -> tuple[Spec, Inputs]:
     """The spec, its lock and their agreement are the bake's input: their errors are usage errors (exit 2)."""
     with input_errors():
         spec = load_spec(spec_path)
-        if spec.openclaw:                  # the lock pins OpenClaw's npm tree; an image without it has none
+        if spec.npm_trees:                 # the lock pins the npm trees (OpenClaw's, aws-cdk's); without them, none
             check_lock(spec, Lock.load(spec))
     return spec, collect(spec)
 
@@ -141,10 +141,12 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     log = progress.log
     version = inputs.version
     staging, generated = work / "staging", work / "elements"
-    with _phase(progress, "fetch", "fetch: downloads verified, npm tree cached"):
-        if spec.openclaw:
+    with _phase(progress, "fetch", "fetch: downloads verified, npm trees cached"):
+        if spec.npm_trees:
             npm_cmd = fetch.host_npm(spec, layout.downloads, layout.tools, log)
-            fetch.fill_npm_cache(spec, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
+            for tree in spec.npm_trees:
+                fetch.fill_npm_cache(spec, tree, npm_cmd, layout.npm_cache, work / "npm-scratch", log)
+        if spec.openclaw:
             plugin_cache.fill_plugin_cache(spec, npm_cmd, layout.plugin_cache, work / "plugin-scratch", log)
         fetch.stage(spec, version, staging, layout.downloads, layout.npm_cache, layout.plugin_cache, log)
         dib.write_package_element(spec, generated)
@@ -173,7 +175,8 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         base = {"refresh": spec.base.refresh,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base_tar.stat().st_mtime))}
         image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key,
-                                         manifest.scan_tree(root), spec.pins, spec.services, base, spec.toolchains)
+                                         manifest.scan_tree(root), spec.pins, spec.services, base,
+                                         spec.tool_versions)
         assemble.finish_tree(root, image_json)
     raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
     with _phase(progress, "filesystem", "filesystem: MBR + ext4 from the tree (mke2fs -d)"):
@@ -185,7 +188,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         assemble.compress(raw, qcow2, log)
         raw.unlink()
     with _phase(progress, "verify", "verify offline (libguestfs)"):
-        problems = verify_image(qcow2, spec.pins, work, log, spec.toolchains)
+        problems = verify_image(qcow2, spec.pins, work, log, spec.tool_versions)
         if problems:
             raise BakeError("verify: refusing to publish: " + "; ".join(problems))
     with _phase(progress, "publish", "publish"):

@@ -18,6 +18,9 @@ TOOL = re.compile(r"^[a-z][a-z0-9+._-]*$")
 REFRESH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLUGIN = re.compile(r"^@openclaw/[a-z0-9][a-z0-9._-]*$")  # official plugins only: the ones OpenClaw trusts
 UPSTREAM = ("dart", "starship")  # optional artifacts from upstream sites, off unless url+sha256 are given
+# CLIs from the npm registry the spec may pin under `artifacts`, each with the command it puts on PATH: each is a locked
+# npm tree like OpenClaw's (images/<name>/package-lock.json), installed offline by its element of the same name.
+NPM_TOOLS = {"aws-cdk": "cdk"}
 # What an image can run for agentd to check (the manifest's `services`, docs/contracts.md): agentd always; OpenClaw's
 # gateway when the spec bakes it in. The small test image carries agentd alone, so its health means the same thing.
 AGENTD, OPENCLAW = "agentd", "openclaw"
@@ -57,6 +60,20 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class NpmTree:
+    """A package from the npm registry whose whole dependency tree is locked in images/<name>/package-lock.json
+    (`make lock`), fetched and integrity-checked on the host, and installed offline in the chroot by `npm ci`."""
+    name: str                                   # the npm package: also its dir under images/ and its lock entry
+    version: str
+    extra: tuple[tuple[str, str], ...] = ()     # more top-level packages of the same tree (OpenClaw's plugins)
+
+    @property
+    def dependencies(self) -> dict[str, str]:
+        """The tree's package.json `dependencies`."""
+        return {self.name: self.version, **dict(self.extra)}
+
+
+@dataclass(frozen=True)
 class OpenClaw:
     version: str
     allow_scripts: tuple[str, ...] = ()
@@ -80,6 +97,8 @@ class Spec:
     npm: Optional[Artifact]
     openclaw: Optional[OpenClaw]      # None: an image without OpenClaw (the small test image)
     upstream: tuple[Artifact, ...] = ()
+    cpython: Optional[Artifact] = None   # a CPython source release, built in the base stage (the cpython element)
+    npm_tools: tuple[NpmTree, ...] = ()  # NPM_TOOLS the spec pins (aws-cdk)
     files: dict[str, str] = field(default_factory=dict)
     toolchains: dict[str, str] = field(default_factory=dict)   # command -> the version prefix it must report
 
@@ -93,7 +112,23 @@ class Spec:
 
     @property
     def openclaw_dir(self) -> Path:
-        return self.images_dir / "openclaw"
+        return self.tree_dir("openclaw")
+
+    def tree_dir(self, name: str) -> Path:
+        """Where an npm tree's package.json and package-lock.json are committed."""
+        return self.images_dir / name
+
+    @property
+    def npm_trees(self) -> tuple[NpmTree, ...]:
+        """Every locked npm tree the image installs: OpenClaw's (with its plugins), then the pinned npm CLIs."""
+        oc = (NpmTree("openclaw", self.openclaw.version, self.openclaw.plugins),) if self.openclaw else ()
+        return oc + self.npm_tools
+
+    @property
+    def tool_versions(self) -> dict[str, str]:
+        """Command -> the version prefix it must report in the image: the spec's toolchains and the npm CLIs' pins
+        (verify checks each; the manifest records them as `toolchains`)."""
+        return {**self.toolchains, **{NPM_TOOLS[t.name]: t.version for t in self.npm_tools}}
 
     @property
     def lock_path(self) -> Path:
@@ -109,10 +144,10 @@ class Spec:
     @property
     def pins(self) -> dict[str, str]:
         """Name -> version of every pinned artifact the image carries (the manifest's `pins`)."""
-        pins = {a.name: a.version for a in (self.node, self.npm) if a}
+        pins = {a.name: a.version for a in (self.node, self.npm, self.cpython) if a}
         if self.openclaw:
             pins |= {"openclaw": self.openclaw.version, **dict(self.openclaw.plugins)}
-        return pins
+        return pins | {t.name: t.version for t in self.npm_tools}
 
 
 def load_spec(path: Path) -> Spec:
@@ -165,7 +200,7 @@ def _parse(path: Path, data: Any) -> Spec:
     if set(stages_raw) != {"base", "app"}:
         raise _EntryError("stages", "needs exactly the stages 'base' and 'app'")
     stages = tuple(_stage(name, stages_raw[name]) for name in ("base", "app"))
-    arts = _mapping(top.get("artifacts"), "artifacts", {"node", "npm", "openclaw", *UPSTREAM})
+    arts = _mapping(top.get("artifacts"), "artifacts", {"node", "npm", "openclaw", "cpython", *NPM_TOOLS, *UPSTREAM})
     node = _artifact("node", _mapping(arts["node"], "artifacts.node", {"version", "url", "sha256"})) \
         if "node" in arts else None
     npm = _artifact("npm", _mapping(arts["npm"], "artifacts.npm", {"version", "url", "sha256"})) \
@@ -175,11 +210,22 @@ def _parse(path: Path, data: Any) -> Spec:
     openclaw = _openclaw(arts["openclaw"]) if "openclaw" in arts else None
     if openclaw and not node:
         raise _EntryError("artifacts.openclaw", "needs artifacts.node and artifacts.npm (OpenClaw runs on Node)")
-    app = stages[1].elements
-    for element, needs, present in (("openclaw", "artifacts.openclaw", openclaw), ("nodejs", "artifacts.node", node)):
-        if (element in app) != bool(present):
-            raise _EntryError(needs if element in app else "stages.app.elements",
-                              f"missing: stages.app.elements has '{element}'" if element in app
+    npm_tools = tuple(NpmTree(name, _match(_mapping(arts[name], f"artifacts.{name}", {"version"}), "version", VERSION,
+                                           f"artifacts.{name}.version")) for name in NPM_TOOLS if name in arts)
+    if npm_tools and not node:
+        raise _EntryError(f"artifacts.{npm_tools[0].name}", "needs artifacts.node and artifacts.npm (it runs on Node)")
+    # The CPython source tarball is pinned by sha256, so a plain-http mirror (the Ubuntu archive's pool) is fine.
+    cpython = _artifact("cpython", _mapping(arts["cpython"], "artifacts.cpython", {"version", "url", "sha256"}),
+                        http_ok=True) if "cpython" in arts else None
+    # Each element that installs a pinned artifact, in the stage it must run in: both or neither.
+    for stage, element, needs, present in (("app", "openclaw", "artifacts.openclaw", openclaw),
+                                           ("app", "nodejs", "artifacts.node", node),
+                                           ("base", "cpython", "artifacts.cpython", cpython),
+                                           *(("app", name, f"artifacts.{name}", name in arts) for name in NPM_TOOLS)):
+        listed = element in stages[0 if stage == "base" else 1].elements
+        if listed != bool(present):
+            raise _EntryError(needs if listed else f"stages.{stage}.elements",
+                              f"missing: stages.{stage}.elements has '{element}'" if listed
                               else f"'{element}' missing, though {needs} is pinned")
     upstream = []
     for name in UPSTREAM:
@@ -204,6 +250,8 @@ def _parse(path: Path, data: Any) -> Spec:
         npm=npm,
         openclaw=openclaw,
         upstream=tuple(upstream),
+        cpython=cpython,
+        npm_tools=npm_tools,
         files=dict(files),
         toolchains={k: str(v) for k, v in toolchains.items()},
     )
@@ -237,12 +285,13 @@ def _stage(name: str, raw: Any) -> Stage:
     return Stage(name, tuple(elements), tuple(packages))
 
 
-def _artifact(name: str, entry: dict) -> Artifact:
+def _artifact(name: str, entry: dict, http_ok: bool = False) -> Artifact:
     where = f"artifacts.{name}"
     sha = entry.get("sha256")
     if not isinstance(sha, str) or not SHA256.match(sha):
         raise _EntryError(f"{where}.sha256", "must be 64 lowercase hex digits")
-    return Artifact(name, _match(entry, "version", VERSION, f"{where}.version"), _url(entry, f"{where}.url"), sha)
+    return Artifact(name, _match(entry, "version", VERSION, f"{where}.version"),
+                    _url(entry, f"{where}.url", http_ok=http_ok), sha)
 
 
 def _mapping(value: Any, where: str, allowed: set[str]) -> dict:

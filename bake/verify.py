@@ -37,6 +37,10 @@ SSHD_SETTINGS = {"passwordauthentication": "no", "kbdinteractiveauthentication":
 SSHD_T = ('k=$(mktemp -d) && ssh-keygen -q -t ed25519 -N "" -f "$k/key" && mkdir -p /run/sshd && '
           '/usr/sbin/sshd -T -f /etc/ssh/sshd_config -h "$k/key" -C user=agent,host=workstation,addr=10.0.0.1 2>&1; '
           'echo "(exit status $?)"; rm -rf "$k"')
+
+# Every Python the spec promises (python3, python3.12) must make venvs with pip, speak TLS and have sqlite3.
+PYTHON = re.compile(r"^python3(\.\d+)?$")
+PYTHON_MODULES = "ssl, venv, sqlite3, ensurepip"
 HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.python_history",
                  "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")
 
@@ -155,14 +159,19 @@ def firewall_problems(g) -> list[str]:
 
 def check_toolchains(g, toolchains: dict[str, str]) -> list[str]:
     """Each command runs in the image and reports the pinned version: `go version` says go1.26.x, `rustc --version`
-    rustc 1.91.x (the prefix must end at a dot or a word boundary: 1.2 is not 1.26)."""
+    rustc 1.91.x, `cdk --version` 2.1148.1 (the prefix must end at a dot or a word boundary: 1.2 is not 1.26); each
+    Python also imports PYTHON_MODULES."""
     problems = []
     for tool, prefix in sorted(toolchains.items()):
         argv = "go version" if tool == "go" else f"{tool} --version"
-        said = g.command(["/bin/sh", "-c", f"PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp {argv} 2>&1 "
-                                           f"|| echo \"(exit status $?)\""]).strip()
+        said = _sh(g, argv)
         if not re.search(rf"(^|[\s/])(go)?{re.escape(prefix)}([.\s+~-]|$)", said):
             problems.append(f"{argv} says {said.splitlines()[0][:120] if said else 'nothing'!r}, pinned {prefix}")
+        elif PYTHON.match(tool):
+            said = _sh(g, f"{tool} -c 'import {PYTHON_MODULES}; print(\"ok\")'")
+            if said != "ok":  # the traceback's last line names the module
+                why = [line for line in said.splitlines() if not line.startswith("(exit status")]
+                problems.append(f"{tool} cannot import {PYTHON_MODULES}: {why[-1][:120] if why else said!r}")
     return problems
 
 
@@ -189,6 +198,12 @@ def _resolved(g, path: str) -> str:
         return path
     target = g.readlink(path)
     return target if target.startswith("/") else posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+
+def _sh(g, command: str) -> str:
+    """A command in the image, as a person's shell finds it (guestfsd's PATH lacks /usr/local/bin, and node CLIs
+    are `#!/usr/bin/env node` scripts); its output with stderr, or its exit status."""
+    return g.command(["/bin/sh", "-c", f"PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp PYTHONDONTWRITEBYTECODE=1 "
+                                       f"{command} 2>&1 || echo \"(exit status $?)\""]).strip()
 
 
 def identity_problems(g) -> list[str]:

@@ -38,7 +38,7 @@ def bake_variant(tmp: Path, name: str, edit: tuple[str, str], spec: str = "agent
     assert edit[0] in text, f"{edit[0]!r} not in {spec}"
     spec_path.write_text(text.replace(*edit))
     layout, loaded = variant_layout(images_dir), load_spec(spec_path)
-    if loaded.openclaw:
+    if loaded.npm_trees:   # the lock pins every npm tree (OpenClaw's, aws-cdk's): re-resolved for the edited pins
         lock.resolve(loaded, fetch.host_npm(loaded, layout.downloads, layout.tools))
     return bake(spec_path, layout, quiet=True).image
 

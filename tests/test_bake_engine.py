@@ -32,3 +32,14 @@ def test_node_22_with_openclaw_that_needs_24_is_refused_with_both_pins_named():
 
 def test_matching_pins_pass():
     check_engine("22.23.3", "2026.9.2", OPENCLAW_2026_9_2)
+
+
+def test_a_space_after_the_operator_is_allowed_as_npm_does():
+    assert satisfies("22.23.3", ">= 18.0.0")   # aws-cdk's engines.node
+    assert not satisfies("16.20.0", ">= 18.0.0")
+    assert satisfies("22.23.3", ">= 18.0.0 < 23")
+
+
+def test_an_npm_cli_that_needs_a_newer_node_is_refused_naming_its_pin():
+    with pytest.raises(BakeError, match=r"artifacts.aws-cdk.version: aws-cdk 9.0.0 requires node '>= 24'"):
+        check_engine("22.23.3", "9.0.0", ">= 24", "aws-cdk")

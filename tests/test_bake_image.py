@@ -16,7 +16,7 @@ from bake.publish import Published, check_published
 from bake.verify import verify_image
 from host.accel import kvm_works
 from host.run import run
-from tests.conftest import REPO
+from tests.conftest import BUILD, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,16 @@ def test_published_image_carries_a_manifest_that_matches_it(baked_image):
     m = baked_image.manifest
     assert m.version == baked_image.version and len(m.version) == 12
     assert m.pins == {"node": "22.23.3", "npm": "10.9.8", "openclaw": "2026.9.2",
-                         "@openclaw/mattermost": "2026.9.2"}
+                      "@openclaw/mattermost": "2026.9.2", "cpython": "3.12.3", "aws-cdk": "2.1148.1"}
+    assert m.toolchains == {"go": "1.26", "rustc": "1.91", "cargo": "1.91", "python3": "3.10", "python3.12": "3.12",
+                            "cdk": "2.1148.1"}
     assert m.qcow2.sha256 == file_sha256(baked_image.qcow2)
     assert m.qcow2.size == baked_image.qcow2.stat().st_size
     assert baked_image.qcow2.stat().st_mode & 0o222 == 0, "published images are read-only"
     assert "linux-image-virtual" in m.packages["dpkg"] and "grub-pc" in m.packages["dpkg"]
-    assert m.packages["npm"]["openclaw"] == "2026.9.2"
+    assert m.packages["npm"]["openclaw"] == "2026.9.2" and m.packages["npm"]["aws-cdk"] == "2.1148.1"
+    assert not {"libssl-dev", "libsqlite3-dev", "zlib1g-dev"} & set(m.packages["dpkg"]), "CPython's build deps left"
+    assert "build-essential" in m.packages["dpkg"]
     assert m.baseline["/etc/passwd"]["owner"] == "root:root"
     assert m.baseline["/etc/passwd"]["mode"] == "0644"
     assert "/etc/machine-id" not in m.baseline
@@ -42,7 +46,8 @@ def test_published_image_carries_a_manifest_that_matches_it(baked_image):
 
 def test_unchanged_spec_is_a_cache_hit_that_bakes_nothing(baked_image):
     t0 = time.monotonic()
-    out = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "bake.cli", "bake", "images/agent.yaml"],
+    out = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "bake.cli", "--build-dir", str(BUILD), "bake",
+                          "images/agent.yaml"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     assert f"cache hit: {baked_image.qcow2}" in out.stdout
     assert time.monotonic() - t0 < 30  # generous bound: the figure itself is bench/bake.py's job
@@ -81,11 +86,17 @@ def test_verify_refuses_an_image_that_carries_identity_or_lacks_its_baked_plugin
         g.write("/opt/openclaw/plugin-state/config-journal-fingerprint.key", "k" * 32)
         g.rm("/usr/local/bin/go")                         # the toolchain link: `go` is then not on PATH
         g.rm("/usr/local/bin/agentd")
+        g.rm("/usr/local/bin/cdk")                        # aws-cdk's link
+        for ssl in g.glob_expand("/opt/python3.12/lib/python3.12/lib-dynload/_ssl*.so"):
+            g.rm(ssl)                                     # a Python 3.12 without TLS
     problems = verify_image(dirty, baked_image.manifest.pins, tmp_path, toolchains=baked_image.manifest.toolchains)
     text = "; ".join(problems)
     assert "go version says" in text and "pinned 1.26" in text
     assert "agentd --help in the image fails" in text
-    assert not [p for p in problems if p.startswith(("rustc", "cargo", "python3"))], problems
+    assert "cdk --version says" in text and "pinned 2.1148.1" in text
+    assert "python3.12 cannot import ssl, venv, sqlite3, ensurepip: \"ModuleNotFoundError: No module named '_ssl'\"" \
+        in text
+    assert not [p for p in problems if p.startswith(("rustc", "cargo", "python3 "))], problems
     assert "/opt/openclaw/plugins holds nothing, pinned @openclaw/mattermost@2026.9.2" in text
     assert "/opt/openclaw/plugin-state/state/openclaw.sqlite missing" in text
     assert "/opt/openclaw/plugin-state/config-journal-fingerprint.key must not be in the golden image" in text
@@ -93,6 +104,32 @@ def test_verify_refuses_an_image_that_carries_identity_or_lacks_its_baked_plugin
     assert "SSH host keys present: /etc/ssh/ssh_host_ed25519_key" in text
     assert "/root/.bash_history must not be in the golden image" in text
     assert baked_image.manifest.qcow2.sha256 == file_sha256(baked_image.qcow2), "the golden image was written"
+
+
+def test_each_tool_reports_its_pinned_version_inside_the_image(baked_image, tmp_path):
+    """Run in the image offline, as verify does: Python 3.12 beside the system's 3.10, with pip, venv, TLS and
+    sqlite3; the AWS CDK CLI on Node; the toolchains of the spec."""
+    from bake.verify import _sh, check_toolchains
+    from host.appliance import Drive, appliance
+    overlay = tmp_path / "tools.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(baked_image.qcow2), str(overlay)])
+    with appliance([Drive(overlay)], memsize_mb=2048) as g:
+        g.mount(g.inspect_os()[0], "/")
+        assert check_toolchains(g, baked_image.manifest.toolchains) == []
+        said = {command: _sh(g, command) for command in (
+            "python3.12 --version", "pip3.12 --version", "python3 --version", "cdk --version", "node --version",
+            "readlink -f /usr/local/bin/python3.12",
+            "python3.12 -c 'import ssl, sqlite3; print(ssl.OPENSSL_VERSION, sqlite3.sqlite_version)'",
+            "python3.12 -m venv /tmp/v && /tmp/v/bin/pip --version")}
+    assert said["python3.12 --version"] == "Python 3.12.3", said
+    assert "(python 3.12)" in said["pip3.12 --version"], said
+    assert said["python3 --version"].startswith("Python 3.10."), "jammy's python3 stays the system's"
+    assert said["cdk --version"].startswith("2.1148.1 (build "), said
+    assert said["node --version"] == "v22.23.3"
+    assert said["readlink -f /usr/local/bin/python3.12"] == "/opt/python3.12/bin/python3.12"
+    assert said["python3.12 -c 'import ssl, sqlite3; print(ssl.OPENSSL_VERSION, sqlite3.sqlite_version)'"].startswith(
+        "OpenSSL 3.0.2"), said
+    assert "/tmp/v/lib/python3.12/site-packages/pip" in said["python3.12 -m venv /tmp/v && /tmp/v/bin/pip --version"]
 
 
 def test_golden_image_boots_to_a_login_prompt_and_its_unconfigured_agentd_says_so_on_the_console(baked_image,

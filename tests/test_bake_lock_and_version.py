@@ -110,3 +110,43 @@ def test_a_malformed_refresh_token_is_refused_naming_the_entry(tmp_path):
     edit(spec_path, f"refresh: {load_spec(spec_path).base.refresh}", "refresh: 'two weeks ago'")
     with pytest.raises(BakeError, match=r"base.refresh: must be a date"):
         load_spec(spec_path)
+
+
+def test_an_aws_cdk_pin_bump_without_relock_is_refused_and_rebuilds_only_the_app_stage(tmp_path):
+    before = collect(load_spec(copy_images(tmp_path / "a")))
+    path = copy_images(tmp_path / "b")
+    edit(path, "version: 2.1148.1", "version: 2.1148.0")
+    spec = load_spec(path)
+    with pytest.raises(BakeError, match=r"artifacts.aws-cdk.version: spec pins 2.1148.0 but agent.lock.json has"):
+        check_lock(spec, Lock.load(spec))
+    assert collect(spec).base_key == before.base_key
+
+
+def test_an_edited_aws_cdk_package_lock_is_refused_and_is_an_input(tmp_path):
+    path = copy_images(tmp_path)
+    before = collect(load_spec(path))
+    assert {"aws-cdk/package-lock.json", "aws-cdk/package.json", "openclaw/package-lock.json"} <= set(before.hashes)
+    (path.parent / "aws-cdk" / "package-lock.json").write_text("{}")
+    spec = load_spec(path)
+    with pytest.raises(BakeError, match=r"aws-cdk/package-lock.json: changed since agent.lock.json"):
+        check_lock(spec, Lock.load(spec))
+    assert explain_miss(collect(spec).hashes, before.hashes)[0].startswith("aws-cdk/package-lock.json: changed")
+
+
+def test_a_lock_without_the_aws_cdk_entry_says_to_relock(tmp_path):
+    path = copy_images(tmp_path)
+    lock_path = path.with_suffix(".lock.json")
+    data = json.loads(lock_path.read_text())
+    del data["aws-cdk"]
+    lock_path.write_text(json.dumps(data))
+    with pytest.raises(BakeError, match=r"has no entry for aws-cdk, which the spec pins; run `make lock`"):
+        Lock.load(load_spec(path))
+
+
+def test_the_cpython_source_is_part_of_the_base_tree_key(tmp_path):
+    before = collect(load_spec(copy_images(tmp_path / "a")))
+    path = copy_images(tmp_path / "b")
+    sha = load_spec(path).cpython.sha256
+    edit(path, f"sha256: {sha}", f"sha256: {'a' * 64}")
+    after = collect(load_spec(path))
+    assert after.base_key != before.base_key and after.version != before.version

@@ -1,4 +1,5 @@
 """The manifest's baseline: what the image manages, hashed from an unpacked tree."""
+import json
 import os
 
 from bake.manifest import managed, scan_tree
@@ -30,3 +31,13 @@ def test_scan_records_files_and_symlinks_with_the_images_own_owner_names(tmp_pat
     assert baseline["/etc/issue"]["mode"] == "0640"
     assert baseline["/etc/issue"]["owner"] == "root:root"
     assert "/etc/xdg/systemd/user" in baseline
+
+
+def test_npm_versions_come_from_every_installed_tree(tmp_path):
+    """OpenClaw's and aws-cdk's trees each keep their package-lock in /opt/<name>: the manifest lists both."""
+    for name, deps in (("openclaw", {"openclaw": "2026.9.2", "ws": "8.18.0"}), ("aws-cdk", {"aws-cdk": "2.1148.1"})):
+        (tmp_path / "opt" / name).mkdir(parents=True)
+        (tmp_path / "opt" / name / "package-lock.json").write_text(json.dumps(
+            {"packages": {"": {}, **{f"node_modules/{k}": {"version": v} for k, v in deps.items()},
+                          "node_modules/ws/node_modules/x": {"version": "1"}}}))
+    assert scan_tree(tmp_path)["packages"]["npm"] == {"openclaw": "2026.9.2", "ws": "8.18.0", "aws-cdk": "2.1148.1"}

@@ -29,11 +29,14 @@ HOOKS = sorted(
     for hook in phase.iterdir()
     if hook.is_file()
 )
+# Scripts an element ships for its hooks to run (seen in the chroot under /tmp/in_target.d/<dir>/): held to the same
+# rules as the hooks.
+LIB_SCRIPTS = sorted(p for p in ELEMENTS.glob("*/*-lib/*") if p.is_file())
 
 # The two DIB stages of the bake, as bake/ runs them (stage 1 also gets the generated agentfleet-packages).
-BASE_STAGE = ["ubuntu-minimal", "agent-base", "agent-user", "immutable", "firewall", "languages", "devtools",
-              "neovim"]
-APP_STAGE = ["agentfleet-base-tree", "nodejs", "openclaw", "agentd", "identity-free"]
+BASE_STAGE = ["ubuntu-minimal", "agent-base", "agent-user", "immutable", "firewall", "languages", "cpython",
+              "devtools", "neovim"]
+APP_STAGE = ["agentfleet-base-tree", "nodejs", "openclaw", "aws-cdk", "agentd", "identity-free"]
 
 DEBUG_TRACE_LINE = '[ "${DIB_DEBUG_TRACE:-0}" -gt 0 ] && set -x'
 
@@ -78,7 +81,7 @@ def test_there_are_elements_and_hooks_to_check():
     assert len(HOOKS) >= 12
 
 
-@pytest.mark.parametrize("hook", HOOKS, ids=lambda p: str(p.relative_to(ELEMENTS)))
+@pytest.mark.parametrize("hook", HOOKS + LIB_SCRIPTS, ids=lambda p: str(p.relative_to(ELEMENTS)))
 def test_every_hook_is_an_executable_strict_bash_script(hook: Path):
     text = hook.read_text()
     lines = text.splitlines()
@@ -90,7 +93,7 @@ def test_every_hook_is_an_executable_strict_bash_script(hook: Path):
     subprocess.run(["bash", "-n", str(hook)], check=True)
 
 
-@pytest.mark.parametrize("hook", HOOKS, ids=lambda p: str(p.relative_to(ELEMENTS)))
+@pytest.mark.parametrize("hook", HOOKS + LIB_SCRIPTS, ids=lambda p: str(p.relative_to(ELEMENTS)))
 def test_no_hook_fetches_from_the_network(hook: Path):
     for number, line in enumerate(code_lines(hook), 1):
         for pattern in NETWORK_COMMANDS:
@@ -139,6 +142,26 @@ def test_each_stage_resolves_with_dibs_own_dependency_logic(tmp_path: Path, stag
     if skip_base:
         # Stage 2 must not drag in apt (dpkg runs apt-get update) or debootstrap.
         assert not resolved & {"base", "dpkg", "debootstrap", "ubuntu-minimal"}
+
+
+def test_the_stages_list_the_elements_the_committed_spec_runs():
+    from bake.spec import load_spec
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    assert list(spec.stage("base").elements) == BASE_STAGE[1:]
+    assert list(spec.stage("app").elements) == APP_STAGE[1:]
+
+
+def test_cpython_build_dependencies_are_build_only_and_never_shadow_the_system_python():
+    """DIB removes build-only packages after install.d: the -dev packages never reach the image."""
+    import yaml
+    packages = yaml.safe_load((ELEMENTS / "cpython" / "package-installs.yaml").read_text())
+    assert {"libssl-dev", "libsqlite3-dev", "libffi-dev", "zlib1g-dev"} <= set(packages)
+    assert all(entry == {"build-only": True} for entry in packages.values()), packages
+    hook = "\n".join(code_lines(ELEMENTS / "cpython" / "install.d" / "50-cpython"))
+    assert "make altinstall" in hook and "make install" not in hook, "altinstall: no python3 over the system's"
+    assert "--enable-optimizations" not in hook, "PGO costs many minutes of CI per base rebuild"
+    assert '--prefix="$prefix"' in hook and "--with-ensurepip=install" in hook and "--disable-test-modules" in hook
+    assert (ELEMENTS / "cpython" / "install.d" / "50-cpython").name < "99-package-uninstalls"
 
 
 def test_the_base_tree_element_is_the_operating_system_of_stage_two():
@@ -534,3 +557,38 @@ def test_the_verify_names_each_sshd_setting_that_differs():
     assert sshd_problems(said.replace("allowtcpforwarding local", "allowtcpforwarding no")) == [
         "sshd -T says allowtcpforwarding no, expected local",
         "sshd -T says allowagentforwarding (absent), expected no"]
+
+
+@needs_root
+def test_npm_tree_install_puts_a_locked_tree_in_place_offline_and_root_owned(tmp_path: Path):
+    """The helper every npm element uses, for real: aws-cdk's locked tree from a cache the host filled, installed
+    with no network at all (a fresh network namespace), by the pinned Node and npm."""
+    from bake import fetch
+    from bake.pipeline import Layout
+    from bake.spec import load_spec
+
+    spec = load_spec(REPO / "images" / "agent.yaml")
+    tree = next(t for t in spec.npm_trees if t.name == "aws-cdk")
+    layout = Layout(REPO / "build")
+    node, npm_cli = fetch.host_npm(spec, layout.downloads, layout.tools)
+    staging = tmp_path / "staging"
+    fetch.fill_npm_cache(spec, tree, [node, npm_cli], staging / "npm-cache", tmp_path / "scratch")
+    (staging / "npm-trees" / "aws-cdk").mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(spec.tree_dir("aws-cdk") / name, staging / "npm-trees" / "aws-cdk" / name)
+    (staging / "image.env").write_text(f"AGENTFLEET_NODE_VERSION={spec.node.version}\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "npm").write_text(f'#!/bin/sh\nexec "{node}" "{npm_cli}" "$@"\n')   # as the chroot's npm
+    (tmp_path / "bin" / "npm").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:{Path(node).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+           "AGENTFLEET_STAGING_IN_TARGET": str(staging), "AGENTFLEET_NPM_TREE_PREFIX": str(tmp_path / "opt")}
+    result = subprocess.run(["unshare", "-n", str(ELEMENTS / "nodejs" / "nodejs-lib" / "npm-tree-install"), "aws-cdk"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    app = tmp_path / "opt" / "aws-cdk"
+    installed = app / "node_modules" / "aws-cdk"
+    assert f'"version": "{tree.version}"' in (installed / "package.json").read_text()
+    assert all(p.stat().st_uid == 0 and not p.stat().st_mode & 0o022 for p in (app, installed, installed / "bin"))
+    said = subprocess.run(["unshare", "-n", str(installed / "bin" / "cdk"), "--version"],
+                          env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert said.stdout.startswith(f"{tree.version} "), said
