@@ -29,6 +29,7 @@ from tests.clone_support import (
 from tests.collector_server import SECRET, free_port, start_collector
 from tests.conftest import REPO
 from tests.image_variants import bake_variant
+from tests.model_standin import ModelStandIn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 
@@ -36,6 +37,8 @@ AGENTS = ("athena", "apollo")
 BOOT_DEADLINE = 1500      # boot to the first healthy report, under TCG on 2 shared cores (measured 10-15 min)
 DRIFT_DEADLINE = 60
 GATEWAY_JOURNAL = "sudo journalctl -b --no-pager -o cat -u openclaw-gateway"
+REPLY_DEADLINE = 900       # an @mention to the model's reply in the channel, under TCG (the agent's first turn)
+REPLY = "On it: issue #42 created for the login bug."
 REPLACE_TIMEOUT = 1800     # the clone process: a health deadline of 1500 s plus a rollback
 # One pin: npm one patch release back (OpenClaw cannot move: 2026.9.2 is the newest for Node 22, and its
 # Mattermost plugin has no 2026.9.1 release).
@@ -129,7 +132,11 @@ def test_fleet_end_to_end(baked_image, tmp_path):
     work = libvirt_workdir("e2e-")
     world_traversable(baked_image.qcow2.parent)
     steps = Steps(work / "state")
-    mattermost = MattermostStandIn()
+    mattermost = MattermostStandIn(channels=("town-square", "dev", "random"))
+    for agent in AGENTS:   # the bots' membership: the channels the inventory names (deploy/fleet.yaml), not #random
+        mattermost.add_user(agent, bot_token=f"mm-{agent}-e2e", channels=["town-square", "dev"])
+    mattermost.add_user("alice", channels=["town-square", "dev", "random"])
+    model = ModelStandIn(REPLY)
     collector = start_collector(work / "collector", "--interval-s", "5")
     key = work / "admin_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e-admin", "-f", str(key)], check=True)
@@ -144,7 +151,10 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                             secrets_file=secrets, collector_port=int(collector.url.rsplit(":", 1)[1]),
                             ssh_port_base=ssh_base, agents=AGENTS,
                             admin_key=key.with_suffix(".pub").read_text().strip(), ram_gb=2)
-    text = overlay.read_text().replace("services:\n", f"services:\n  mattermost_url: http://10.0.2.100:{mattermost.port}\n")
+    text = overlay.read_text().replace("services:\n", (
+        f"services:\n  mattermost_url: http://10.0.2.100:{mattermost.port}\n"
+        f"  model: {{provider: lab, model: {model.model}, base_url: 'http://10.0.2.100:{model.port}/v1', "
+        f"api: openai-completions, api_key: openai_api_key}}\n"))
     overlay.write_text(text)
 
     known_hosts = work / "known_hosts"
@@ -227,8 +237,23 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                 wait_for(f"{agent}'s Mattermost channel to log in",
                          lambda agent=agent: mattermost.logged_in(f"mm-{agent}-e2e"), 120)
                 wait_for(f"{agent}'s Mattermost channel to open its websocket",
-                         lambda agent=agent: "websocket" in ssh(agent, GATEWAY_JOURNAL), 120)
+                         lambda agent=agent: mattermost.connected(agent), 120)
                 assert "only available for trusted plugins" not in ssh(agent, GATEWAY_JOURNAL)
+        with steps.step("3b. '@athena ...' in #dev: the model's reply in #dev; none in #random (her bot is not in it)"):
+            mattermost.say("alice", "random", "@athena are you in here?")
+            t0 = time.monotonic()
+            mattermost.say("alice", "dev", "@athena create an issue for the login bug")
+            wait_for("athena's reply in #dev", lambda: [p for p in mattermost.posts_by("athena", "dev")
+                                                        if p["message"] == REPLY], REPLY_DEADLINE, interval=1)
+            figures["an @mention to athena's reply in the channel (TCG)"] = time.monotonic() - t0
+            assert mattermost.posts_by("athena", "random") == [] and mattermost.posts_by("apollo") == []
+            asked = [r for r in model.requests if any("create an issue for the login bug" in t
+                                                      for t in ModelStandIn.texts_of(r))]
+            assert asked and all(r["auth"] == "Bearer sk-e2e-dummy" for r in model.requests)
+            assert not any("are you in here" in t for r in model.requests for t in ModelStandIn.texts_of(r))
+            # OpenClaw's own log on the data disk, where the config puts it (the journal keeps its console too)
+            assert int(ssh("athena", "grep -c mattermost ~/.openclaw/logs/openclaw.log")) > 0
+            assert ssh("athena", "findmnt -n -o TARGET --target ~/.openclaw/logs") == "/home/agent"
         with steps.step("4. change a managed file in athena: drift at the collector and on the page"):
             seq0 = agent_state(collector, "athena")["last_seq"]
             ssh("athena", "echo e2e-drift | sudo tee -a /etc/issue >/dev/null")
@@ -265,4 +290,5 @@ def test_fleet_end_to_end(baked_image, tmp_path):
             clone(*AGENTS, "--destroy", "--purge-data", timeout=300)
         collector.stop()
         mattermost.close()
+        model.close()
         shutil.rmtree(work, ignore_errors=True)
