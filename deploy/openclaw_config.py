@@ -86,9 +86,10 @@ def chat_policy(agent: Agent) -> dict:
 
     Channels: OpenClaw's Mattermost channel has no allowlist of channels (its `groups` are keyed by channel id
     and only tune mentions; `groupPolicy: allowlist` is a list of *senders*, and empty it drops every post, as the
-    config before this one did). Which channels an agent hears is its bot's membership (deploy/chat_membership.py
-    makes it the inventory's); there anyone may talk to it (`open`), and `requireMention` says whether a post must
-    @mention it. No channels: channel posts are ignored (`disabled`).
+    config before this one did). Which channels an agent hears is its bot's membership in Mattermost (a `posted`
+    event reaches a channel's members only): the inventory's channels are the ones its bot must be added to
+    (docs/clone.md). There anyone may talk to it (`open`), and `requireMention` says whether a post must @mention
+    it. No channels: channel posts are ignored (`disabled`).
     DMs: the listed people (`allowlist`), anyone (`*`: `open`), or, with nobody listed, OpenClaw's pairing (a
     stranger gets a code an admin approves in the VM). Usernames are matched only with OpenClaw's name matching on:
     a Mattermost user can be renamed, so list user ids where that matters."""
