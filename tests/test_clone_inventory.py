@@ -1,5 +1,7 @@
 """The inventory, its validation and the capacity view (fast: pure parsing)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -146,3 +148,17 @@ def test_ntp_servers_default_to_the_gateway_on_the_bridge_none_in_user_mode_and_
     assert named.network.ntp == ("ntp.lab.example", "10.220.1.2")
     with pytest.raises(CloneError, match=r"network.ntp\[0\]: 'bad name;rm' is not a host name or IP address"):
         load_inventory_with(tmp_path, {"network": {"ntp": ["bad name;rm"]}})
+
+
+def test_the_fleet_tool_hands_a_host_the_mattermost_and_model_settings_it_would_write(tmp_path):
+    """The hypervisor's clone builds the OpenClaw config from the inventory the fleet tool sends it (one JSON line)."""
+    import json
+
+    from deploy.fleet.remote_clone import host_inventory
+    inv = load_inventory_with(tmp_path, {
+        "services": {"model": {"provider": "lab", "model": "m-1", "base_url": "http://10.220.1.10:9000/v1",
+                               "api_key": "openai_api_key"}},
+        "agents": {"athena": {"mattermost": {"channels": ["ops"], "require_mention": False, "dm_from": ["*"]}}}})
+    sent = inventory.parse(json.loads(json.dumps(host_inventory(inv, inv.hosts["r420"]))), base_dir=Path("/"))
+    assert sent.services.model == inv.services.model and sent.services.mattermost_team == "agentfleet"
+    assert sent.agent("athena").mattermost == inv.agent("athena").mattermost
