@@ -225,7 +225,7 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                 # the serial getty and the first healthy report are independent: the prompt may come later
                 console = work / "state" / agent / "console.log"
                 wait_for(f"{agent}'s login prompt on its serial console",
-                         lambda console=console: "login:" in console.read_text(errors="replace"), 300)
+                         lambda console=console: "login:" in console.read_text(errors="replace"), 600)
                 assert ssh(agent, "stat -c '%a %U' ~/.openclaw/.env") == "600 agent"
                 assert ssh(agent, "systemctl show -p User --value openclaw-gateway") == "agent"
                 assert ssh(agent, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18789/") == "200"
