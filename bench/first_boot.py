@@ -67,6 +67,8 @@ def main() -> int:
     world_traversable(images_dir)
     work = libvirt_workdir("firstboot-")
     mattermost = MattermostStandIn()
+    for agent in agents:
+        mattermost.add_user(agent, bot_token=f"mm-{agent}", channels=["town-square"])
     collector = start_collector(work / "collector", "--interval-s", "5")
     key = work / "admin_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)

@@ -42,10 +42,14 @@ def user_netdev(inv: Inventory, agent: Agent) -> str:
     netdev = ("user,id=n0,net=10.0.2.0/24,restrict=on,"
               + "".join(f"hostfwd=tcp:127.0.0.1:{host}-{USER_GUEST_IP}:{guest}," for host, guest in hostfwds)
               + f"guestfwd=tcp:{inv.network.collector_forward}:{port}-cmd:nc {api_host} {api_port}")
-    # A Mattermost URL at the forward address (a test stand-in on the hypervisor) is forwarded the same way.
-    mm = urlparse(inv.services.mattermost_url)
-    if mm.hostname == inv.network.collector_forward and (mm.port or 80) != port:
-        netdev += f",guestfwd=tcp:{mm.hostname}:{mm.port or 80}-cmd:nc 127.0.0.1 {mm.port or 80}"
+    # Mattermost and the model API at the forward address (test stand-ins on the hypervisor) are forwarded the same
+    # way, each to the same port on the hypervisor's loopback.
+    forwarded = {port}
+    for url in (inv.services.mattermost_url, inv.services.model.base_url):
+        service = urlparse(url)
+        if service.hostname == inv.network.collector_forward and (service.port or 80) not in forwarded:
+            forwarded.add(service.port or 80)
+            netdev += f",guestfwd=tcp:{service.hostname}:{service.port or 80}-cmd:nc 127.0.0.1 {service.port or 80}"
     return netdev
 
 

@@ -24,6 +24,12 @@ DEFAULT_INVENTORY = Path(__file__).resolve().parent / "fleet.yaml"
 SSH_PUBLIC_KEY = re.compile(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\r\n]*)?")  # type, base64, optional comment: one line
 NETWORK_MODES = ("bridge", "user")
 SECRET_SOURCES = ("file", "env", "command", "stdin")  # stdin: the fleet tool sends them over SSH (docs/fleet.md)
+MODEL_APIS = ("openai-completions", "openai-responses", "anthropic-messages")
+# Mattermost's own rules: team and channel names are lowercase letters, digits, '-' and '_'; a username also takes
+# '.'; a user id is 26 lowercase letters and digits
+MM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MM_USER = re.compile(r"[a-z][a-z0-9._-]{0,63}|[a-z0-9]{26}|\*")
+PROVIDER_ID = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_-]*)@(?P<address>[A-Za-z0-9.:-]+)$")
 HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|[0-9a-fA-F:]+")  # an NTP server: name or IP
 DEFAULT_AGENTFLEET_DIR = "/opt/agentfleet"
@@ -47,10 +53,34 @@ class Network:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """The model every agent's OpenClaw answers with: `provider/model` (OpenClaw's own provider, its key from the
+    `.env`), or a provider of ours at `base_url` (a proxy, a local server, the tests' stand-in) speaking `api`, its
+    key the secret named `api_key`."""
+    provider: str = "anthropic"
+    model: str = "claude-sonnet-4-6"
+    base_url: str = ""
+    api: str = "openai-completions"
+    api_key: str = ""                  # a secret's key (secrets.shared), never a value
+
+
+@dataclass(frozen=True)
 class Services:
     mattermost_url: str
     collector_url: str                 # as the agents reach it (goes into agentd.yaml)
     collector_api_url: str             # as the hypervisor reaches it (polled by --replace)
+    mattermost_team: str = ""          # the team the agents' channels are in
+    model: ModelSpec = ModelSpec()
+
+
+@dataclass(frozen=True)
+class Chat:
+    """How one agent takes part in Mattermost: the channels of the team it listens in (by name), whether a channel
+    post must @mention it, and who may DM it (usernames or user ids; `*` anyone; none: strangers get a pairing
+    code, as OpenClaw's default)."""
+    channels: tuple[str, ...] = ("town-square",)
+    require_mention: bool = True
+    dm_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +151,7 @@ class Agent:
     # incoming ports opened beyond the seed's 22/tcp and 18789/tcp (deploy/firewall.py)
     firewall_allow: tuple[firewall.Allow, ...] = ()
     forwards: tuple[tuple[int, int], ...] = ()   # user mode: (host port on 127.0.0.1, guest port), TCP
+    mattermost: Chat = Chat()          # the fleet's `mattermost` defaults with the agent's own keys over them
 
 
 @dataclass(frozen=True)
@@ -297,8 +328,13 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
         api_url = collector_url
         if mode == "user" and collector_url:
             api_url = f"http://127.0.0.1:{urlparse(collector_url).port or 80}"
+    team = need(svc, "mattermost_team", "services", str, "")
+    if team and not MM_NAME.fullmatch(team):
+        problems.append(f"services.mattermost_team: {team!r} is not a Mattermost team name "
+                        f"(lowercase a-z, 0-9, - and _)")
     services = Services(mattermost_url=need(svc, "mattermost_url", "services") or "", collector_url=collector_url,
-                        collector_api_url=api_url)
+                        collector_api_url=api_url, mattermost_team=team,
+                        model=_model(svc.get("model") if isinstance(svc, Mapping) else None, problems))
     for key in ("mattermost_url", "collector_url"):
         url = urlparse(getattr(services, key))
         if getattr(services, key) and (url.scheme not in ("http", "https") or not url.hostname):
@@ -354,6 +390,7 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                                             fleet_reserve, problems))
     _check_host_addresses(hosts, problems)
 
+    chat_defaults = _chat(data.get("mattermost"), "mattermost", Chat(), problems)
     agents: dict[str, Agent] = {}
     seen_ips: dict[str, str] = {}
     seen_ports: dict[int, str] = {}   # host port -> the key that took it
@@ -368,7 +405,9 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
                       ssh_port=need(a, "ssh_port", where, int, None),
                       root_gb=need(a, "root_gb", where, (int, float), None),
                       docker_gb=need(a, "docker_gb", where, (int, float), 0),
-                      firewall_allow=firewall_allow(a, where), forwards=forwards(a, where))
+                      firewall_allow=firewall_allow(a, where), forwards=forwards(a, where),
+                      mattermost=_chat(a.get("mattermost") if isinstance(a, Mapping) else None,
+                                       f"{where}.mattermost", chat_defaults, problems))
         if mode == "user" and agent.ssh_port is None:
             agent = Agent(**{**agent.__dict__, "ssh_port": network.ssh_port_base + index})
         if agent.host and agent.host not in hosts:
@@ -400,6 +439,13 @@ def parse(data: Mapping[str, Any], base_dir: Path, sources: tuple[str, ...] = ()
             problems.append(f"{where}: root_gb must be positive and docker_gb 0 (none) or positive")
         agents[agent.name] = agent
 
+    listening = [a.name for a in agents.values() if a.mattermost.channels]
+    if listening and services.mattermost_url and not services.mattermost_team:
+        problems.append(f"services.mattermost_team: missing; {', '.join(listening)} listen in channels of a team")
+    key = services.model.api_key
+    if key and key not in secrets.shared:
+        problems.append(f"services.model.api_key: {key!r} is not in secrets.shared (the key every agent's OpenClaw "
+                        f"reads from its .env)")
     for host in hosts.values():
         placed = [a for a in agents.values() if a.host == host.name]
         ram = sum(a.ram_gb for a in placed)
@@ -418,6 +464,85 @@ def _port(value: Any) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
         return None
     return int(value) if 1 <= int(value) <= 65535 else None
+
+
+def _model(raw: Any, problems: list[str]) -> ModelSpec:
+    """`services.model: {provider, model}` or, for a provider of ours, `{provider, model, base_url, api, api_key}`."""
+    if raw is None:
+        return ModelSpec()
+    where = "services.model"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be a mapping like {{provider: anthropic, model: claude-sonnet-4-6}}")
+        return ModelSpec()
+    keys = ("provider", "model", "base_url", "api", "api_key")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        problems.append(f"{where}: unknown key {unknown[0]!r} ({', '.join(keys)})")
+    values = {}
+    for key in keys:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or value != value.strip() or "\n" in value:
+            problems.append(f"{where}.{key}: must be a non-empty string on one line; {_read_as(value)}")
+            continue
+        values[key] = value
+    spec = ModelSpec(**values)
+    if not PROVIDER_ID.fullmatch(spec.provider):
+        problems.append(f"{where}.provider: {spec.provider!r} is not a provider id (lowercase a-z, 0-9, - and _)")
+    if any(c.isspace() for c in spec.model):
+        problems.append(f"{where}.model: {spec.model!r} has white space")
+    if spec.api not in MODEL_APIS:
+        problems.append(f"{where}.api: {spec.api!r} is not one of {', '.join(MODEL_APIS)}")
+    url = urlparse(spec.base_url)
+    if spec.base_url and (url.scheme not in ("http", "https") or not url.hostname):
+        problems.append(f"{where}.base_url: {spec.base_url!r} is not an http(s) URL")
+    if spec.base_url and not spec.api_key:
+        problems.append(f"{where}.api_key: missing; a provider at base_url needs the secret that holds its key")
+    if spec.api_key and not spec.base_url:
+        problems.append(f"{where}.api_key: only for a provider at base_url (OpenClaw's own providers read "
+                        f"their key from the .env, e.g. ANTHROPIC_API_KEY)")
+    return spec
+
+
+def _chat(raw: Any, where: str, default: Chat, problems: list[str]) -> Chat:
+    """`{channels: [...], require_mention: true, dm_from: [...]}`; keys left out keep `default` (the fleet's)."""
+    if raw is None:
+        return default
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be a mapping like "
+                        f"{{channels: [town-square], require_mention: true, dm_from: []}}")
+        return default
+    unknown = sorted(set(raw) - {"channels", "require_mention", "dm_from"})
+    if unknown:
+        problems.append(f"{where}: unknown key {unknown[0]!r} (channels, require_mention, dm_from)")
+    values: dict[str, Any] = {}
+    for key, rule, what in (("channels", MM_NAME, "a Mattermost channel name (lowercase a-z, 0-9, - and _)"),
+                            ("dm_from", MM_USER, "a Mattermost username, user id or *")):
+        items = raw.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            problems.append(f"{where}.{key}: must be a list; {_read_as(items)}")
+            continue
+        bad = [f"{where}.{key}[{i}]: {item!r} is not {what}" if isinstance(item, str) else
+               f"{where}.{key}[{i}]: must be a string; {_read_as(item)} (quote it)"
+               for i, item in enumerate(items) if not (isinstance(item, str) and rule.fullmatch(item))]
+        problems.extend(bad)
+        dupes = sorted({item for item in items if isinstance(item, str) and items.count(item) > 1})
+        if dupes:
+            problems.append(f"{where}.{key}: {dupes[0]!r} is listed twice")
+        if not bad:
+            values[key] = tuple(items)
+    if "*" in values.get("dm_from", ()) and len(values["dm_from"]) > 1:
+        problems.append(f"{where}.dm_from: '*' (anyone) must be alone")
+    mention = raw.get("require_mention")
+    if mention is not None:
+        if isinstance(mention, bool):
+            values["require_mention"] = mention
+        else:
+            problems.append(f"{where}.require_mention: must be true or false; {_read_as(mention)}")
+    return Chat(**{**default.__dict__, **values})
 
 
 def _reserve(raw: Any, where: str, default: Reserve, problems: list[str]) -> Reserve:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 from urllib.parse import urlsplit
@@ -13,10 +14,14 @@ from urllib.parse import urlsplit
 import jsonschema
 
 from deploy.errors import CloneError
-from deploy.inventory import Agent, Inventory
+from deploy.inventory import Agent, Inventory, ModelSpec
 from deploy.secrets import AgentSecrets
 
 GATEWAY_PORT = 18789
+# OpenClaw's own log, on the data disk with the agent's work (so it survives a replace), beside its config; OpenClaw
+# rotates it at logging.maxFileBytes (100 MB) and keeps five archives. The journal keeps its console output too.
+LOG_FILE = "/home/agent/.openclaw/logs/openclaw.log"
+MM_USER_ID = re.compile(r"[a-z0-9]{26}")
 LOCAL_SUFFIXES = (".lan", ".local", ".internal", ".home.arpa")
 NOT_IN_ENV = ("collector_secret",)  # hypervisor-side secrets: used to mint agentd's token, never given to OpenClaw
 
@@ -55,8 +60,7 @@ def build_config(inv: Inventory, agent: Agent, plugin_dirs: Sequence[str] = ()) 
         "enabled": True,
         "baseUrl": inv.services.mattermost_url,
         "botToken": secret_ref("mattermost_bot_token"),
-        "dmPolicy": "pairing",
-        "groupPolicy": "allowlist",  # required by OpenClaw 2026.9's schema; its documented default
+        **chat_policy(agent),
     }
     if on_private_network(inv.services.mattermost_url):
         mattermost["network"] = {"dangerouslyAllowPrivateNetwork": True}
@@ -72,7 +76,46 @@ def build_config(inv: Inventory, agent: Agent, plugin_dirs: Sequence[str] = ()) 
         },
         "channels": {"mattermost": mattermost},
         "plugins": plugins,
+        "logging": {"file": LOG_FILE},
+        **model_config(inv.services.model),
     }
+
+
+def chat_policy(agent: Agent) -> dict:
+    """Who gets an answer, from the inventory's `mattermost` settings, in OpenClaw 2026.9's terms.
+
+    Channels: OpenClaw's Mattermost channel has no allowlist of channels (its `groups` are keyed by channel id
+    and only tune mentions; `groupPolicy: allowlist` is a list of *senders*, and empty it drops every post, as the
+    config before this one did). Which channels an agent hears is its bot's membership in Mattermost (a `posted`
+    event reaches a channel's members only): the inventory's channels are the ones its bot must be added to
+    (docs/clone.md). There anyone may talk to it (`open`), and `requireMention` says whether a post must @mention
+    it. No channels: channel posts are ignored (`disabled`).
+    DMs: the listed people (`allowlist`), anyone (`*`: `open`), or, with nobody listed, OpenClaw's pairing (a
+    stranger gets a code an admin approves in the VM). Usernames are matched only with OpenClaw's name matching on:
+    a Mattermost user can be renamed, so list user ids where that matters."""
+    chat = agent.mattermost
+    policy: dict = {"groupPolicy": "open" if chat.channels else "disabled", "requireMention": chat.require_mention,
+                    "chatmode": "oncall" if chat.require_mention else "onmessage"}
+    if chat.dm_from == ("*",):
+        policy.update(dmPolicy="open", allowFrom=["*"])
+    elif chat.dm_from:
+        policy.update(dmPolicy="allowlist", allowFrom=list(chat.dm_from))
+        if not all(MM_USER_ID.fullmatch(who) for who in chat.dm_from):
+            policy["dangerouslyAllowNameMatching"] = True
+    else:
+        policy["dmPolicy"] = "pairing"
+    return policy
+
+
+def model_config(model: ModelSpec) -> dict:
+    """The model the agent answers with: OpenClaw's own provider by name, or ours at `base_url` (its key a
+    reference to the `.env`). A provider of ours keeps OpenClaw's built-in ones (`merge`)."""
+    out: dict = {"agents": {"defaults": {"model": {"primary": f"{model.provider}/{model.model}"}}}}
+    if model.base_url:
+        out["models"] = {"mode": "merge", "providers": {model.provider: {
+            "baseUrl": model.base_url, "api": model.api, "apiKey": secret_ref(model.api_key),
+            "models": [{"id": model.model, "name": model.model}]}}}
+    return out
 
 
 def build_env(secrets: AgentSecrets) -> str:

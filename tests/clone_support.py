@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.mattermost_standin import MattermostStandIn  # noqa: F401 (the VM tests' Mattermost)
+
 REPO = Path(__file__).resolve().parent.parent
 SKELETON_FILE = "/home/agent/.bashrc"
 SEED_AGENTS = ("athena", "apollo", "artemis", "hermes", "perseus", "prometheus", "ares", "poseidon")
@@ -117,6 +119,9 @@ TEST_SCHEMA = {
                 "enabled": {"type": "boolean"}, "baseUrl": {"type": "string"}, "botToken": SECRET_INPUT,
                 "dmPolicy": {"enum": ["pairing", "allowlist", "open", "disabled"]},
                 "groupPolicy": {"enum": ["open", "disabled", "allowlist"]},
+                "requireMention": {"type": "boolean"}, "chatmode": {"enum": ["oncall", "onmessage", "onchar"]},
+                "allowFrom": {"type": "array", "items": {"type": "string"}},
+                "dangerouslyAllowNameMatching": {"type": "boolean"},
                 "network": {"type": "object", "additionalProperties": False, "properties": {
                     "dangerouslyAllowPrivateNetwork": {"type": "boolean"}}}},
                 "required": ["dmPolicy", "groupPolicy"]}}},
@@ -125,6 +130,19 @@ TEST_SCHEMA = {
                 "type": "object", "properties": {"enabled": {"type": "boolean"}}}},
             "load": {"type": "object", "additionalProperties": False, "properties": {
                 "paths": {"type": "array", "items": {"type": "string"}}}}}},
+        "logging": {"type": "object", "additionalProperties": False, "properties": {"file": {"type": "string"}}},
+        "agents": {"type": "object", "additionalProperties": False, "properties": {"defaults": {
+            "type": "object", "additionalProperties": False, "properties": {"model": {
+                "type": "object", "additionalProperties": False, "properties": {"primary": {"type": "string"}}}}}}},
+        "models": {"type": "object", "additionalProperties": False, "properties": {
+            "mode": {"enum": ["merge", "replace"]},
+            "providers": {"type": "object", "additionalProperties": {
+                "type": "object", "additionalProperties": False, "required": ["baseUrl", "models"], "properties": {
+                    "baseUrl": {"type": "string"}, "api": {"enum": ["openai-completions", "openai-responses",
+                                                                      "anthropic-messages"]},
+                    "apiKey": SECRET_INPUT, "models": {"type": "array", "items": {
+                        "type": "object", "required": ["id", "name"],
+                        "properties": {"id": {"type": "string"}, "name": {"type": "string"}}}}}}}}},
     },
 }
 
@@ -254,22 +272,6 @@ class JsonStub:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-class MattermostStandIn(JsonStub):
-    """Answers like Mattermost on loopback: /api/v4/system/ping for agentd's check, and /api/v4/users/me for the
-    bot token OpenClaw's Mattermost channel logs in with. It has no websocket (404): a trusted channel asks for
-    /api/v4/websocket next and retries; one OpenClaw does not trust exits before that."""
-
-    def answer(self, path: str) -> tuple[int, dict]:
-        if path.startswith("/api/v4/system/ping"):
-            return 200, {"status": "OK"}
-        if path.startswith("/api/v4/users/me"):
-            return 200, {"id": "bot", "username": "e2e-bot", "is_bot": True}
-        return 404, {}
-
-    def logged_in(self, token: str) -> bool:
-        return ("/api/v4/users/me", f"Bearer {token}") in self.requests
 
 
 class CollectorStub(JsonStub):

@@ -174,3 +174,85 @@ def test_destroy_dry_run_lists_what_would_go_and_removes_nothing(site, capsys):
     assert f"remove {storage / 'athena-root-v1.qcow2'}" in out and f"remove {storage / 'athena-data.qcow2'}" in out
     assert "athena: destroy  - dry run: would remove the domain and 1 root disk(s); data disk purged" in out
     assert sorted(p.name for p in storage.iterdir()) == ["athena-data.qcow2", "athena-root-v1.qcow2"]
+
+
+def _athena_with(tmp_path, **overlay):
+    from tests.clone_support import load_inventory_with
+    inv = load_inventory_with(tmp_path, overlay)
+    return inv, inv.agent("athena")
+
+
+def test_the_seed_agent_answers_mentions_in_its_channels_and_dms_from_the_listed_people():
+    """Before: `groupPolicy: allowlist` with nobody allowed dropped every channel post."""
+    inv = inventory.load()
+    mm = openclaw_config.build_config(inv, inv.agent("athena"))["channels"]["mattermost"]
+    assert (mm["groupPolicy"], mm["requireMention"], mm["chatmode"]) == ("open", True, "oncall")
+    assert (mm["dmPolicy"], mm["allowFrom"], mm["dangerouslyAllowNameMatching"]) == ("allowlist", ["jefcox"], True)
+
+
+@pytest.mark.parametrize("chat, expected", [
+    ({"channels": [], "dm_from": []}, {"groupPolicy": "disabled", "dmPolicy": "pairing"}),
+    ({"require_mention": False}, {"groupPolicy": "open", "requireMention": False, "chatmode": "onmessage"}),
+    ({"dm_from": ["*"]}, {"dmPolicy": "open", "allowFrom": ["*"]}),
+    ({"dm_from": ["a" * 26]}, {"dmPolicy": "allowlist", "allowFrom": ["a" * 26]}),   # user ids: no name matching
+])
+def test_an_agents_mattermost_settings_become_openclaws_policies(tmp_path, chat, expected):
+    inv, athena = _athena_with(tmp_path, agents={"athena": {"mattermost": chat}})
+    mm = openclaw_config.build_config(inv, athena)["channels"]["mattermost"]
+    assert {k: mm.get(k) for k in expected} == expected
+    if chat.get("dm_from") == ["a" * 26]:
+        assert "dangerouslyAllowNameMatching" not in mm
+    openclaw_config.validate_config(openclaw_config.build_config(inv, athena), TEST_SCHEMA, "athena")
+
+
+def test_an_agents_own_mattermost_keys_override_the_fleets_and_the_rest_are_kept(tmp_path):
+    inv, athena = _athena_with(tmp_path, agents={"athena": {"mattermost": {"channels": ["ops"]}}})
+    assert athena.mattermost == inventory.Chat(channels=("ops",), require_mention=True, dm_from=("jefcox",))
+    assert inv.agent("apollo").mattermost.channels == ("town-square", "dev")
+
+
+def test_a_model_provider_of_ours_gets_its_url_api_and_key_reference(tmp_path):
+    inv, athena = _athena_with(tmp_path, services={"model": {
+        "provider": "lab", "model": "m-1", "base_url": "http://10.0.2.100:9000/v1", "api": "openai-completions",
+        "api_key": "openai_api_key"}})
+    config = openclaw_config.build_config(inv, athena)
+    assert config["agents"]["defaults"]["model"]["primary"] == "lab/m-1"
+    assert config["models"] == {"mode": "merge", "providers": {"lab": {
+        "baseUrl": "http://10.0.2.100:9000/v1", "api": "openai-completions",
+        "apiKey": {"source": "env", "provider": "default", "id": "OPENAI_API_KEY"},
+        "models": [{"id": "m-1", "name": "m-1"}]}}}
+    openclaw_config.validate_config(config, TEST_SCHEMA, "athena")
+
+
+def test_the_seed_uses_openclaws_own_provider_and_logs_to_the_data_disk():
+    inv = inventory.load()
+    config = openclaw_config.build_config(inv, inv.agent("athena"))
+    assert config["agents"]["defaults"]["model"]["primary"] == "anthropic/claude-sonnet-4-6"
+    assert "models" not in config
+    assert config["logging"]["file"] == "/home/agent/.openclaw/logs/openclaw.log"
+
+
+def test_the_config_validates_against_the_schema_of_a_baked_openclaw():
+    """The real schema (OpenClaw 2026.9.2's, published beside a baked image) when this machine has one."""
+    import glob
+    baked = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "build/images/*.openclaw-schema.json")))
+    if not baked:
+        pytest.skip("no baked image's OpenClaw schema in build/images")
+    schema = json.loads(Path(baked[-1]).read_text())
+    inv = inventory.load()
+    for agent in inv.agents.values():
+        openclaw_config.validate_config(openclaw_config.build_config(inv, agent, ("/opt/openclaw/plugins/m",)),
+                                        schema, agent.name)
+
+
+def test_a_model_or_mattermost_url_at_the_forward_address_is_forwarded_to_the_hypervisors_loopback(site):
+    tmp, overlay, _ = site
+    data = yaml.safe_load(overlay.read_text())
+    data["services"].update(mattermost_url="http://10.0.2.100:8065", model={
+        "provider": "lab", "model": "m", "base_url": "http://10.0.2.100:9100/v1", "api_key": "openai_api_key"})
+    overlay.write_text(yaml.safe_dump(data))
+    from deploy.domain import user_netdev
+    inv = inventory.load(None, [overlay])
+    netdev = user_netdev(inv, inv.agent("athena"))
+    assert "guestfwd=tcp:10.0.2.100:8065-cmd:nc 127.0.0.1 8065" in netdev
+    assert "guestfwd=tcp:10.0.2.100:9100-cmd:nc 127.0.0.1 9100" in netdev

@@ -110,7 +110,8 @@ def test_forwards_are_refused_on_the_bridge_where_the_agents_own_ip_is_reached(t
 
 def _ops(tmp_path, *ports):
     inv = load_inventory_with(tmp_path, {"agents": {"athena": {"firewall_allow": list(ports)}}})
-    image = type("Image", (), {"version": "v1", "manifest": type("M", (), {"services": ("agentd",)})()})()
+    manifest = type("M", (), {"services": ("agentd",), "openclaw_plugins": ()})()
+    image = type("Image", (), {"version": "v1", "manifest": manifest})()
     secrets = {"collector_secret": Secret("s")}
     return payload.agent_ops(inv, inv.agent("athena"), image, new_state("athena", tmp_path / "d.qcow2"), secrets, [])
 

@@ -1,5 +1,7 @@
 """The inventory, its validation and the capacity view (fast: pure parsing)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -45,6 +47,28 @@ def test_capacity_view_matches_the_seeds_tables():
     ({"admins": {"ssh_keys": ["ssh-ed25519 AAAAC3Nza\n"]}}, "admins.ssh_keys[0]: not an SSH public key line"),
     ({"network": {"mode": "wifi"}}, "network.mode: 'wifi' is not one of"),
     ({"secrets": {"source": {"file": "/x", "env": "Y_"}}}, "secrets.source: needs exactly one of"),
+    ({"services": {"mattermost_team": "Dev Team"}}, "services.mattermost_team: 'Dev Team' is not a Mattermost team"),
+    ({"services": {"mattermost_team": None}}, "services.mattermost_team: missing; athena, apollo"),
+    ({"mattermost": {"channels": "dev"}}, "mattermost.channels: must be a list; YAML reads 'dev' as a string"),
+    ({"mattermost": {"channels": ["Town Square"]}},
+     "mattermost.channels[0]: 'Town Square' is not a Mattermost channel"),
+    ({"mattermost": {"channels": ["dev", "dev"]}}, "mattermost.channels: 'dev' is listed twice"),
+    ({"mattermost": {"require_mention": "yes"}}, "mattermost.require_mention: must be true or false; YAML reads 'yes'"),
+    ({"mattermost": {"dm_from": ["*", "alice"]}}, "mattermost.dm_from: '*' (anyone) must be alone"),
+    ({"mattermost": {"dm_from": [12]}}, "mattermost.dm_from[0]: must be a string; YAML reads 12 as an integer"),
+    ({"mattermost": {"listen": ["dev"]}}, "mattermost: unknown key 'listen' (channels, require_mention, dm_from)"),
+    ({"agents": {"athena": {"mattermost": {"dm_from": ["@alice"]}}}},
+     "agents.athena.mattermost.dm_from[0]: '@alice' is not a Mattermost username, user id or *"),
+    ({"services": {"model": {"api": "grpc"}}}, "services.model.api: 'grpc' is not one of openai-completions"),
+    ({"services": {"model": {"base_url": "ftp://x"}}}, "services.model.base_url: 'ftp://x' is not an http(s) URL"),
+    ({"services": {"model": {"base_url": "http://m:1/v1"}}}, "services.model.api_key: missing; a provider at base_url"),
+    ({"services": {"model": {"base_url": "http://m:1/v1", "api_key": "model_key"}}},
+     "services.model.api_key: 'model_key' is not in secrets.shared"),
+    ({"services": {"model": {"api_key": "openai_api_key"}}}, "services.model.api_key: only for a provider at base_url"),
+    ({"services": {"model": {"model": 4}}},
+     "services.model.model: must be a non-empty string on one line; YAML reads 4"),
+    ({"services": {"model": {"provider": "Lab"}}}, "services.model.provider: 'Lab' is not a provider id"),
+    ({"services": {"model": {"url": "http://m"}}}, "services.model: unknown key 'url'"),
 ])
 def test_bad_inventory_names_the_entry_at_fault(tmp_path, overlay, message):
     with pytest.raises(CloneError) as err:
@@ -124,3 +148,17 @@ def test_ntp_servers_default_to_the_gateway_on_the_bridge_none_in_user_mode_and_
     assert named.network.ntp == ("ntp.lab.example", "10.220.1.2")
     with pytest.raises(CloneError, match=r"network.ntp\[0\]: 'bad name;rm' is not a host name or IP address"):
         load_inventory_with(tmp_path, {"network": {"ntp": ["bad name;rm"]}})
+
+
+def test_the_fleet_tool_hands_a_host_the_mattermost_and_model_settings_it_would_write(tmp_path):
+    """The hypervisor's clone builds the OpenClaw config from the inventory the fleet tool sends it (one JSON line)."""
+    import json
+
+    from deploy.fleet.remote_clone import host_inventory
+    inv = load_inventory_with(tmp_path, {
+        "services": {"model": {"provider": "lab", "model": "m-1", "base_url": "http://10.220.1.10:9000/v1",
+                               "api_key": "openai_api_key"}},
+        "agents": {"athena": {"mattermost": {"channels": ["ops"], "require_mention": False, "dm_from": ["*"]}}}})
+    sent = inventory.parse(json.loads(json.dumps(host_inventory(inv, inv.hosts["r420"]))), base_dir=Path("/"))
+    assert sent.services.model == inv.services.model and sent.services.mattermost_team == "agentfleet"
+    assert sent.agent("athena").mattermost == inv.agent("athena").mattermost

@@ -44,7 +44,8 @@ def host_inventory(inv: Inventory, host: Host) -> dict:
                     "bridge": n.bridge, "ssh_port_base": n.ssh_port_base, "collector_forward": n.collector_forward,
                     "ntp": list(n.ntp)},
         "services": {"mattermost_url": s.mattermost_url, "collector_url": s.collector_url,
-                     "collector_api_url": s.collector_api_url},
+                     "collector_api_url": s.collector_api_url, "mattermost_team": s.mattermost_team,
+                     "model": {k: v for k, v in s.model.__dict__.items() if v}},
         "admins": {"ssh_keys": list(inv.admin_keys)},
         "secrets": {"source": {"stdin": True}, "shared": list(inv.secrets.shared),
                     "per_agent": list(inv.secrets.per_agent)},
@@ -57,7 +58,9 @@ def host_inventory(inv: Inventory, host: Host) -> dict:
 
 
 def _agent(a: Agent) -> dict:
-    out = {"host": a.host, "vcpu": a.vcpu, "ram_gb": a.ram_gb, "disk_gb": a.disk_gb, "ip": a.ip, "role": a.role}
+    out = {"host": a.host, "vcpu": a.vcpu, "ram_gb": a.ram_gb, "disk_gb": a.disk_gb, "ip": a.ip, "role": a.role,
+           "mattermost": {"channels": list(a.mattermost.channels), "require_mention": a.mattermost.require_mention,
+                          "dm_from": list(a.mattermost.dm_from)}}
     if a.ssh_port is not None:
         out["ssh_port"] = a.ssh_port
     if a.root_gb is not None:
