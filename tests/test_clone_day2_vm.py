@@ -99,11 +99,14 @@ class Agent:
         return console.read_text(errors="replace")[-1500:] if console.exists() else "(no console)"
 
     def host_key(self) -> str:
-        out = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(self.port), "127.0.0.1"],
-                             capture_output=True, text=True, timeout=60).stdout
-        lines = [line.split(None, 1)[1] for line in out.splitlines() if line and not line.startswith("#")]
-        assert lines, "no host key from the agent"
-        return lines[0]
+        """The guest's ed25519 host key as sshd offers it (ssh-keyscan's 5 s default is too short under TCG at load)."""
+        for _ in range(3):
+            out = subprocess.run(["ssh-keyscan", "-T", "60", "-t", "ed25519", "-p", str(self.port), "127.0.0.1"],
+                                 capture_output=True, text=True, timeout=120).stdout
+            lines = [line.split(None, 1)[1] for line in out.splitlines() if line and not line.startswith("#")]
+            if lines:
+                return lines[0]
+        raise AssertionError("no host key from the agent (three ssh-keyscans)")
 
     def identity(self) -> dict:
         return {"host_key": self.host_key(), "machine_id": self.ssh("cat /etc/machine-id"),

@@ -179,9 +179,10 @@ def test_fleet_end_to_end(baked_image, tmp_path):
 
     def host_key(agent: str) -> str:
         port = ssh_base + AGENTS.index(agent)
-        out = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
-                             capture_output=True, text=True, timeout=60)
-        return out.stdout.split()[-1] if out.stdout.strip() else ""
+        out = subprocess.run(["ssh-keyscan", "-T", "60", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip(), f"no host key from {agent}: {out.stderr.strip()[-200:]}"   # "" == "" proves nothing
+        return out.stdout.split()[-1]
 
     def healthy_on(agent: str, version: str):
         def check():
