@@ -14,7 +14,6 @@ figures; not a test. Each VM and its disks are destroyed after its measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from tests.clone_support import (  # noqa: E402
     libvirt_workdir,
     world_traversable,
     write_overlay,
+    write_secrets,
 )
 from tests.collector_server import SECRET, free_port, start_collector  # noqa: E402
 
@@ -68,16 +68,11 @@ def main() -> int:
     work = libvirt_workdir("firstboot-")
     mattermost = MattermostStandIn()
     for agent in agents:
-        mattermost.add_user(agent, bot_token=f"mm-{agent}", channels=["town-square"])
+        mattermost.add_user(agent, bot_token=f"mm-{agent}-bench", channels=["town-square"])
     collector = start_collector(work / "collector", "--interval-s", "5")
     key = work / "admin_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    secrets = work / "secrets.yaml"
-    secrets.write_text(json.dumps({
-        "shared": {"collector_secret": SECRET.decode(), "anthropic_api_key": "sk-ant-bench-dummy",
-                   "openai_api_key": "sk-bench-dummy", "google_api_key": "bench-dummy"},
-        "agents": {a: {"mattermost_bot_token": f"mm-{a}", "gateway_token": f"gw-{a}"} for a in agents}}))
-    secrets.chmod(0o600)
+    secrets = write_secrets(work / "secrets.yaml", agents, canary="bench", collector_secret=SECRET.decode())
     ssh_base = free_port()
     overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=images_dir, secrets_file=secrets,
                             collector_port=int(collector.url.rsplit(":", 1)[1]), ssh_port_base=ssh_base,
@@ -107,7 +102,7 @@ def main() -> int:
                 (s := agent_state(collector, agent)).get("image_version") == version and s.get("healthy")),
                 args.deadline)
             to_healthy = time.monotonic() - t0
-            logged_in = bool(wait_for(lambda agent=agent: mattermost.logged_in(f"mm-{agent}"), 300, 2))
+            logged_in = bool(wait_for(lambda agent=agent: mattermost.logged_in(f"mm-{agent}-bench"), 300, 2))
             # a trusted channel asks for its websocket after logging in; one OpenClaw refuses exits before that
             websocket = bool(wait_for(lambda seen=seen: any(
                 path == "/api/v4/websocket" for path, _ in mattermost.requests[seen:]), 120, 2))

@@ -178,8 +178,9 @@ def load_inventory_with(tmp_path: Path, overlay: dict):
     return inventory.load(inventory.DEFAULT_INVENTORY, [path])
 
 
-def write_secrets(path: Path, agents, canary: str = "") -> Path:
-    data = {"shared": {"collector_secret": "collector-secret-for-tests", "anthropic_api_key": "sk-ant-test",
+def write_secrets(path: Path, agents, canary: str = "", collector_secret: str = "collector-secret-for-tests") -> Path:
+    """A secrets source file (0600) with dummy values: each agent's bot token is `mm-<agent>-<canary>`."""
+    data = {"shared": {"collector_secret": collector_secret, "anthropic_api_key": "sk-ant-test",
                        "openai_api_key": "sk-openai-test", "google_api_key": "google-test"},
             "agents": {a: {"mattermost_bot_token": f"mm-{a}-{canary}", "gateway_token": f"gw-{a}"} for a in agents}}
     path.write_text(yaml.safe_dump(data))

@@ -25,6 +25,7 @@ from tests.clone_support import (
     libvirt_workdir,
     world_traversable,
     write_overlay,
+    write_secrets,
 )
 from tests.collector_server import SECRET, free_port, start_collector
 from tests.conftest import REPO
@@ -145,12 +146,7 @@ def test_fleet_end_to_end(baked_image, tmp_path):
     collector = start_collector(work / "collector", "--interval-s", "5")
     key = work / "admin_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e-admin", "-f", str(key)], check=True)
-    secrets = work / "secrets.yaml"
-    secrets.write_text(json.dumps({
-        "shared": {"collector_secret": SECRET.decode(), "anthropic_api_key": "sk-ant-e2e-dummy",
-                   "openai_api_key": "sk-e2e-dummy", "google_api_key": "e2e-dummy"},
-        "agents": {a: {"mattermost_bot_token": f"mm-{a}-e2e", "gateway_token": f"gw-{a}-e2e"} for a in AGENTS}}))
-    secrets.chmod(0o600)
+    secrets = write_secrets(work / "secrets.yaml", AGENTS, canary="e2e", collector_secret=SECRET.decode())
     ssh_base = free_port()
     overlay = write_overlay(work / "overlay.yaml", work=work, images_dir=baked_image.qcow2.parent,
                             secrets_file=secrets, collector_port=int(collector.url.rsplit(":", 1)[1]),
