@@ -93,9 +93,7 @@ def _check_versions(g, node_version: str, openclaw_version: Optional[str]) -> li
         problems.append(f"node --version is {node}, pinned v{node_version}")
     if openclaw_version is None:
         return problems
-    # guestfsd's PATH lacks /usr/local/bin, and openclaw is a `#!/usr/bin/env node` script
-    openclaw = g.command(["/bin/sh", "-c", "PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp "
-                          "openclaw --version 2>&1 || echo \"(exit status $?)\""]).strip()
+    openclaw = _sh(g, "openclaw --version")
     if openclaw_version not in openclaw:
         problems.append(f"openclaw --version says {openclaw!r}, pinned {openclaw_version}")
     return problems
@@ -135,9 +133,8 @@ def _check_plugins(g, plugins: tuple[str, ...]) -> list[str]:
 def _check_agentd_command(g) -> list[str]:
     """`agentd` is on PATH for a person in the VM and its own command line works (`agentd --help` imports the
     package with the image's python3 and the archive's modules it needs)."""
-    said = g.command(["/bin/sh", "-c", "PATH=/usr/local/bin:/usr/bin:/bin agentd --help >/dev/null 2>&1 "
-                                       "&& echo ok || echo \"exit status $?\""]).strip()
-    return [] if said == "ok" else [f"agentd --help in the image fails ({said})"]
+    said = _sh(g, "agentd --help >/dev/null && echo ok")
+    return [] if said == "ok" else [f"agentd --help in the image fails {said}"]
 
 
 def firewall_problems(g) -> list[str]:
