@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.http_json import send_json
 from tests.mattermost_standin import MattermostStandIn  # noqa: F401 (the VM tests' Mattermost)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,13 +252,7 @@ class JsonStub:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 stub.requests.append((self.path.split("?")[0], self.headers.get("Authorization", "")))
-                status, data = stub.answer(self.path)
-                body = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, *stub.answer(self.path))
 
             def log_message(self, *args):
                 pass

@@ -26,6 +26,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
+from tests.http_json import send_json
+
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -284,13 +286,7 @@ class MattermostStandIn:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = None
-                status, data = standin.answer(self.command, path, body, auth)
-                out = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                send_json(self, *standin.answer(self.command, path, body, auth))
 
             do_GET = do_POST = do_PUT = do_DELETE = _any
 

@@ -9,6 +9,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.http_json import send_json
+
 
 class ModelStandIn:
     def __init__(self, reply: str, model: str = "standin-1"):
@@ -63,12 +65,7 @@ class ModelStandIn:
                 self.close_connection = True
 
             def _json(self, status: int, data: dict):
-                out = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                send_json(self, status, data)
 
             def log_message(self, *args):
                 pass
