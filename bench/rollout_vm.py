@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.image_variants import bake_variant  # noqa: E402
+from tests.image_variants import bake_variant, small_image  # noqa: E402
 from tests.small_fleet import small_fleet  # noqa: E402
 
 HOSTS = ("rb1", "rb2", "rb3")
@@ -63,7 +63,7 @@ def main() -> int:
                       spec="agent-small.yaml", images_dir="small-images")
     v3 = bake_variant(work, "bench-v3", ("name: agent\n", "name: agent\n# rollout bench: v3\n"),
                       spec="agent-small.yaml", images_dir="small-images")
-    with small_fleet("rollout-bench-", HOSTS, AGENTS, 110, 240) as fleet:
+    with small_fleet(small_image(), "rollout-bench-", HOSTS, AGENTS, 110, 240) as fleet:
         for image in (v2, v3):
             fleet.add_image(image)
             pushed = fleet.fleet("push", image.version, "--json")          # pushes are not what is measured

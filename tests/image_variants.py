@@ -1,8 +1,10 @@
-"""Images a VM test needs beside the golden one, made through the production pipeline and caches: the small test
-image (images/agent-small.yaml), a variant of a spec (a pin bump), and a broken copy whose agentd cannot start."""
+"""The images the VM tests need, made through the production pipeline and caches: the golden image
+(images/agent.yaml), the small test image (images/agent-small.yaml) and its next version, a variant of a spec (a pin
+bump), another version derived from a baked one, and a broken copy whose agentd cannot start."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,12 @@ from bake.spec import load_spec
 from tests.clone_support import guest_root, world_traversable
 
 REPO = Path(__file__).resolve().parent.parent
+# The build dir the tests bake into: build/ unless AGENTFLEET_BUILD_DIR names another (a branch's bake in its own dir
+# leaves the shared base-tree cache, which keeps only the newest three trees, to the others).
+BUILD = Path(os.environ.get("AGENTFLEET_BUILD_DIR") or REPO / "build")
+# The small image's next version: a spec change outside the base stage (the small image pins nothing), so the app
+# stage is rebaked on the cached base tree and the version changes, as a pin bump of the full image does.
+SMALL_BUMP = ("name: agent\n", "name: agent\n# rollout test: the next version\n")
 # agentd's unit overridden so that it cannot start: what a replace and a rollout must survive
 BREAK_AGENTD = "[Service]\nExecStart=\nExecStart=/bin/false\n"
 
@@ -20,12 +28,22 @@ BREAK_AGENTD = "[Service]\nExecStart=\nExecStart=/bin/false\n"
 def variant_layout(images_dir: str) -> Layout:
     """The build dir's caches, but its own images dir under build/: a variant must not become the newest published
     image, which a later `deploy/clone.py athena` without --image would take."""
-    return Layout(REPO / "build", world_traversable(REPO / "build" / images_dir))
+    return Layout(BUILD, world_traversable(BUILD / images_dir))
+
+
+def full_image() -> publish.Published:
+    """The golden image of images/agent.yaml in the build's images dir: a full bake at first, a cache hit after."""
+    return bake(REPO / "images" / "agent.yaml", Layout(BUILD)).image
 
 
 def small_image() -> publish.Published:
     """The small test image, baked once (a cache hit afterwards) into build/small-images."""
     return bake(REPO / "images" / "agent-small.yaml", variant_layout("small-images"), quiet=True).image
+
+
+def small_next_image(tmp: Path) -> publish.Published:
+    """The small image's next version (SMALL_BUMP): its app stage rebaked on the small image's cached base tree."""
+    return bake_variant(tmp, "small-bump", SMALL_BUMP, spec="agent-small.yaml", images_dir="small-images")
 
 
 def bake_variant(tmp: Path, name: str, edit: tuple[str, str], spec: str = "agent.yaml",

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from bake.publish import Published
 from tests.clone_support import ensure_libvirtd, libvirt_workdir, write_secrets
 from tests.collector_server import free_port, start_collector
 from tests.fleet_support import keygen, running_lab
-from tests.image_variants import small_image
 
 BOOT_DEADLINE = 900          # clone + boot of four small VMs at once to their first healthy report, TCG, 2 cores
 TEST_COLLECTOR_SECRET = b"collector-secret-for-tests"        # write_secrets' shared collector_secret
@@ -79,12 +79,12 @@ def _tail(path: Path, lines: int = 8) -> str:
 
 
 @contextlib.contextmanager
-def small_fleet(prefix: str, hosts: tuple[str, ...], agents: dict[str, str], first_address: int,
+def small_fleet(v1: Published, prefix: str, hosts: tuple[str, ...], agents: dict[str, str], first_address: int,
                 first_ip: int) -> Iterator[SmallFleet]:
-    """`agents` (name -> host) cloned from the small image, booted and healthy; destroyed with their data after."""
+    """`agents` (name -> host) cloned from `v1` (the small image), booted and healthy; destroyed with their data
+    after."""
     ensure_libvirtd()
     work = libvirt_workdir(prefix)
-    v1 = small_image()
     collector = start_collector(work / "collector", secret=TEST_COLLECTOR_SECRET)
     admin = keygen(work / "admin_key", "small-fleet-admin")
     try:

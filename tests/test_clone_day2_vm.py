@@ -36,7 +36,7 @@ from tests.backup_support import assert_private_and_whole, chain_length, data_so
 from tests.clone_support import clone_cli, ensure_libvirtd, libvirt_workdir, write_overlay, write_secrets
 from tests.collector_server import free_port, start_collector
 from tests.fleet_support import keygen
-from tests.image_variants import derive_image, small_image
+from tests.image_variants import derive_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -165,10 +165,10 @@ class Agent:
 
 
 @pytest.fixture(scope="module")
-def agent():
+def agent(small_baked_image):
     ensure_libvirtd()
     work = libvirt_workdir("day2-vm-")
-    image = small_image()
+    image = small_baked_image
     images = work / "images"
     images.mkdir()
     for f in (image.qcow2, image.manifest_path):

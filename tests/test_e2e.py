@@ -38,10 +38,9 @@ AGENTS = ("athena", "apollo")
 BOOT_DEADLINE = 1500      # boot to the first healthy report, under TCG on 2 shared cores (measured 10-15 min)
 DRIFT_DEADLINE = 60
 GATEWAY_JOURNAL = "sudo journalctl -b --no-pager -o cat -u openclaw-gateway"
-# The agents' model: a stand-in on this machine forwarded into the VMs. The conversation over it ("@athena ..." in
-# #dev answered there, nothing in #random) was step 3b until two runs here never reached it (load timeouts in step
-# 2-3); `git log -S "3b. '@athena"` finds it, proven meanwhile on the host (tests/test_openclaw_conversation.py).
+# The agents' model: a stand-in on this machine forwarded into the VMs, answering every question with REPLY.
 REPLY = "On it: issue #42 created for the login bug."
+REPLY_DEADLINE = 900       # an @mention to the reply in its channel: one agent turn of OpenClaw under TCG
 REPLACE_TIMEOUT = 1800     # the clone process: a health deadline of 1500 s plus a rollback
 # The next version to replace athena with: the baked image under another version, with one file of its own (the
 # way the slow tier's tests make one: tests/image_variants.py). A real one-pin rebake costs a full image's app stage
@@ -244,6 +243,18 @@ def test_fleet_end_to_end(baked_image, tmp_path):
                 # OpenClaw's own log on the data disk, where the config puts it (the journal keeps its console too)
                 assert int(ssh(agent, "grep -c mattermost ~/.openclaw/logs/openclaw.log")) > 0
                 assert ssh(agent, "findmnt -n -o TARGET --target ~/.openclaw/logs") == "/home/agent"
+        with steps.step("3b. '@athena ...' in #dev: the model's reply in #dev; none in #random (her bot is not in it)"):
+            mattermost.say("alice", "random", "@athena are you in here?")
+            t0 = time.monotonic()
+            mattermost.say("alice", "dev", "@athena create an issue for the login bug")
+            wait_for("athena's reply in #dev", lambda: [p for p in mattermost.posts_by("athena", "dev")
+                                                        if p["message"] == REPLY], REPLY_DEADLINE, interval=1)
+            figures["an @mention to athena's reply in the channel (TCG)"] = time.monotonic() - t0
+            assert mattermost.posts_by("athena", "random") == [] and mattermost.posts_by("apollo") == []
+            asked = [r for r in model.requests if any("create an issue for the login bug" in t
+                                                      for t in ModelStandIn.texts_of(r))]
+            assert asked and all(r["auth"] == "Bearer sk-openai-test" for r in model.requests)
+            assert not any("are you in here" in t for r in model.requests for t in ModelStandIn.texts_of(r))
         with steps.step("4. change a managed file in athena: drift at the collector and on the page"):
             seq0 = agent_state(collector, "athena")["last_seq"]
             ssh("athena", "echo e2e-drift | sudo tee -a /etc/issue >/dev/null")

@@ -18,16 +18,13 @@ import subprocess
 import pytest
 
 from tests.fleet_support import PYTHON, REPO
-from tests.image_variants import bake_variant, derive_broken_image
+from tests.image_variants import derive_broken_image
 from tests.small_fleet import ROLLOUT, small_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 HOSTS = ("rv1", "rv2", "rv3")
 AGENTS = {"rva": "rv1", "rvb": "rv1", "rvc": "rv2", "rvd": "rv3"}   # own names: never clash with other suites
-# The bump: a spec change outside the base stage (the small image pins nothing), so the app stage is rebaked on the
-# cached base tree and the version changes, as a pin bump of the full image does.
-BUMP = ("name: agent\n", "name: agent\n# rollout test: the next version\n")
 
 
 def _report(proc: subprocess.CompletedProcess) -> dict:
@@ -39,8 +36,8 @@ def _report(proc: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    with small_fleet("rollout-vm-", HOSTS, AGENTS, 90, 230) as fl:
+def fleet(small_baked_image):
+    with small_fleet(small_baked_image, "rollout-vm-", HOSTS, AGENTS, 90, 230) as fl:
         fl.broken = derive_broken_image(fl.v1, fl.ws_images)    # agentd's unit is /bin/false
         fl.broken_version = fl.broken.name[len("agent-"):-len(".qcow2")]
         yield fl
@@ -89,9 +86,9 @@ def test_a_rollout_whose_agentd_cannot_start_halts_after_the_canary_and_puts_it_
 
 
 def test_a_rollout_killed_mid_wave_and_run_again_ends_with_everyone_on_the_new_version_none_replaced_twice(
-        fleet, tmp_path):
+        fleet, small_next_baked_image, tmp_path):
     v1 = fleet.v1.version
-    bumped = bake_variant(tmp_path, "small-bump", BUMP, spec="agent-small.yaml", images_dir="small-images")
+    bumped = small_next_baked_image
     v2 = bumped.version
     assert v2 != v1 and bumped.manifest.base_key == fleet.v1.manifest.base_key
     fleet.add_image(bumped)

@@ -37,7 +37,7 @@ def wait_for(what, predicate, deadline_s, interval=0.2):
 
 
 @pytest.fixture(scope="module")
-def openclaw():
+def openclaw(baked_image):   # the full bake fills the caches the install takes OpenClaw from
     why = missing_caches()
     if why:
         pytest.skip(why)
