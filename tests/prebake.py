@@ -6,12 +6,13 @@ From a fresh clone (CI) the small image's bake, its next version's and the full 
 baked image; on the small image; on the full one; the e2e) and, when a session holds both a tier that needs no image
 and one that does, starts `python -m tests.prebake` to bake them in that order. A fixture that needs an image waits
 here until the background process has said how that image's bake went, then calls the pipeline itself, which finds
-the image published (a cache hit) - or fails at once with the background bake's error instead of baking it again.
+the image published (a cache hit), or bakes it (when the background bake failed: its error is said first).
 
 The pipeline's own lock (one bake per build dir) keeps the two processes from baking at once.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,56 +26,70 @@ from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 POLL_S = 2
+START_GRACE_S = 60          # for the background process to write its pid
 STOP_GRACE_S = 600          # an interrupted DIB step unmounts its chroot before it exits
-
-
-class PrebakeFailed(Exception):
-    """The background bake of an image failed: its error, and the log with the whole story."""
 
 
 @dataclass(frozen=True)
 class Prebake:
-    """The background process and the dir in which it says, per image, `ok` or `failed: <error>`."""
-    process: subprocess.Popen
+    """The background process, detached from the test session's process tree (a phase deadline under test kills
+    every descendant of the pytest process it did not start before it: a bake's must not be among them), and the dir
+    in which it writes its pid and, per image, `ok` or `failed: <error>`."""
     status_dir: Path
     log: Path
+    started: float
 
     def wait_for(self, image: str) -> None:
-        """Until the background process has finished `image` (or died: then the caller's own bake says why)."""
+        """Until the background process has finished `image`, or ended without it. A failed background bake is said
+        here; the caller then bakes the image itself (a transient failure heals, a real one shows its error again)."""
         status = self.status_dir / image
-        while not status.exists():
-            if self.process.poll() is not None:
-                return
+        while not status.exists() and self._running():
             time.sleep(POLL_S)
-        said = status.read_text()
-        if said.startswith("failed"):
-            raise PrebakeFailed(f"the background bake of the {image} image {said} (log: {self.log})")
+        said = status.read_text() if status.exists() else "did not finish (the background process ended)"
+        if said != "ok":
+            print(f"\nthe background bake of the {image} image {said} (log: {self.log}); baking it here",
+                  file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         """Interrupt a bake still running (the session ended early): SIGINT, so that DIB cleans up, then SIGKILL."""
-        if self.process.poll() is not None:
+        pid = self._pid()
+        if pid is None or not self._running():
             return
-        os.killpg(self.process.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def _pid(self) -> Optional[int]:
+        pid_file = self.status_dir / "pid"
+        return int(pid_file.read_text()) if pid_file.exists() else None
+
+    def _running(self) -> bool:
+        pid = self._pid()
+        if pid is None:                    # not yet started, or never will
+            return time.monotonic() - self.started < START_GRACE_S
         try:
-            self.process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
 
 
 _running: Optional[Prebake] = None
 
 
 def start(images: list[str], log: Path) -> Prebake:
-    """Bake `images` (names of BAKERS, in that order) in a background process, its output in `log`."""
+    """Bake `images` (names of _bakers(), in that order) in a background process, its output in `log`."""
     global _running
     log.parent.mkdir(parents=True, exist_ok=True)
     status_dir = Path(tempfile.mkdtemp(prefix="agentfleet-prebake-"))
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "tests.prebake", str(status_dir), *images], cwd=REPO,
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    _running = Prebake(process, status_dir, log)
+    with open(log, "w") as out:           # setsid -f: the bake runs in a session of its own, its parent init
+        subprocess.run(["setsid", "-f", sys.executable, "-m", "tests.prebake", str(status_dir), *images], cwd=REPO,
+                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True)
+    _running = Prebake(status_dir, log, time.monotonic())
     return _running
 
 
@@ -98,6 +113,7 @@ def _bakers() -> dict[str, Callable[[Path], object]]:
 
 def main(argv: list[str]) -> int:
     status_dir, images = Path(argv[0]), argv[1:]
+    (status_dir / "pid").write_text(str(os.getpid()))
     bakers = _bakers()
     failed = 0
     for image in images:
