@@ -34,6 +34,7 @@ from .acceptance import AcceptanceBook
 from .alerts import Alerts, Changes
 from .audit import AUDIT_LIMIT, AUDIT_SHOWN, parse_audit
 from .batching import GroupCommitter
+from .bounded_body import TooLarge, read_within
 from .config import CollectorConfig, CollectorError
 from .gaps import GapExplanation, explain_gap
 from .metrics import CONTENT_TYPE, Counters, render_metrics
@@ -234,11 +235,10 @@ def create_app(config: CollectorConfig, store: Store) -> FastAPI:
             return refuse(403, "the form was posted from another site")
         if config.operator_token is None:
             return refuse(403, NO_OPERATOR_TOKEN)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > acceptance.MAX_FORM_BYTES:
-                return refuse(413, "the form is too large")
+        try:
+            body = await read_within(request, acceptance.MAX_FORM_BYTES)
+        except TooLarge:
+            return refuse(413, "the form is too large")
         try:
             form = acceptance.parse_form(body)
             if not acceptance.operator_token_matches(config.operator_token, form.token):
@@ -286,14 +286,13 @@ async def _parse(request: Request, secret: bytes, body_timeout_s: float) -> Repo
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _Rejected(401, "unauthenticated", "missing bearer token")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_REPORT_BYTES:
-        raise _Rejected(413, "oversized", f"report larger than {MAX_REPORT_BYTES} bytes")
     try:
         async with asyncio.timeout(body_timeout_s):  # not wait_for: no extra task per report (Python >= 3.11)
-            raw = await _read_body(request)
+            raw = await read_within(request, MAX_REPORT_BYTES)
     except TimeoutError:
         raise _Rejected(408, "slow_body", f"report body not received within {body_timeout_s:g} s") from None
+    except TooLarge:
+        raise _Rejected(413, "oversized", f"report larger than {MAX_REPORT_BYTES} bytes") from None
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -305,16 +304,6 @@ async def _parse(request: Request, secret: bytes, body_timeout_s: float) -> Repo
     if not token_matches(secret, report.agent, token.strip()):
         raise _Rejected(401, "bad_token", f"token does not match agent {report.agent!r}")
     return report
-
-
-async def _read_body(request: Request) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REPORT_BYTES:
-            raise _Rejected(413, "oversized", f"report larger than {MAX_REPORT_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _no_constants(name: str) -> float:

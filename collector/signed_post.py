@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from .bounded_body import TooLarge, read_within
+
 if TYPE_CHECKING:                          # the store and the CLI import the callers without the web framework
     from fastapi import Request
 
@@ -27,11 +29,10 @@ async def bearer_json(request: "Request", max_bytes: int, what: str) -> tuple[st
     declared = request.headers.get("content-length")
     if declared is None or not declared.isdigit():
         raise Rejected(411, f"{what} needs a Content-Length")
-    if int(declared) > max_bytes:
-        raise Rejected(413, f"{what} larger than {max_bytes} bytes")
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise Rejected(413, f"{what} larger than {max_bytes} bytes")
+    try:
+        raw = await read_within(request, max_bytes)
+    except TooLarge:
+        raise Rejected(413, f"{what} larger than {max_bytes} bytes") from None
     try:
         return token.strip(), json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

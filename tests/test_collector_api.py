@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 
 from agentd.protocol import MAX_REPORT_BYTES, REPORTS_PATH
+from collector.bounded_body import DRAIN_FACTOR
 
 from .collector_server import ROOT, report, running_collector
 
@@ -105,8 +106,9 @@ def test_malformed_and_invalid_reports_are_4xx_and_store_nothing(collector):
 
 
 def test_oversized_report_is_413_whether_declared_or_streamed(collector):
-    big = json.dumps(report("bulky", 1, metrics={f"m{i}": float(i) for i in range(20000)})).encode()
-    assert len(big) > MAX_REPORT_BYTES
+    # more than the sockets buffer and within what the refusal drains: the client must read the 413, not a reset
+    big = json.dumps(report("bulky", 1, metrics={f"m{i}": float(i) for i in range(80000)})).encode()
+    assert 4 * MAX_REPORT_BYTES < len(big) < DRAIN_FACTOR * MAX_REPORT_BYTES
     auth = {"Authorization": f"Bearer {collector.token('bulky')}"}
     assert raw_post(collector, big, auth) == 413
 
