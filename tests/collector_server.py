@@ -24,6 +24,7 @@ from agentd.protocol import REPORTS_PATH, agent_token
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"test-collector-secret"
+STOP_GRACE_S = 60          # the collector joins its backup thread for up to 60 s (collector/backup.py) on a stop
 
 
 def free_port() -> int:
@@ -58,10 +59,12 @@ class Collector:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """`sig`, then SIGKILL after STOP_GRACE_S: as long as the collector itself gives a backup in progress to
+        finish, so that a loaded machine does not turn a clean stop into a kill mid-backup (a `.partial` left)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
-                self.process.wait(15)
+                self.process.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
