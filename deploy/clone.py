@@ -8,6 +8,7 @@ libvirt, a phase past its deadline); 2 bad input (inventory, secret, refused act
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,8 +25,8 @@ if __package__ in (None, ""):  # run as a script: deploy/clone.py athena
     # and with deploy/ on sys.path `import secrets` in deploy/audit.py found deploy/secrets.py
     sys.path[0] = str(_repo)
 
+from deploy import agent_lock, placement, plan  # noqa: E402
 from deploy import inventory as inventory_mod  # noqa: E402
-from deploy import placement, plan  # noqa: E402
 from deploy.action import Action  # noqa: E402
 from deploy.context import Options  # noqa: E402
 from deploy.destroy import destroy  # noqa: E402
@@ -107,18 +108,8 @@ def main(argv=None) -> int:
                        stop_timeout_s=args.stop_timeout, restore_data=args.restore_data, update=args.update)
         progress = Progress(quiet=args.json and not args.verbose, prefix="clone: ")
         out = print if not args.json else (lambda *_: None)
-        if args.destroy:
-            results = destroy(inv, args.agents, opts, progress, purge_data=args.purge_data, out=out)
-        elif args.rollback:
-            results = rollback(inv, args.agents, opts, progress, out=out)
-        elif args.backup:
-            from deploy.backup import backup
-            results = backup(inv, args.agents, args.backup, opts, progress, out=out)
-        elif args.restore:
-            from deploy.restore import restore
-            results = restore(inv, args.agents, args.restore, opts, progress, out=out)
-        else:
-            results = clone(inv, args.agents, opts, progress, out=out)
+        with contextlib.nullcontext() if args.dry_run else agent_lock.holding(inv, args.agents, progress):
+            results = _act(args, inv, opts, progress, out)
         _report(results, args.json)
         return exit_codes.OK
     except RolledBack as e:
@@ -135,6 +126,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("clone: interrupted; run the same command again to converge", file=sys.stderr)
         return exit_codes.INTERRUPTED
+
+
+def _act(args: argparse.Namespace, inv, opts: Options, progress: Progress, out) -> list:
+    if args.destroy:
+        return destroy(inv, args.agents, opts, progress, purge_data=args.purge_data, out=out)
+    if args.rollback:
+        return rollback(inv, args.agents, opts, progress, out=out)
+    if args.backup:
+        from deploy.backup import backup
+        return backup(inv, args.agents, args.backup, opts, progress, out=out)
+    if args.restore:
+        from deploy.restore import restore
+        return restore(inv, args.agents, args.restore, opts, progress, out=out)
+    return clone(inv, args.agents, opts, progress, out=out)
 
 
 def _report(results, as_json: bool) -> None:

@@ -1,0 +1,52 @@
+"""One clone.py at a time per agent on a hypervisor.
+
+A `fleet rollout` killed mid-wave (a laptop closed, ^C twice) kills its ssh sessions, but the clone.py each started
+on a hypervisor goes on with its replace; the rollout run again starts another clone.py for the same agent. Without a
+lock the two work one VM at once: the second watched the first one's rollback stop the domain and took it for a
+crash. With it, the second waits for the first to finish (progress says so, with the holder's pid), then decides from
+the state the first left: a replace already done is not done twice.
+
+The locks live in `<state_dir>/.locks/<agent>.lock` (flock: the kernel releases them when a process dies, however it
+dies), beside the agents' state dirs rather than in them, so that a destroy with --purge-data or a clone on a host
+that never had the agent leaves no agent dir behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from deploy.inventory import Inventory
+from host.progress import Progress
+
+LOCK_DIR = ".locks"
+
+
+@contextlib.contextmanager
+def holding(inv: Inventory, names: list[str], progress: Progress) -> Iterator[None]:
+    """Hold every named agent's lock (taken in name order, so two runs naming the same agents cannot deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for name in sorted(set(names)):
+            stack.enter_context(_one(inv.state_dir(inv.agent(name)).parent / LOCK_DIR / f"{name}.lock", name,
+                                     progress))
+        yield
+
+
+@contextlib.contextmanager
+def _one(path: Path, name: str, progress: Progress) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            with progress.phase(f"{name}: waiting for the clone.py working on it (pid {holder}) to finish"):
+                fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
