@@ -6,22 +6,25 @@ lock the two work one VM at once: the second watched the first one's rollback st
 crash. With it, the second waits for the first to finish (progress says so, with the holder's pid), then decides from
 the state the first left: a replace already done is not done twice.
 
-The locks live in `<state_dir>/.locks/<agent>.lock` (flock: the kernel releases them when a process dies, however it
-dies), beside the agents' state dirs rather than in them, so that a destroy with --purge-data or a clone on a host
-that never had the agent leaves no agent dir behind.
+The locks are flocks (the kernel releases them when a process dies, however it dies) on files in /run/lock/agentfleet,
+named by the agent and the state dir it lives in, not in the state dir: a run refused for bad input writes nothing
+there, and a destroy with --purge-data leaves no agent dir behind.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from deploy.inventory import Inventory
 from host.progress import Progress
 
-LOCK_DIR = ".locks"
+RUN_LOCK = Path("/run/lock")
+LOCK_DIR = RUN_LOCK / "agentfleet" if RUN_LOCK.is_dir() else Path(tempfile.gettempdir()) / "agentfleet-locks"
 
 
 @contextlib.contextmanager
@@ -29,9 +32,14 @@ def holding(inv: Inventory, names: list[str], progress: Progress) -> Iterator[No
     """Hold every named agent's lock (taken in name order, so two runs naming the same agents cannot deadlock)."""
     with contextlib.ExitStack() as stack:
         for name in sorted(set(names)):
-            stack.enter_context(_one(inv.state_dir(inv.agent(name)).parent / LOCK_DIR / f"{name}.lock", name,
-                                     progress))
+            stack.enter_context(_one(lock_path(inv.state_dir(inv.agent(name))), name, progress))
         yield
+
+
+def lock_path(agent_state_dir: Path) -> Path:
+    """`<agent>-<hash of its state dir>.lock`: two sites on one machine (tests) may name the same agent."""
+    where = hashlib.sha256(str(agent_state_dir.resolve()).encode()).hexdigest()[:12]
+    return LOCK_DIR / f"{agent_state_dir.name}-{where}.lock"
 
 
 @contextlib.contextmanager

@@ -232,13 +232,10 @@ def test_the_seed_uses_openclaws_own_provider_and_logs_to_the_data_disk():
     assert config["logging"]["file"] == "/home/agent/.openclaw/logs/openclaw.log"
 
 
-def test_the_config_validates_against_the_schema_of_a_baked_openclaw():
-    """The real schema (OpenClaw 2026.9.2's, published beside a baked image) when this machine has one."""
-    import glob
-    baked = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "build/images/*.openclaw-schema.json")))
-    if not baked:
-        pytest.skip("no baked image's OpenClaw schema in build/images")
-    schema = json.loads(Path(baked[-1]).read_text())
+@pytest.mark.slow   # the baked image's: after the full bake (in `make test`, once the background bake has it)
+def test_the_config_validates_against_the_schema_of_a_baked_openclaw(baked_image):
+    """The real schema, OpenClaw 2026.9.2's, published beside the baked image."""
+    schema = json.loads(baked_image.schema_path.read_text())
     inv = inventory.load()
     for agent in inv.agents.values():
         openclaw_config.validate_config(openclaw_config.build_config(inv, agent, ("/opt/openclaw/plugins/m",)),
