@@ -17,7 +17,7 @@ bake: setup  ## bake the golden image from images/agent.yaml (cache hit if uncha
 lock: setup  ## re-resolve images/agent.lock.json from the registries
 	$(PY) -m bake.cli lock images/agent.yaml
 
-test: setup  ## what CI runs: every tier (fast, slow, e2e; about 70 min from a fresh clone), slowest tests listed
+test: setup  ## what CI runs: every tier (fast, slow, e2e; the bakes in the background; 81 min in CI before this tree), slowest tests listed
 	$(PYTEST) --durations=15 tests
 
 test-fast: setup  ## unit and service tests only (about a minute)
@@ -29,7 +29,7 @@ test-slow: setup  ## tests that bake, inject and boot (minutes)
 lint: setup  ## ruff over the tree (the fast tier runs it too: tests/test_lint.py)
 	$(PY) -m ruff check .
 
-e2e: setup  ## end to end on real VMs (about 50 min here): bake, clone two agents, report, drift, replace, roll back
+e2e: setup  ## end to end on real VMs (about 20 min here once baked): clone two agents, report, the conversation, drift, replace
 	$(PYTEST) -m e2e tests
 
 bench: setup  ## print benchmark figures (not a test)
