@@ -11,9 +11,11 @@ from tests import prebake
 from tests.image_variants import BUILD, full_image, small_image, small_next_image
 
 REPO = Path(__file__).resolve().parent.parent
-# The fixtures that hand a test a baked image, and the name tests/prebake.py bakes each under.
-IMAGE_FIXTURES = {"small_baked_image": "small", "small_next_baked_image": "small-next", "baked_image": "full"}
 FAST, SLOW_NO_IMAGE, SLOW_SMALL_IMAGE, SLOW_FULL_IMAGE, E2E = range(5)
+# The fixtures that hand a test a baked image: the name tests/prebake.py bakes each under, and the tier of its tests.
+IMAGE_FIXTURES = {"small_baked_image": ("small", SLOW_SMALL_IMAGE),
+                  "small_next_baked_image": ("small-next", SLOW_SMALL_IMAGE),
+                  "baked_image": ("full", SLOW_FULL_IMAGE)}
 
 
 def tier(item: pytest.Item) -> int:
@@ -24,11 +26,8 @@ def tier(item: pytest.Item) -> int:
         return E2E
     if not item.get_closest_marker("slow"):
         return FAST
-    if "baked_image" in item.fixturenames:
-        return SLOW_FULL_IMAGE
-    if "small_baked_image" in item.fixturenames or "small_next_baked_image" in item.fixturenames:
-        return SLOW_SMALL_IMAGE
-    return SLOW_NO_IMAGE
+    return max((tier for fixture, (_, tier) in IMAGE_FIXTURES.items() if fixture in item.fixturenames),
+               default=SLOW_NO_IMAGE)
 
 
 @pytest.hookimpl(trylast=True)      # after -m and -k have deselected
@@ -42,7 +41,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
     items = session.items
-    images = [image for fixture, image in IMAGE_FIXTURES.items() if any(fixture in i.fixturenames for i in items)]
+    images = [image for fixture, (image, _) in IMAGE_FIXTURES.items() if any(fixture in i.fixturenames for i in items)]
     overlap = any(tier(i) <= SLOW_NO_IMAGE for i in items)
     if images and overlap and os.environ.get("AGENTFLEET_PREBAKE", "1") != "0":
         log = BUILD / "logs" / "prebake.log"
