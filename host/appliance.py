@@ -53,7 +53,9 @@ def appliance(drives: Sequence[Drive], memsize_mb: Optional[int] = None) -> Iter
                                   f"(try `libguestfs-test-tool`)") from None
         log.info("guestfs: appliance up with %d drives in %.1fs", len(drives), time.monotonic() - started)
         yield g
+        started = time.monotonic()
         g.umount_all()
         g.shutdown()
+        log.info("guestfs: appliance shut down (disks flushed) in %.1fs", time.monotonic() - started)
     finally:
         g.close()
