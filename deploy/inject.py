@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Union
 
 from agentd import vm_files
 from deploy.errors import CloneError
@@ -110,21 +110,35 @@ def baseline_of(ops: tuple[Op, ...]) -> dict[str, dict]:
                                       for op in ops if isinstance(op, WriteFile)})
 
 
-def inject(batch: list[AgentDisks]) -> dict[str, Injected]:
+def inject(batch: list[AgentDisks], with_operations: Optional[Callable[[], list[AgentDisks]]] = None
+           ) -> dict[str, Injected]:
     """Apply every agent's operations in one launch; returns agent -> the baseline written to injected.json (and
-    the one it replaced)."""
-    for item in batch:
-        validate_ops(item.ops, item.agent)
+    the one it replaced).
+
+    `with_operations`, when given, returns the batch with its operations (host keys to generate, files to build):
+    it runs while the appliance boots, which keeps one emulated CPU busy and leaves the host's others to it. Its
+    agents and disks must be the batch's (the appliance's drives are fixed before)."""
     drives = [Drive(p) for item in batch for p in item.drives()]
+    final = list(batch)
+
+    def operations() -> None:
+        final[:] = with_operations() if with_operations else batch
+        if [(i.agent, i.drives()) for i in final] != [(i.agent, i.drives()) for i in batch]:
+            raise ValueError("inject: the operations came for other agents or disks than the appliance's")
+        for item in final:
+            validate_ops(item.ops, item.agent)
+
+    if with_operations is None:
+        operations()               # invalid operations are refused before the (expensive) launch
     baselines = {}
     current = "(launch)"
     try:
-        with appliance(drives) as g:
+        with appliance(drives, meanwhile=operations if with_operations else None) as g:
             devices = g.list_devices()
             partitions = set(g.list_partitions())
             facts = None
             first = 0
-            for item in batch:
+            for item in final:
                 current = item.agent
                 mine = devices[first:first + len(item.drives())]
                 first += len(mine)

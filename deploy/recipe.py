@@ -148,12 +148,18 @@ def _build_disks(run: CloneRun, building: list[Work]) -> tuple[list[Work], dict[
     def prepare_one(w: Work) -> None:
         done[w.agent.name] = _prepare(run, w)
 
+    finished: list[AgentDisks] = []     # with their operations, made while the appliance boots
+
+    def with_operations() -> list[AgentDisks]:
+        finished[:] = concurrently(lambda pair: _with_ops(run, *pair), prepared)
+        return finished
+
     try:
         with _phase(run, "prepare", f"prepare disks: {_names(building)}"):
-            concurrently(prepare_one, building)   # host keys, qemu-img, a replace's stop: each agent's own
+            concurrently(prepare_one, building)   # qemu-img, mkfs, a replace's stop: each agent's own
         prepared = [done[w.agent.name] for w in building]
         with _phase(run, "inject", f"inject: {len(prepared)} agent(s) in one libguestfs launch"):
-            injected = inject([disk for _, disk in prepared])
+            injected = inject([disk for _, disk in prepared], with_operations)
     except BaseException:
         latest = {name: w for name, (w, _) in done.items()}  # with the states prepare recorded (snapshots, pending)
         _undo_prepare(run, [latest.get(w.agent.name, w) for w in building])
@@ -162,14 +168,13 @@ def _build_disks(run: CloneRun, building: list[Work]) -> tuple[list[Work], dict[
     if any(w.action.builds_disks for w in works):
         with _phase(run, "swap", "swap: overlays in place, state recorded"):
             works = [_swap(run, w) if w.action.builds_disks else w for w in works]
-    return works, injected, {disk.agent: disk.ops for _, disk in prepared}
+    return works, injected, {disk.agent: disk.ops for disk in finished}
 
 
 def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
-    """Host keys, a new root overlay and (first time) a data disk, all as .partial files; a replace stops the VM and
-    snapshots its data disk first."""
+    """A new root overlay and (first time) a data disk, all as .partial files; a replace stops the VM and snapshots
+    its data disk first. The files to inject come later (_with_ops), while the appliance boots."""
     image, agent = run.image, w.agent
-    keys = ensure_host_keys(w.state_dir, agent.name)
     if (w.action is Action.CLONE and not run.opts.restored) or not w.state.cloned_at:  # a restore keeps its own
         w = w.evolve(state=w.state.evolve(cloned_at=int(time.time())))
     save_state(w.state_dir, w.state)              # uuid, MAC, machine-id fixed before any disk exists
@@ -178,9 +183,8 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
     if w.action is Action.UPDATE:                 # its own disks, written offline: the VM stops for the inject
         run.hypervisor(agent).stop(agent.name, run.opts.stop_timeout_s)
         resize.grow_disks(growth)
-        ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
         extra = (ExtraDisk(w.docker_disk, docker_data.DOCKER_LABEL),) if "docker" in grown else ()
-        return w, AgentDisks(agent.name, w.root_disk, w.data_disk, False, ops, updating=True,
+        return w, AgentDisks(agent.name, w.root_disk, w.data_disk, False, (), updating=True,
                              meta=(("agent", agent.name), ("image_version", image.version)), extra=extra,
                              grow_fs=_fs_to_grow(grown))
     root = next((g for g in growth if g.role == "root"), None)
@@ -199,7 +203,7 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
         save_state(w.state_dir, state)
         w = w.evolve(state=state)
     resize.grow_disks(growth)     # the kept data and Docker disks; the VM is stopped (or was never started)
-    ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
+    ops: tuple[Op, ...] = ()
     extra: tuple[ExtraDisk, ...] = ()
     fstab: tuple[str, ...] = ()
     if w.docker_disk:             # the new overlay mounts Docker's disk at /var/lib/docker
@@ -211,6 +215,15 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
                       seed, ops, meta=(("agent", agent.name), ("image_version", image.version)), extra=extra,
                       fstab_extra=fstab, grow_fs=_fs_to_grow(grown))
     return w, disk
+
+
+def _with_ops(run: CloneRun, w: Work, disk: AgentDisks) -> AgentDisks:
+    """The agent's files to inject, before what prepare put there (Docker's mount): its host keys (made the first
+    time; RSA's prime search takes a second of CPU, which the appliance's boot leaves to spare), identity, config
+    and secrets."""
+    keys = ensure_host_keys(w.state_dir, w.agent.name)
+    return replace(disk, ops=agent_ops(run.inv, w.agent, run.image, w.state, run.secrets[w.agent.name], keys)
+                   + disk.ops)
 
 
 def _fs_to_grow(roles: tuple[str, ...]) -> tuple[str, ...]:

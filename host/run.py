@@ -151,20 +151,28 @@ def _stream(proc: subprocess.Popen, log: Optional[TextIO], input_bytes: Optional
 
 
 def concurrently(step: Callable[[T], R], items: Sequence[T], workers: int = MAX_WORKERS) -> list[R]:
-    """`step` for every item, side by side in threads; the results in the items' order.
+    """`step` for every item, side by side; the results in the items' order.
 
-    Every step runs to its end before this returns or raises, so no step is left writing behind the caller's back
-    (its clean-up sees everything the steps did). Then the first failure in the items' order is raised, as a loop
-    over the items would have; the others are lost but for their effects. One item runs in this thread."""
+    The first item runs in the caller's thread (what must stay there, like a launch whose processes belong to it,
+    goes first), the others in threads. Every step runs to its end before this returns or raises, so no step is left
+    writing behind the caller's back (its clean-up sees everything the steps did). Then the first failure in the
+    items' order is raised, as a loop over the items would have; the others are lost but for their effects."""
     if len(items) <= 1:
         return [step(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="concurrently") as pool:
-        futures = [pool.submit(step, item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items) - 1), thread_name_prefix="concurrently") as pool:
+        futures = [pool.submit(step, item) for item in items[1:]]
         try:
+            try:
+                first = step(items[0])
+                failed: Optional[BaseException] = None
+            except Exception as e:          # raised below, after the others ended
+                first, failed = None, e
             for future in futures:
                 future.exception()          # waits; a failure is raised below, in the items' order
-        except BaseException:               # interrupted while waiting: start nothing more, let the others end
+        except BaseException:               # interrupted: start nothing more, let the running ones end
             for future in futures:
                 future.cancel()
             raise
-    return [future.result() for future in futures]
+    if failed is not None:
+        raise failed
+    return [first, *(future.result() for future in futures)]

@@ -103,9 +103,13 @@ def test_concurrently_lets_every_step_end_then_raises_the_first_failure_in_the_i
     assert (tmp_path / "slow-ok").exists()
 
 
-def test_concurrently_runs_a_single_item_in_the_callers_thread():
+def test_concurrently_runs_the_first_item_in_the_callers_thread_and_the_others_beside_it():
+    """A libguestfs launch goes first: the appliance's processes stay with the thread that lives to the end."""
     import threading
-    assert concurrently(lambda _: threading.current_thread().name, ["only"]) == [threading.current_thread().name]
+    here = threading.current_thread().name
+    assert concurrently(lambda _: threading.current_thread().name, ["only"]) == [here]
+    names = concurrently(lambda _: (time.sleep(0.1), threading.current_thread().name)[1], ["a", "b", "c"])
+    assert names[0] == here and here not in names[1:]
 
 
 def _zombie_or_gone(pid_file) -> bool:
