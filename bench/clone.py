@@ -9,7 +9,7 @@ each measurement. Besides the totals it prints the clone's own phases (its `-v` 
 for eight side by side, so where the fleet's extra time goes is read off one table; the host's load (`uptime`) is
 printed before each measurement, since the figures are only comparable within one run. Prints figures; not a test.
 
-    .venv/bin/python bench/clone.py [--images DIR | --synthetic] [--tree-mb 2048] [--usual-vms 1]
+    .venv/bin/python bench/clone.py [--images DIR | --synthetic] [--tree-mb 2048] [--usual-vms 1] [--rounds 1]
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -43,8 +44,11 @@ FLEET = tuple(f"bench-{a}" for a in SEED_AGENTS)
 
 # `clone: [00:03] inject: 8 agent(s) in one libguestfs launch done in 21.4s` -> ("inject", 21.4)
 PHASE_DONE = re.compile(r"^clone: \[\d+:\d+\] (?P<label>.+) done in (?P<s>[\d.]+)s$")
-# `clone: guestfs: appliance up with 16 drives in 6.2s`: the launch, part of the inject phase
-LAUNCH = re.compile(r"^clone: guestfs: appliance up with \d+ drives in (?P<s>[\d.]+)s$")
+# parts of the inject phase: `clone: guestfs: appliance up with 16 drives in 6.2s`, `clone: guestfs: athena: 24
+# operations in 1.1s` (each agent's own calls), `clone: guestfs: appliance shut down (disks flushed) in 0.8s`
+INJECT_PARTS = ((re.compile(r"^clone: guestfs: appliance up with \d+ drives in (?P<s>[\d.]+)s$"), "  (launch)"),
+                (re.compile(r"^clone: guestfs: \S+: \d+ operations in (?P<s>[\d.]+)s$"), "  (agents' calls)"),
+                (re.compile(r"^clone: guestfs: appliance shut down .* in (?P<s>[\d.]+)s$"), "  (shutdown)"))
 
 
 def load() -> str:
@@ -68,22 +72,26 @@ def timed(label: str, argv: list[str], env: dict | None = None) -> float:
 
 def phases_of(stderr: str, total: float) -> dict[str, float]:
     """The clone's phases from its -v progress lines (keyed by the label's first part: "prepare disks", "inject"),
-    the appliance launch inside inject, and what lies outside every phase (interpreter start, inventory, secrets,
-    schema checks, the result)."""
+    the parts of inject (launch, the agents' own calls, shutdown), and what lies outside every phase (interpreter
+    start, inventory, secrets, schema checks, the result)."""
     out: dict[str, float] = {}
     for line in stderr.splitlines():
         if m := PHASE_DONE.match(line):
             key = m["label"].split(":")[0].strip()
             out[key] = out.get(key, 0) + float(m["s"])
-        elif m := LAUNCH.match(line):
-            out["  (appliance launch)"] = float(m["s"])
+        for pattern, key in INJECT_PARTS:
+            if m := pattern.match(line):
+                out[key] = out.get(key, 0) + float(m["s"])
     out["outside phases"] = total - sum(v for k, v in out.items() if not k.startswith(" "))
     return out
 
 
 def phase_table(one: dict[str, float], eight: dict[str, float]) -> None:
     print(f"  {'phase':<26} {'one':>8} {'eight':>8} {'ratio':>7} {'+s/agent':>9}")
-    for key in dict.fromkeys([*one, *eight]):
+    keys = [k for k in dict.fromkeys([*one, *eight]) if not k.startswith(" ")]
+    parts = [key for _, key in INJECT_PARTS]
+    at = keys.index("inject") + 1 if "inject" in keys else len(keys)
+    for key in keys[:at] + parts + keys[at:]:
         a, b = one.get(key, 0.0), eight.get(key, 0.0)
         ratio = f"{b / a:6.2f}x" if a > 0.05 else "      -"
         print(f"  {key:<26} {a:8.1f} {b:8.1f} {ratio:>7} {(b - a) / (len(FLEET) - 1):9.2f}")
@@ -104,6 +112,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree-mb", type=int, default=2048, help="data in the synthetic image (no baked image)")
     p.add_argument("--usual-vms", type=int, default=1, help="VMs to really build the usual way (rest extrapolated)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="one agent, then eight, this many times (a busy host's noise; medians reported). Host keys "
+                        "are kept in the state dir across rounds, so only round 1 generates them")
     p.add_argument("--images", type=Path, default=ROOT / "build/images",
                    help="published images dir whose newest agent image is used (default build/images)")
     p.add_argument("--synthetic", action="store_true", help="use the synthetic image even when one is published")
@@ -131,12 +142,18 @@ def main() -> None:
                "--image", version]
 
         print("agentfleet clone (overlay + one guestfs launch + libvirt define/start):")
-        one, one_log = run_cmd("one agent", cli + ["-v", FLEET[0]])
-        timed("(destroy)", cli + [FLEET[0], "--destroy", "--purge-data"])
-        fleet, fleet_log = run_cmd("eight agents, one run", cli + ["-v", *FLEET])
-        timed("(destroy)", cli + list(FLEET) + ["--destroy", "--purge-data"])
-        print("clone phases (seconds; +s/agent: what each agent past the first adds):")
-        phase_table(phases_of(one_log, one), phases_of(fleet_log, fleet))
+        ones, fleets = [], []
+        for round_no in range(1, args.rounds + 1):
+            one, one_log = run_cmd("one agent", cli + ["-v", FLEET[0]])
+            timed("(destroy)", cli + [FLEET[0], "--destroy", "--purge-data"])
+            fleet, fleet_log = run_cmd("eight agents, one run", cli + ["-v", *FLEET])
+            timed("(destroy)", cli + list(FLEET) + ["--destroy", "--purge-data"])
+            print(f"clone phases, round {round_no} (seconds; +s/agent: what each agent past the first adds):")
+            phase_table(phases_of(one_log, one), phases_of(fleet_log, fleet))
+            print(f"  round {round_no}: eight agents = {fleet / one:.2f}x one agent")
+            ones.append(one)
+            fleets.append(fleet)
+        one, fleet = statistics.median(ones), statistics.median(fleets)
 
         print("usual way per VM (full copy, virt-sysprep, virt-customize):")
         env = accel.guestfs_env()
@@ -155,8 +172,10 @@ def main() -> None:
         usual = sum(per_vm) / len(per_vm)
         usual_fleet = usual * len(FLEET)
         print("results:")
-        print(f"  one agent                          {one:7.1f} s")
-        print(f"  eight agents                       {fleet:7.1f} s  = {fleet / one:.2f}x one agent (goal <= 1.5x)")
+        each = f" (median of {len(ones)} rounds)" if len(ones) > 1 else ""
+        print(f"  one agent                          {one:7.1f} s{each}")
+        print(f"  eight agents                       {fleet:7.1f} s  = {fleet / one:.2f}x one agent (goal <= 1.5x)"
+              + (f"; by round: {', '.join(f'{f / o:.2f}x' for o, f in zip(ones, fleets))}" if len(ones) > 1 else ""))
         print(f"  usual way, one VM                  {usual:7.1f} s  (mean of {len(per_vm)})")
         print(f"  usual way, eight VMs               {usual_fleet:7.1f} s  "
               f"({len(per_vm)} measured, rest x{usual:.1f} s)")
