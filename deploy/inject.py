@@ -1,6 +1,7 @@
 """Offline injection with libguestfs: one appliance launch serves every agent of a run.
 
-Operations are data (Mkdir, WriteFile) built and validated before the launch; the runner only applies them.
+Operations are data (Mkdir, WriteFile) built and validated before the appliance is used (while it boots, when
+the recipe hands them in that way); the runner only applies them.
 Each agent's files go in as one tar streamed from an in-memory fd, never as API arguments, so libguestfs's trace
 (LIBGUESTFS_TRACE=1) shows a path, not a value."""
 from __future__ import annotations
