@@ -2,8 +2,9 @@
 
     decide (per agent) -> prepare disks -> inject (one libguestfs launch) -> swap -> boot -> await health
 
-Prepare and boot run the agents side by side (host/run.concurrently): a fleet's keys, disks and domain starts
-cost about what one agent's do, and the launch is shared, so eight agents take little more than one.
+Prepare and boot run the agents side by side (host/run.concurrently), and host keys and files are made while the
+appliance boots: a fleet's disks, keys and domain starts cost about what one agent's do, and the launch is shared,
+so eight agents take little more than one (docs/clone.md, "A fleet in one run").
 
 An update (--update) goes through the same phases without a new overlay: prepare stops the VM, inject writes into
 its current overlay and data disk, nothing is swapped, boot starts it again.
