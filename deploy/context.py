@@ -2,6 +2,7 @@
 passed as one object instead of seven positional arguments."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -27,18 +28,21 @@ class Options:
 
 
 class Connections:
-    """libvirt connections opened on first use, one per URI, closed together at the end of the run."""
+    """libvirt connections opened on first use, one per URI, closed together at the end of the run. Agents prepared
+    and booted side by side share them (a libvirt connection is thread-safe); the lock keeps it one per URI."""
 
     def __init__(self, override: Optional[str]):
         self.override, self._open = override, {}
+        self._lock = threading.Lock()
 
     def get(self, inv: Inventory, agent: Agent):
         from deploy.hypervisor import Hypervisor
 
         uri = self.override or inv.host_of(agent).uri
-        if uri not in self._open:
-            self._open[uri] = Hypervisor(uri)
-        return self._open[uri]
+        with self._lock:
+            if uri not in self._open:
+                self._open[uri] = Hypervisor(uri)
+            return self._open[uri]
 
     def close(self) -> None:
         for hv in self._open.values():

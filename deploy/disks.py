@@ -49,11 +49,27 @@ def create_overlay(golden: Path, path: Path, size_bytes: int = 0) -> None:
               *([str(size_bytes)] if size_bytes else []))
 
 
-def create_data_disk(path: Path, size_gb: float) -> None:
-    """An empty qcow2 of `size_gb` (the data disk and the Docker disk); formatted in the appliance."""
+def create_data_disk(path: Path, size_gb: float, label: str) -> None:
+    """A qcow2 of `size_gb` holding a new, empty ext4 labelled `label` (the data disk and the Docker disk).
+
+    Formatted here on the hypervisor, not in the appliance: mkfs.ext4 on a sparse raw file beside `path`, which
+    qemu-img converts into the qcow2 (only the file system's metadata is allocated; the raw file goes). Natively that
+    takes milliseconds, even for 250 GB, and every agent's runs side by side in prepare; in the one appliance (TCG)
+    it cost about a second per agent, one after the other. The same mke2fs and mke2fs.conf either way (the appliance
+    is built from the host's packages), so the file system is the one the appliance made. lazy_journal_init: the
+    raw file is sparse, so the journal reads as zeros without being written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    _qemu_img("create", "-q", "-f", "qcow2", str(path), f"{gb_bytes(size_gb) >> 20}M")
+    raw = path.with_name(path.name + ".raw")
+    raw.unlink(missing_ok=True)          # a killed run's leftover
+    try:
+        with open(raw, "wb") as f:
+            f.truncate(gb_bytes(size_gb))
+        run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "lazy_journal_init=1", str(raw)], capture=True,
+            timeout=QEMU_IMG_TIMEOUT_S)
+        _qemu_img("convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path))
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 def virtual_size(path: Path) -> int:

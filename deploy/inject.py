@@ -1,6 +1,7 @@
 """Offline injection with libguestfs: one appliance launch serves every agent of a run.
 
-Operations are data (Mkdir, WriteFile) built and validated before the launch; the runner only applies them.
+Operations are data (Mkdir, WriteFile) built and validated before the appliance is used (while it boots, when
+the recipe hands them in that way); the runner only applies them.
 Each agent's files go in as one tar streamed from an in-memory fd, never as API arguments, so libguestfs's trace
 (LIBGUESTFS_TRACE=1) shows a path, not a value."""
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Union
 
 from agentd import vm_files
 from deploy.errors import CloneError
@@ -55,10 +56,10 @@ Op = Union[Mkdir, WriteFile]
 
 @dataclass(frozen=True)
 class ExtraDisk:
-    """A persistent disk beyond root and data (Docker's): formatted with `label` when new (`seed`)."""
+    """A persistent disk beyond root and data (Docker's), attached to grow its file system (labelled `label`); a new
+    one comes formatted from the hypervisor (deploy/disks.create_data_disk) and is not attached at all."""
     path: Path
     label: str
-    seed: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,14 @@ class AgentDisks:
     agent: str
     root_disk: Path
     data_disk: Path
-    seed_data: bool                      # a fresh data disk: format it and copy the image's /home/agent skeleton
+    seed_data: bool                      # a fresh (formatted, empty) data disk: copy the image's /home/agent skeleton
     ops: tuple[Op, ...] = field(default=())
     meta: tuple[tuple[str, str], ...] = ()  # extra keys for injected.json (agent, image_version)
     # --update: the disks are the agent's own (its live root overlay), not fresh ones over the golden image. Owners
     # come from its own /etc/passwd; /etc/fstab is left as it is; the baseline keeps its entries for files not
     # written again, so drift in them is still seen.
     updating: bool = False
-    extra: tuple[ExtraDisk, ...] = ()       # attached for formatting or growing only
+    extra: tuple[ExtraDisk, ...] = ()       # attached for growing only
     fstab_extra: tuple[str, ...] = ()       # lines a new overlay's /etc/fstab gets after /home/agent's
     grow_fs: tuple[str, ...] = ()           # "root", "data", or an extra disk's label: grown to fill its disk
 
@@ -110,21 +111,35 @@ def baseline_of(ops: tuple[Op, ...]) -> dict[str, dict]:
                                       for op in ops if isinstance(op, WriteFile)})
 
 
-def inject(batch: list[AgentDisks]) -> dict[str, Injected]:
+def inject(batch: list[AgentDisks], with_operations: Optional[Callable[[], list[AgentDisks]]] = None
+           ) -> dict[str, Injected]:
     """Apply every agent's operations in one launch; returns agent -> the baseline written to injected.json (and
-    the one it replaced)."""
-    for item in batch:
-        validate_ops(item.ops, item.agent)
+    the one it replaced).
+
+    `with_operations`, when given, returns the batch with its operations (host keys to generate, files to build):
+    it runs while the appliance boots, which keeps one emulated CPU busy and leaves the host's others to it. Its
+    agents and disks must be the batch's (the appliance's drives are fixed before)."""
     drives = [Drive(p) for item in batch for p in item.drives()]
+    final = list(batch)
+
+    def operations() -> None:
+        final[:] = with_operations() if with_operations else batch
+        if [(i.agent, i.drives()) for i in final] != [(i.agent, i.drives()) for i in batch]:
+            raise ValueError("inject: the operations came for other agents or disks than the appliance's")
+        for item in final:
+            validate_ops(item.ops, item.agent)
+
+    if with_operations is None:
+        operations()               # invalid operations are refused before the (expensive) launch
     baselines = {}
     current = "(launch)"
     try:
-        with appliance(drives) as g:
+        with appliance(drives, meanwhile=operations if with_operations else None) as g:
             devices = g.list_devices()
             partitions = set(g.list_partitions())
             facts = None
             first = 0
-            for item in batch:
+            for item in final:
                 current = item.agent
                 mine = devices[first:first + len(item.drives())]
                 first += len(mine)
@@ -146,12 +161,10 @@ def inject(batch: list[AgentDisks]) -> dict[str, Injected]:
 
 def _prepare_file_systems(g, item: AgentDisks, root_dev: str, root_part: str, data_dev: str,
                           extra_devs: list[str]) -> None:
-    """Before anything is mounted: format new extra disks, and grow each file system whose disk was grown (the
-    root's partition first). resize2fs wants a freshly checked file system, hence e2fsck -f."""
+    """Before anything is mounted: grow each file system whose disk was grown (the root's partition first).
+    resize2fs wants a freshly checked file system, hence e2fsck -f."""
     for disk, dev in zip(item.extra, extra_devs):
-        if disk.seed:
-            g.mkfs("ext4", dev, label=disk.label)
-        elif disk.label in item.grow_fs:
+        if disk.label in item.grow_fs:
             _grow_fs(g, dev)
     if "data" in item.grow_fs and not item.seed_data:
         _grow_fs(g, data_dev)
@@ -188,12 +201,11 @@ def _image_facts(g) -> ImageFacts:
 
 
 def _inject_one(g, item: AgentDisks, data_dev: str, facts: ImageFacts) -> dict:
-    """Root is mounted at /. Format a new data disk, mount it at /home/agent, extract one tar, unmount."""
-    if item.seed_data:
-        g.mkfs("ext4", data_dev, label=DATA_LABEL)
+    """Root is mounted at /. Mount the data disk (a new one comes formatted) at /home/agent, extract one tar,
+    unmount."""
     if not facts.has_home:
         g.mkdir_p(HOME)
-    g.mount(data_dev, HOME)
+    _mount_data(g, data_dev)
     try:
         # a long device timeout: under TCG on a busy host udev can take longer than systemd's default 90 s
         mount = f"LABEL={DATA_LABEL} {HOME} ext4 defaults,nofail,x-systemd.device-timeout=10min 0 2"
@@ -216,7 +228,7 @@ def _update_one(g, item: AgentDisks, data_dev: str) -> Injected:
     """Root (the agent's live overlay, the VM stopped) is mounted at /: write the files again over the data disk
     mounted at /home/agent, and a baseline that records them as they are now."""
     previous = _read_baseline(g)
-    g.mount(data_dev, HOME)
+    _mount_data(g, data_dev)
     try:
         ops = (Mkdir(HOME, 0o750, "agent:agent"),) + item.ops
         baseline = {**previous, **baseline_of(ops)}
@@ -227,6 +239,13 @@ def _update_one(g, item: AgentDisks, data_dev: str) -> Injected:
     finally:
         g.umount_all()
     return Injected(baseline, previous)
+
+
+def _mount_data(g, data_dev: str) -> None:
+    """The data disk at /home/agent. noinit_itable: a new ext4's inode tables are zeroed by the kernel in the
+    background after its first mount (lazy init); in the appliance that thread would take the one emulated CPU from
+    the next agents' work for a mount of a second. The guest's own mount does it, as it would have anyway."""
+    g.mount_options("noinit_itable", data_dev, HOME)
 
 
 def _read_baseline(g) -> dict:

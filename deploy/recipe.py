@@ -2,6 +2,10 @@
 
     decide (per agent) -> prepare disks -> inject (one libguestfs launch) -> swap -> boot -> await health
 
+Prepare and boot run the agents side by side (host/run.concurrently), and host keys and files are made while the
+appliance boots: a fleet's disks, keys and domain starts cost about what one agent's do, and the launch is shared,
+so eight agents take little more than one (docs/clone.md, "A fleet in one run").
+
 An update (--update) goes through the same phases without a new overlay: prepare stops the VM, inject writes into
 its current overlay and data disk, nothing is swapped, boot starts it again.
 
@@ -27,7 +31,7 @@ from deploy.errors import RolledBack
 from deploy.health import wait_healthy
 from deploy.hostkeys import ensure_host_keys
 from deploy.images import find_image
-from deploy.inject import AgentDisks, ExtraDisk, Injected, Op, inject
+from deploy.inject import DATA_LABEL, AgentDisks, ExtraDisk, Injected, Op, inject
 from deploy.inventory import Agent, Inventory
 from deploy.payload import agent_ops
 from deploy.result import Result, result_for
@@ -36,6 +40,7 @@ from deploy.secrets import load_secrets
 from deploy.state import Slot, load_state, save_state
 from host import accel
 from host.progress import Progress, deadline_for
+from host.run import concurrently
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +117,7 @@ def _run_recipe(run: CloneRun, works: list[Work]) -> list[Result]:
     booting = [w for w in works if w.action.boots]
     if booting:
         with _phase(run, "boot", f"boot: define and start {_names(booting)}"):
-            for w in booting:
-                define_and_start(run, w.agent, w.state)
+            concurrently(lambda w: define_and_start(run, w.agent, w.state), booting)
     for w in works:
         if w.action in (Action.CLONE, Action.START):
             results[w.agent.name] = _result(run, w, "defined and started")
@@ -140,29 +144,38 @@ def _build_disks(run: CloneRun, building: list[Work]) -> tuple[list[Work], dict[
                                                                 dict[str, tuple[Op, ...]]]:
     """prepare -> inject -> swap; a failure before the swap removes the partial disks and restarts stopped VMs.
     Updates are injected in place and have nothing to swap."""
-    prepared: list[tuple[Work, AgentDisks]] = []
+    done: dict[str, tuple[Work, AgentDisks]] = {}   # filled by the agents' prepares as each ends
+
+    def prepare_one(w: Work) -> None:
+        done[w.agent.name] = _prepare(run, w)
+
+    finished: list[AgentDisks] = []     # with their operations, made while the appliance boots
+
+    def with_operations() -> list[AgentDisks]:
+        finished[:] = concurrently(lambda pair: _with_ops(run, *pair), prepared)
+        return finished
+
     try:
         with _phase(run, "prepare", f"prepare disks: {_names(building)}"):
-            for w in building:
-                prepared.append(_prepare(run, w))
+            concurrently(prepare_one, building)   # qemu-img, mkfs, a replace's stop: each agent's own
+        prepared = [done[w.agent.name] for w in building]
         with _phase(run, "inject", f"inject: {len(prepared)} agent(s) in one libguestfs launch"):
-            injected = inject([disk for _, disk in prepared])
+            injected = inject([disk for _, disk in prepared], with_operations)
     except BaseException:
-        latest = {w.agent.name: w for w, _ in prepared}  # with the states prepare recorded (snapshots, pending)
+        latest = {name: w for name, (w, _) in done.items()}  # with the states prepare recorded (snapshots, pending)
         _undo_prepare(run, [latest.get(w.agent.name, w) for w in building])
         raise
     works = [w for w, _ in prepared]
     if any(w.action.builds_disks for w in works):
         with _phase(run, "swap", "swap: overlays in place, state recorded"):
             works = [_swap(run, w) if w.action.builds_disks else w for w in works]
-    return works, injected, {disk.agent: disk.ops for _, disk in prepared}
+    return works, injected, {disk.agent: disk.ops for disk in finished}
 
 
 def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
-    """Host keys, a new root overlay and (first time) a data disk, all as .partial files; a replace stops the VM and
-    snapshots its data disk first."""
+    """A new root overlay and (first time) a data disk, all as .partial files; a replace stops the VM and snapshots
+    its data disk first. The files to inject come later (_with_ops), while the appliance boots."""
     image, agent = run.image, w.agent
-    keys = ensure_host_keys(w.state_dir, agent.name)
     if (w.action is Action.CLONE and not run.opts.restored) or not w.state.cloned_at:  # a restore keeps its own
         w = w.evolve(state=w.state.evolve(cloned_at=int(time.time())))
     save_state(w.state_dir, w.state)              # uuid, MAC, machine-id fixed before any disk exists
@@ -171,19 +184,18 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
     if w.action is Action.UPDATE:                 # its own disks, written offline: the VM stops for the inject
         run.hypervisor(agent).stop(agent.name, run.opts.stop_timeout_s)
         resize.grow_disks(growth)
-        ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
         extra = (ExtraDisk(w.docker_disk, docker_data.DOCKER_LABEL),) if "docker" in grown else ()
-        return w, AgentDisks(agent.name, w.root_disk, w.data_disk, False, ops, updating=True,
+        return w, AgentDisks(agent.name, w.root_disk, w.data_disk, False, (), updating=True,
                              meta=(("agent", agent.name), ("image_version", image.version)), extra=extra,
                              grow_fs=_fs_to_grow(grown))
     root = next((g for g in growth if g.role == "root"), None)
     disks.create_overlay(image.path, disks.partial(w.root_disk), root.to_bytes if root else 0)
     seed = not w.data_disk.exists()
     if seed:
-        disks.create_data_disk(disks.partial(w.data_disk), agent.disk_gb)
+        disks.create_data_disk(disks.partial(w.data_disk), agent.disk_gb, DATA_LABEL)
     seed_docker = bool(w.docker_disk) and not w.docker_disk.exists()
     if seed_docker:
-        disks.create_data_disk(disks.partial(w.docker_disk), agent.docker_gb)
+        disks.create_data_disk(disks.partial(w.docker_disk), agent.docker_gb, docker_data.DOCKER_LABEL)
     if w.action is Action.REPLACE:
         state = w.state.evolve(pending=Slot(image.version, str(w.root_disk)))
         save_state(w.state_dir, state)
@@ -192,19 +204,27 @@ def _prepare(run: CloneRun, w: Work) -> tuple[Work, AgentDisks]:
         save_state(w.state_dir, state)
         w = w.evolve(state=state)
     resize.grow_disks(growth)     # the kept data and Docker disks; the VM is stopped (or was never started)
-    ops = agent_ops(run.inv, agent, image, w.state, run.secrets[agent.name], keys)
+    ops: tuple[Op, ...] = ()
     extra: tuple[ExtraDisk, ...] = ()
     fstab: tuple[str, ...] = ()
     if w.docker_disk:             # the new overlay mounts Docker's disk at /var/lib/docker
         ops += docker_data.mount_ops()
         fstab = (docker_data.fstab_line(),)
-        if seed_docker or "docker" in grown:
-            extra = (ExtraDisk(disks.partial(w.docker_disk) if seed_docker else w.docker_disk,
-                               docker_data.DOCKER_LABEL, seed_docker),)
+        if "docker" in grown:     # a new one comes formatted (seed_docker) and is not attached
+            extra = (ExtraDisk(w.docker_disk, docker_data.DOCKER_LABEL),)
     disk = AgentDisks(agent.name, disks.partial(w.root_disk), disks.partial(w.data_disk) if seed else w.data_disk,
                       seed, ops, meta=(("agent", agent.name), ("image_version", image.version)), extra=extra,
                       fstab_extra=fstab, grow_fs=_fs_to_grow(grown))
     return w, disk
+
+
+def _with_ops(run: CloneRun, w: Work, disk: AgentDisks) -> AgentDisks:
+    """The agent's files to inject, before what prepare put there (Docker's mount): its host keys (made the first
+    time; RSA's prime search takes a second of CPU, which the appliance's boot leaves to spare), identity, config
+    and secrets."""
+    keys = ensure_host_keys(w.state_dir, w.agent.name)
+    return replace(disk, ops=agent_ops(run.inv, w.agent, run.image, w.state, run.secrets[w.agent.name], keys)
+                   + disk.ops)
 
 
 def _fs_to_grow(roles: tuple[str, ...]) -> tuple[str, ...]:

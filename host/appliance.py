@@ -7,10 +7,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from host.accel import apply_guestfs_env
 from host.errors import HostError
+from host.run import concurrently
 
 if TYPE_CHECKING:
     import guestfs
@@ -31,8 +32,13 @@ class Drive:
 
 
 @contextmanager
-def appliance(drives: Sequence[Drive], memsize_mb: Optional[int] = None) -> Iterator[guestfs.GuestFS]:
-    """A launched handle on `drives`: unmounted and shut down cleanly on success, closed in every case."""
+def appliance(drives: Sequence[Drive], memsize_mb: Optional[int] = None,
+              meanwhile: Optional[Callable[[], None]] = None) -> Iterator[guestfs.GuestFS]:
+    """A launched handle on `drives`: unmounted and shut down cleanly on success, closed in every case.
+
+    `meanwhile` runs in another thread during the launch (seconds of a booting appliance, most of a minute under
+    TCG); the launch waits for it, and its failure is raised as its own (after the appliance's, if both fail).
+    The launch itself stays in the caller's thread, which owns the appliance's processes to the end."""
     import guestfs  # Debian's python3-guestfs; imported late so the fast tier needs no libguestfs
 
     apply_guestfs_env()  # KVM when it really works, else TCG (nested KVM crashes or hangs qemu)
@@ -46,14 +52,20 @@ def appliance(drives: Sequence[Drive], memsize_mb: Optional[int] = None) -> Iter
             except RuntimeError as e:
                 raise ApplianceFailed(f"libguestfs cannot use {drive.path}: {str(e).splitlines()[0][:300]}") from None
         started = time.monotonic()
-        try:
-            g.launch()
-        except RuntimeError as e:
-            raise ApplianceFailed(f"libguestfs appliance failed to start: {str(e).splitlines()[0][:300]} "
-                                  f"(try `libguestfs-test-tool`)") from None
-        log.info("guestfs: appliance up with %d drives in %.1fs", len(drives), time.monotonic() - started)
+
+        def launch() -> None:
+            try:
+                g.launch()
+            except RuntimeError as e:
+                raise ApplianceFailed(f"libguestfs appliance failed to start: {str(e).splitlines()[0][:300]} "
+                                      f"(try `libguestfs-test-tool`)") from None
+            log.info("guestfs: appliance up with %d drives in %.1fs", len(drives), time.monotonic() - started)
+
+        concurrently(lambda step: step(), [launch, *([meanwhile] if meanwhile else [])])
         yield g
+        started = time.monotonic()
         g.umount_all()
         g.shutdown()
+        log.info("guestfs: appliance shut down (disks flushed) in %.1fs", time.monotonic() - started)
     finally:
         g.close()

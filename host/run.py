@@ -1,6 +1,9 @@
 """Every external command of the bake and the clone goes through run(): argv lists only, one environment allow-list,
 stdin from /dev/null, the child killed on any exception or timeout, and one error type whose message tells a signal
-kill from "not found" from an exit code. bake and deploy wrap CommandFailed in their own error at their edges."""
+kill from "not found" from an exit code. bake and deploy wrap CommandFailed in their own error at their edges.
+
+concurrently() is the one way to run independent steps side by side (each agent's host keys, disks, libvirt start):
+the work is in child processes and libvirt calls, which release the GIL, so threads are enough."""
 from __future__ import annotations
 
 import os
@@ -8,9 +11,10 @@ import shlex
 import signal
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, TextIO
+from typing import Callable, Mapping, Optional, Sequence, TextIO, TypeVar
 
 from host.errors import HostError
 
@@ -23,6 +27,10 @@ ENV_ALLOW = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "LIBGUESTFS_BAC
 DEFAULT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 NOT_FOUND = 127  # the shell's convention, used for an executable that does not exist
 TAIL_LINES = 40  # output lines kept for the error (the message shows the last one)
+MAX_WORKERS = 8  # concurrent steps: enough for a host's agents; the 2-core hosts queue CPU-bound ones anyway
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class CommandFailed(HostError):
@@ -140,3 +148,31 @@ def _stream(proc: subprocess.Popen, log: Optional[TextIO], input_bytes: Optional
         if log:
             log.write(line.decode(errors="replace"))
     return b"".join(tail).decode(errors="replace")
+
+
+def concurrently(step: Callable[[T], R], items: Sequence[T], workers: int = MAX_WORKERS) -> list[R]:
+    """`step` for every item, side by side; the results in the items' order.
+
+    The first item runs in the caller's thread (what must stay there, like a launch whose processes belong to it,
+    goes first), the others in threads. Every step runs to its end before this returns or raises, so no step is left
+    writing behind the caller's back (its clean-up sees everything the steps did). Then the first failure in the
+    items' order is raised, as a loop over the items would have; the others are lost but for their effects."""
+    if len(items) <= 1:
+        return [step(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items) - 1), thread_name_prefix="concurrently") as pool:
+        futures = [pool.submit(step, item) for item in items[1:]]
+        try:
+            try:
+                first = step(items[0])
+                failed: Optional[BaseException] = None
+            except Exception as e:          # raised below, after the others ended
+                first, failed = None, e
+            for future in futures:
+                future.exception()          # waits; a failure is raised below, in the items' order
+        except BaseException:               # interrupted: start nothing more, let the running ones end
+            for future in futures:
+                future.cancel()
+            raise
+    if failed is not None:
+        raise failed
+    return [first, *(future.result() for future in futures)]

@@ -134,7 +134,7 @@ def test_a_root_smaller_than_the_image_is_refused(tmp_path, capsys):
 def test_a_data_disk_only_grows_shrinking_is_refused_in_one_line(tmp_path):
     inv = lab(tmp_path, agents={"rzd": {"disk_gb": 1}})
     data = tmp_path / "rzd-data.qcow2"
-    disks.create_data_disk(data, 2)
+    disks.create_data_disk(data, 2, "agent-home")
     agent = inv.agents["rzd"]
     with pytest.raises(CloneError) as err:
         resize.persistent_growth(agent, new_state("rzd", data))

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from host.run import Command, CommandFailed, run
+from host.run import Command, CommandFailed, concurrently, run
 
 
 def test_run_returns_captured_stdout_and_keeps_stderr_apart():
@@ -80,6 +80,36 @@ def test_run_refuses_a_shell_string():
         run("echo hi")
     with pytest.raises(TypeError, match="argv list"):
         run(Command("echo hi"))
+
+
+def test_concurrently_runs_the_steps_side_by_side_and_returns_their_results_in_the_items_order():
+    started = time.monotonic()
+    out = concurrently(lambda s: run(["sh", "-c", f"sleep {s}; echo {s}"], capture=True).strip(), ["0.6", "0.1", "0.3"])
+    assert out == ["0.6", "0.1", "0.3"]
+    assert time.monotonic() - started < 0.6 + 0.1 + 0.3   # one after the other would take the sum
+
+
+def test_concurrently_lets_every_step_end_then_raises_the_first_failure_in_the_items_order(tmp_path):
+    """The caller's clean-up (the clone removing its partial disks) must see everything the steps did."""
+    def step(item: str) -> str:
+        if item == "slow-ok":
+            run(["sh", "-c", f"sleep 0.5; touch {tmp_path / 'slow-ok'}"])
+        elif item != "ok":
+            run(["sh", "-c", f"sleep {0.2 if item == 'first' else 0}; echo {item} >&2; exit 3"], capture=True)
+        return item
+
+    with pytest.raises(CommandFailed, match=r"\(exit code 3\): first$"):
+        concurrently(step, ["ok", "first", "second", "slow-ok"])
+    assert (tmp_path / "slow-ok").exists()
+
+
+def test_concurrently_runs_the_first_item_in_the_callers_thread_and_the_others_beside_it():
+    """A libguestfs launch goes first: the appliance's processes stay with the thread that lives to the end."""
+    import threading
+    here = threading.current_thread().name
+    assert concurrently(lambda _: threading.current_thread().name, ["only"]) == [here]
+    names = concurrently(lambda _: (time.sleep(0.1), threading.current_thread().name)[1], ["a", "b", "c"])
+    assert names[0] == here and here not in names[1:]
 
 
 def _zombie_or_gone(pid_file) -> bool:
