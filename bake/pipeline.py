@@ -26,7 +26,7 @@ MIN_FREE_GB = 12
 # Generous per-phase deadlines (seconds; AGENTFLEET_DEADLINE_SCALE scales them): about 10x what each phase took on
 # a loaded 2-core CI machine under TCG, so only a hang reaches them.
 DEADLINES_S = {"fetch": 1800, "base": 3600, "app": 2400, "unpack": 900, "filesystem": 900, "bootloader": 1200,
-               "compress": 900, "verify": 1200, "publish": 300, "base_layer": 3000, "app_layer": 1200}
+               "compress": 900, "verify": 1200, "publish": 300, "base_layer": 3000, "diff": 900, "app_layer": 1200}
 
 
 @dataclass(frozen=True)
@@ -233,14 +233,18 @@ def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pr
     label = f"base layer ({'found ' + str(found) if found else 'disk from the base tree: ext4, grub, compress'})"
     with _phase(progress, "base_layer", label):
         base_layer = found or layers.bake_base_layer(spec, name, base_tar, layout.base_layers, work, log)
-    with _phase(progress, "app_layer", "app layer: tar diff, one libguestfs write into a qcow2 overlay, compress"):
+    with _phase(progress, "diff", "tree diff: what the app tree adds, changes and removes in the base tree"):
         old, new = tree_diff.index(base_tar), tree_diff.index(tree)
         diff = tree_diff.diff(old, new, list(new))
         changes = work / "changes.tar"
         tree_diff.write_changes(tree, diff.changed, changes)
         tree.unlink()
-        progress.say(f"app layer: {len(diff.changed)} paths written ({changes.stat().st_size / 1e6:.0f} MB), "
-                     f"{len(diff.removed)} removed")
+        progress.say(f"tree diff: {len(diff.changed)} paths to write ({changes.stat().st_size / 1e6:.1f} MB), "
+                     f"{len(diff.removed)} to remove")
+        if log:
+            log.writelines([*(f"remove /{name}\n" for name in diff.removed),
+                            *(f"write /{name}\n" for name in diff.changed)])
+    with _phase(progress, "app_layer", "app layer: one libguestfs write into a qcow2 overlay on it, compress"):
         qcow2 = layers.app_layer(base_layer, diff, changes, new, image_json, work, log)
         changes.unlink()
     return qcow2, base_layer, found is not None

@@ -9,20 +9,52 @@ import subprocess
 
 import pytest
 
-from bake import publish
+from bake import layers, publish
 from bake.hashing import file_sha256
-from bake.pipeline import bake
+from bake.inputs import collect
+from bake.pipeline import Layout, bake, dry_run
+from bake.spec import load_spec
 from bake.verify import scan_image
 from tests.bake_fixtures import edit
 from tests.conftest import REPO
 from tests.image_variants import small_image, variant_layout
 
-pytestmark = pytest.mark.slow
-
 # what the bump changes: a file of the app stage's agentd element that lands in the image (a managed file)
 WRAPPER = REPO / "images" / "elements" / "agentd" / "install.d" / "40-agentd"
 BUMP = ("# agentfleet: agentd's command line", "# agentfleet: agentd's command line, bumped")
 FLAT_SHARE_LIMIT = 0.15   # issue 17: a bump sends a host at most 15 % of the full image
+
+
+def small_spec_copy(tmp_path):
+    shutil.copytree(REPO / "images", tmp_path / "images")
+    return tmp_path / "images" / "agent-small.yaml"
+
+
+def base_layer_name(spec_path) -> str:
+    spec = load_spec(spec_path)
+    return layers.base_layer_name(spec.name, layers.base_layer_key(spec, collect(spec).base_key))
+
+
+def test_the_base_layer_is_keyed_by_the_base_stage_and_the_disk_not_by_the_app_stage(tmp_path):
+    spec_path = small_spec_copy(tmp_path)
+    first = base_layer_name(spec_path)
+    assert first.startswith("agent-base-") and first.endswith(".qcow2")
+    edit(spec_path.parent / "elements" / "agentd" / "install.d" / "40-agentd", *BUMP)
+    assert base_layer_name(spec_path) == first, "an app-stage bump reuses the base layer"
+    edit(spec_path, "size_gb: 8", "size_gb: 9")
+    assert base_layer_name(spec_path) != first, "another disk size is another base layer"
+    edit(spec_path, "size_gb: 9", "size_gb: 8")
+    edit(spec_path, "      - sudo\n", "      - sudo\n      - tmux\n")
+    assert base_layer_name(spec_path) != first, "another base stage is another base layer"
+
+
+def test_a_layered_dry_run_names_the_base_layer_it_would_bake_and_touches_nothing(tmp_path):
+    spec_path = small_spec_copy(tmp_path)
+    layout = Layout(tmp_path / "build")
+    lines = dry_run(spec_path, layout, layered=True)
+    assert f"base layer: baked from the base tree into {base_layer_name(spec_path)}" in lines
+    assert not any(line.startswith("base layer") for line in dry_run(spec_path, layout))
+    assert not layout.build.exists()
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +71,7 @@ def layered(tmp_path_factory):
     return first.image, bumped, base_file, base_stat
 
 
+@pytest.mark.slow
 def test_a_layered_image_is_a_chain_its_manifest_names_layer_by_layer(layered):
     image, _, base_file, _ = layered
     base, top = image.chain
@@ -51,6 +84,7 @@ def test_a_layered_image_is_a_chain_its_manifest_names_layer_by_layer(layered):
     publish.check_published(image, full=True)
 
 
+@pytest.mark.slow
 def test_a_bump_of_the_app_stage_replaces_only_the_app_layer(layered):
     image, bumped, base_file, base_stat = layered
     assert not bumped.cache_hit and bumped.base_layer_hit, "the base layer was found, not baked again"
@@ -66,6 +100,7 @@ def test_a_bump_of_the_app_stage_replaces_only_the_app_layer(layered):
     assert bumped.image.manifest.qcow2.size < FLAT_SHARE_LIMIT * flat.manifest.qcow2.size
 
 
+@pytest.mark.slow
 def test_the_chain_shows_the_guest_the_files_of_a_flat_bake_of_the_same_inputs(layered, tmp_path):
     image, _, _, _ = layered
     flat = small_image()
@@ -76,6 +111,7 @@ def test_the_chain_shows_the_guest_the_files_of_a_flat_bake_of_the_same_inputs(l
     assert seen == image.manifest.baseline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["base", "app"])
 def test_verify_refuses_a_chain_with_a_corrupted_layer(layered, tmp_path, layer):
     image, _, _, _ = layered
