@@ -123,7 +123,8 @@ def _list(args, layout) -> int:
         age = _age_days(m.base.get("built_at", ""), now)
         rows.append({"version": m.version, "built_at": m.built_at, "base_refresh": m.base.get("refresh", ""),
                      "base_built_at": m.base.get("built_at", ""), "base_age_days": age, "pins": m.pins,
-                     "services": list(m.services), "size": m.qcow2.size, "qcow2": str(image.qcow2)})
+                     "services": list(m.services), "size": m.qcow2.size, "qcow2": str(image.qcow2),
+                     "layers": [f.file for f in m.layers]})
     if args.json:
         print(json.dumps(rows))
         return exit_codes.OK
@@ -131,7 +132,8 @@ def _list(args, layout) -> int:
         base = (f"base {r['base_refresh'] or '(no refresh token)'}, "
                 + (f"{r['base_age_days']:.0f} d old" if r["base_age_days"] is not None else "age unknown"))
         pins = "  ".join(f"{k} {v}" for k, v in r["pins"].items() if k in ("node", "openclaw")) or "no pins"
-        print(f"{r['version']}  {r['built_at']}  {base}  {pins}  {r['size'] / 1e6:.0f} MB  {r['qcow2']}")
+        on = f" on {r['layers'][0]}" if r["layers"] else ""
+        print(f"{r['version']}  {r['built_at']}  {base}  {pins}  {r['size'] / 1e6:.0f} MB{on}  {r['qcow2']}")
     return exit_codes.OK
 
 

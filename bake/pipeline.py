@@ -165,6 +165,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
             layout.base_trees.mkdir(parents=True, exist_ok=True)
             for old in sorted(layout.base_trees.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-2]:
                 old.unlink()  # keep the newest three base trees (the full and the small image's, one older)
+                _base_index(old).unlink(missing_ok=True)
             (work / "base.tar").rename(base_tar)
     with _phase(progress, "app", "app tree (diskimage-builder)"):
         run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
@@ -234,7 +235,7 @@ def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pr
     with _phase(progress, "base_layer", label):
         base_layer = found or layers.bake_base_layer(spec, name, base_tar, layout.base_layers, work, log)
     with _phase(progress, "diff", "tree diff: what the app tree adds, changes and removes in the base tree"):
-        old, new = tree_diff.index(base_tar), tree_diff.index(tree)
+        old, new = tree_diff.cached_index(base_tar, _base_index(base_tar)), tree_diff.index(tree)
         diff = tree_diff.diff(old, new, list(new))
         changes = work / "changes.tar"
         tree_diff.write_changes(tree, diff.changed, changes)
@@ -248,6 +249,11 @@ def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pr
         qcow2 = layers.app_layer(base_layer, diff, changes, new, image_json, work, log)
         changes.unlink()
     return qcow2, base_layer, found is not None
+
+
+def _base_index(base_tar: Path) -> Path:
+    """Where a layered bake keeps the base tree's tree_diff index, beside the tree."""
+    return base_tar.with_suffix(".index.json")
 
 
 def _phase(progress: Progress, key: str, label: str):

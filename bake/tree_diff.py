@@ -8,8 +8,10 @@ the fast tier tests it on small synthetic tars.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import tarfile
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 from bake.errors import BakeError
@@ -80,6 +82,29 @@ def index(tar_path: Path) -> dict[str, Entry]:
         for name in links:
             entries[name] = replace(entries[name], links=links)
     return entries
+
+
+def cached_index(tar_path: Path, index_path: Path) -> dict[str, Entry]:
+    """index(), kept in `index_path` for the next bake on the same tar (the base tree: read once per base key, not
+    once per bump); recomputed when the tar's size or mtime is not the one it was made from."""
+    stamp = _stamp(tar_path)
+    try:
+        data = json.loads(index_path.read_text())
+        if data["tar"] == stamp:
+            return {name: Entry(kind, mode, uid, gid, mtime, content, tuple(map(tuple, xattrs)), tuple(links))
+                    for name, (kind, mode, uid, gid, mtime, content, xattrs, links) in data["entries"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    entries = index(tar_path)
+    tmp = index_path.with_name(f".{index_path.name}.tmp")
+    tmp.write_text(json.dumps({"tar": stamp, "entries": [[n, astuple(e)] for n, e in entries.items()]}))
+    tmp.rename(index_path)
+    return entries
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
 
 
 def diff(old: dict[str, Entry], new: dict[str, Entry], new_order: list[str]) -> TreeDiff:

@@ -195,3 +195,15 @@ def tree_state(root: Path) -> dict:
             state[rel] = (kind, st.st_mode, st.st_uid, st.st_gid, None if kind == "dir" else st.st_mtime, content,
                           group)
     return state
+
+
+def test_the_cached_index_is_the_index_until_the_tar_changes(tmp_path):
+    tar = make_tar(tmp_path / "base.tar", BASE)
+    cache = tmp_path / "base.index.json"
+    fresh = tree_diff.index(tar)
+    assert tree_diff.cached_index(tar, cache) == fresh and cache.exists()
+    assert tree_diff.cached_index(tar, cache) == fresh, "read back from the cache"
+    make_tar(tar, edited(**{"etc/motd": {"name": "etc/motd", "data": b"a longer motd\n"}}))
+    assert tree_diff.cached_index(tar, cache)["etc/motd"] != fresh["etc/motd"], "a rewritten tar is indexed again"
+    cache.write_text("{not json")
+    assert tree_diff.cached_index(tar, cache) == tree_diff.index(tar), "a damaged cache is rebuilt"
