@@ -67,7 +67,7 @@ def layered(tmp_path_factory):
     images = tmp_path_factory.mktemp("bump") / "images"
     shutil.copytree(REPO / "images", images)
     edit(images / "elements" / "agentd" / "install.d" / "40-agentd", *BUMP)
-    bumped = bake(images / "agent-small.yaml", layout, quiet=True, layered=True)
+    bumped = bake(images / "agent-small.yaml", layout, quiet=True, layered=True, force=True)  # baked even on a rerun
     return first.image, bumped, base_file, base_stat
 
 
