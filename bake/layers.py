@@ -19,13 +19,21 @@ from bake.errors import BakeError
 from bake.hashing import digest
 from bake.spec import Spec
 from bake.tree_diff import Entry, TreeDiff, xattr_bytes
+from bake.verify import HISTORY_FILES, SECRET_FILES
 from host.appliance import Drive, appliance
 from host.run import run
 
 # How a base layer is assembled from its tree (assemble.py's disk layout, finish_tree): bump it when that changes,
 # so cached and published base layers of the old assembly are not reused under the same key.
-BASE_ASSEMBLY = "1"
+BASE_ASSEMBLY = "2"
 KEEP_CACHED = 3   # base layers kept in the cache (the full and the small image's, one older)
+# What the app stage's identity-free element removes and verify refuses (bake/verify.py identity_problems), left out
+# of the base layer: else the build's SSH host keys, logs and apt lists would stay in the base layer's file and in the
+# guest's free blocks, under the app layer's removal of them.
+LEFT_OUT_FILES = {"etc/machine-id", "var/lib/dbus/machine-id", "var/lib/systemd/random-seed",
+                  "var/lib/systemd/credential.secret", *(p.lstrip("/") for p in (*SECRET_FILES, *HISTORY_FILES))}
+LEFT_OUT_PREFIXES = ("etc/ssh/ssh_host_", "var/log/", "var/lib/dhcp/", "var/lib/apt/lists/", "var/cache/apt/")
+KEPT_UNDER_PREFIXES = ("var/lib/apt/lists/lock",)
 
 
 def base_layer_key(spec: Spec, base_key: str) -> str:
@@ -39,17 +47,34 @@ def base_layer_name(name: str, key: str) -> str:
     return f"{name}-base-{key}.qcow2"
 
 
+def left_out(name: str, entry: Entry) -> bool:
+    """Whether the base layer leaves out this path of the base tree (directories stay). The tree diff compares the
+    app tree with the base tree without them, so an app tree that kept one would write it into the app layer."""
+    if entry.kind == "dir":
+        return False
+    return name in LEFT_OUT_FILES or (name.startswith(LEFT_OUT_PREFIXES) and name not in KEPT_UNDER_PREFIXES)
+
+
+def in_base_layer(base_tree: dict[str, Entry]) -> dict[str, Entry]:
+    """The base tree's index as the base layer holds it."""
+    return {name: entry for name, entry in base_tree.items() if not left_out(name, entry)}
+
+
 def find_base_layer(name: str, images: Path, cache: Path) -> Optional[Path]:
     """The published base layer if the images dir has it (the app layer must be written against the very bytes hosts
     already hold: a rebuilt disk of the same tree differs in UUIDs and times), else the cached one, else None."""
     return next((p for p in (images / name, cache / name) if p.is_file()), None)
 
 
-def bake_base_layer(spec: Spec, name: str, base_tar: Path, cache: Path, work: Path,
+def bake_base_layer(spec: Spec, name: str, base_tar: Path, base_tree: dict[str, Entry], cache: Path, work: Path,
                     log: Optional[TextIO] = None) -> Path:
-    """The base tree as a bootable disk, as a flat bake makes one (minus the image manifest), into the cache."""
+    """The base tree as a bootable disk, as a flat bake makes one (minus the image manifest and what left_out
+    names), into the cache. `base_tree`: the tar's tree_diff index."""
     root, raw, qcow2 = work / "base-root", work / "base-disk.raw", work / "base-disk.qcow2"
     assemble.unpack(base_tar, root, log)
+    for path, entry in base_tree.items():
+        if left_out(path, entry):
+            (root / path).unlink(missing_ok=True)
     assemble.finish_tree(root, None)
     assemble.make_disk(root, raw, spec.disk.size_gb, log)
     shutil.rmtree(root)

@@ -233,9 +233,10 @@ def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pr
     found = layers.find_base_layer(name, layout.images, layout.base_layers)
     label = f"base layer ({'found ' + str(found) if found else 'disk from the base tree: ext4, grub, compress'})"
     with _phase(progress, "base_layer", label):
-        base_layer = found or layers.bake_base_layer(spec, name, base_tar, layout.base_layers, work, log)
-    with _phase(progress, "diff", "tree diff: what the app tree adds, changes and removes in the base tree"):
-        old, new = tree_diff.cached_index(base_tar, _base_index(base_tar)), tree_diff.index(tree)
+        base_tree = tree_diff.cached_index(base_tar, _base_index(base_tar))
+        base_layer = found or layers.bake_base_layer(spec, name, base_tar, base_tree, layout.base_layers, work, log)
+    with _phase(progress, "diff", "tree diff: what the app tree adds, changes and removes in the base layer"):
+        old, new = layers.in_base_layer(base_tree), tree_diff.index(tree)
         diff = tree_diff.diff(old, new, list(new))
         changes = work / "changes.tar"
         tree_diff.write_changes(tree, diff.changed, changes)

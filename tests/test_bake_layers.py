@@ -3,18 +3,20 @@ bump of the app stage replaces alone, a chain whose files the guest sees exactly
 that refuses a chain with a corrupted layer."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 
 import pytest
 
-from bake import layers, publish
+from bake import layers, publish, tree_diff
 from bake.hashing import file_sha256
 from bake.inputs import collect
 from bake.pipeline import Layout, bake, dry_run
 from bake.spec import load_spec
-from bake.verify import scan_image
+from bake.verify import identity_problems, scan_image
+from host.appliance import Drive, appliance
 from tests.bake_fixtures import edit
 from tests.conftest import REPO
 from tests.image_variants import small_image, variant_layout
@@ -57,9 +59,26 @@ def test_a_layered_dry_run_names_the_base_layer_it_would_bake_and_touches_nothin
     assert not layout.build.exists()
 
 
+def test_the_base_layer_leaves_out_what_identity_free_removes_and_the_diff_knows_it():
+    file, folder = (tree_diff.Entry(kind, 0o644, 0, 0, 0, "") for kind in ("file", "dir"))
+    base_tree = {"etc/passwd": file, "etc/machine-id": file, "etc/ssh": folder, "etc/ssh/ssh_host_ed25519_key": file,
+                 "var/log": folder, "var/log/dpkg.log": file, "var/lib/apt/lists": folder,
+                 "var/lib/apt/lists/lock": file, "var/lib/apt/lists/archive.ubuntu.com_dists_jammy_InRelease": file,
+                 "root/.bash_history": file}
+    assert set(layers.in_base_layer(base_tree)) == {"etc/passwd", "etc/ssh", "var/log", "var/lib/apt/lists",
+                                                    "var/lib/apt/lists/lock"}
+    empty_machine_id = tree_diff.Entry("file", 0o444, 0, 0, 0, hashlib.sha256(b"").hexdigest())
+    app_tree = {**{n: e for n, e in base_tree.items() if n in ("etc/passwd", "etc/ssh", "var/log")},
+                "etc/machine-id": empty_machine_id}
+    diff = tree_diff.diff(layers.in_base_layer(base_tree), app_tree, list(app_tree))
+    assert diff.changed == ("etc/machine-id",), "what the base layer lacks and the app tree has is written"
+    assert diff.removed == ("var/lib/apt/lists",), "nothing of what the base layer lacks is removed again"
+
+
 @pytest.fixture(scope="module")
 def layered(tmp_path_factory):
     """The small image baked layered, then again after a one-file bump of the app stage, into their own images dir."""
+    shutil.rmtree(REPO / "build" / "layered-small-images", ignore_errors=True)   # its own, from empty
     layout = variant_layout("layered-small-images")
     first = bake(REPO / "images" / "agent-small.yaml", layout, quiet=True, layered=True)
     base_file = first.image.chain[0][0]
@@ -67,7 +86,7 @@ def layered(tmp_path_factory):
     images = tmp_path_factory.mktemp("bump") / "images"
     shutil.copytree(REPO / "images", images)
     edit(images / "elements" / "agentd" / "install.d" / "40-agentd", *BUMP)
-    bumped = bake(images / "agent-small.yaml", layout, quiet=True, layered=True, force=True)  # baked even on a rerun
+    bumped = bake(images / "agent-small.yaml", layout, quiet=True, layered=True)
     return first.image, bumped, base_file, base_stat
 
 
@@ -82,6 +101,17 @@ def test_a_layered_image_is_a_chain_its_manifest_names_layer_by_layer(layered):
     assert publish.backing_name(image.qcow2) == base_file.name, "backed by name: the pair moves as a directory"
     assert publish.backing_name(base_file) == ""
     publish.check_published(image, full=True)
+
+
+@pytest.mark.slow
+def test_the_base_layer_alone_carries_no_identity_nor_build_leftovers(layered):
+    """identity-free runs in the app stage; the base layer leaves out what it removes, so the build's host keys,
+    logs and apt lists are neither in the base layer's file nor in the chain's free blocks."""
+    _, _, base_file, _ = layered
+    with appliance([Drive(base_file, readonly=True)]) as g:
+        g.mount_ro("/dev/sda1", "/")
+        assert identity_problems(g) == []
+        assert not g.exists("/etc/machine-id")
 
 
 @pytest.mark.slow
