@@ -33,7 +33,7 @@ KEEP_CACHED = 3   # base layers kept in the cache (the full and the small image'
 LEFT_OUT_FILES = {"etc/machine-id", "var/lib/dbus/machine-id", "var/lib/systemd/random-seed",
                   "var/lib/systemd/credential.secret", *(p.lstrip("/") for p in (*SECRET_FILES, *HISTORY_FILES))}
 LEFT_OUT_PREFIXES = ("etc/ssh/ssh_host_", "var/log/", "var/lib/dhcp/", "var/lib/apt/lists/", "var/cache/apt/")
-KEPT_UNDER_PREFIXES = ("var/lib/apt/lists/lock",)
+KEPT_FILES = {"var/lib/apt/lists/lock"}   # apt's lock stays, as identity-free leaves it
 
 
 def base_layer_key(spec: Spec, base_key: str) -> str:
@@ -52,7 +52,7 @@ def left_out(name: str, entry: Entry) -> bool:
     app tree with the base tree without them, so an app tree that kept one would write it into the app layer."""
     if entry.kind == "dir":
         return False
-    return name in LEFT_OUT_FILES or (name.startswith(LEFT_OUT_PREFIXES) and name not in KEPT_UNDER_PREFIXES)
+    return name in LEFT_OUT_FILES or (name.startswith(LEFT_OUT_PREFIXES) and name not in KEPT_FILES)
 
 
 def in_base_layer(base_tree: dict[str, Entry]) -> dict[str, Entry]:
