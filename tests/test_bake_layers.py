@@ -15,7 +15,7 @@ from bake.hashing import file_sha256
 from bake.inputs import collect
 from bake.pipeline import Layout, bake, dry_run
 from bake.spec import load_spec
-from bake.verify import identity_problems, scan_image
+from bake.verify import baseline_problems, identity_problems, scan_image
 from host.appliance import Drive, appliance
 from tests.bake_fixtures import edit
 from tests.conftest import REPO
@@ -158,3 +158,13 @@ def test_verify_refuses_a_chain_with_a_corrupted_layer(layered, tmp_path, layer)
                           "verify", str(tmp_path / image.qcow2.name)], cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0
     assert f"{corrupted}: sha256 differs from its manifest" in out.stderr
+
+
+def test_verify_names_the_managed_files_the_guest_sees_otherwise_than_the_manifest():
+    state = {"sha256": "ab" * 32, "mode": "0644", "owner": "root:root"}
+    recorded = {"/etc/passwd": state, "/usr/local/bin/agentd": state, "/opt/agentd/agentd/__init__.py": state}
+    assert baseline_problems(dict(recorded), recorded) == []
+    seen = {"/etc/passwd": state, "/usr/local/bin/agentd": dict(state, mode="0755"), "/etc/extra": state}
+    assert baseline_problems(seen, recorded) == [
+        "3 managed file(s) differ from the manifest's baseline: /etc/extra (extra), "
+        "/opt/agentd/agentd/__init__.py (missing), /usr/local/bin/agentd (differs)"]
