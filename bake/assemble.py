@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 from pathlib import Path
 from typing import Optional, TextIO
@@ -21,6 +22,9 @@ from host.run import run
 ROOT_LABEL = "agent-root"
 PART_OFFSET = 1 << 20  # the partition starts at 1 MiB, grub's core.img lives before it
 MOUNT_POINTS = ("proc", "sys", "dev", "run", "tmp", "var/tmp", "home/agent")
+STICKY_DIRS = ("tmp", "var/tmp")
+FSTAB = "etc/fstab"
+FSTAB_LINE = f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n"
 
 
 def unpack(tree_tar: Path, root: Path, log: Optional[TextIO] = None) -> None:
@@ -31,17 +35,36 @@ def unpack(tree_tar: Path, root: Path, log: Optional[TextIO] = None) -> None:
          "--xattrs", "--xattrs-include=*"], log=log)
 
 
-def finish_tree(root: Path, image_json: dict) -> None:
-    """What DIB's tar output lacks: mount points (systemd freezes at boot without /proc and /sys), fstab, manifest."""
+def finish_tree(root: Path, image_json: Optional[dict]) -> None:
+    """What DIB's tar output lacks: mount points (systemd freezes at boot without /proc and /sys), fstab, manifest.
+    A layered image's base layer gets all but the manifest (`image_json` None); its app layer gets them again, the
+    manifest included, through finish_guest."""
     for mp in MOUNT_POINTS:
         (root / mp).mkdir(parents=True, exist_ok=True)
-    for tmp in ("tmp", "var/tmp"):
+    for tmp in STICKY_DIRS:
         os.chmod(root / tmp, 0o1777)
-    (root / "etc" / "fstab").write_text(f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n")
-    manifest = root / vm_files.IMAGE_JSON.lstrip("/")
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(image_json, indent=1, sort_keys=True) + "\n")
-    os.chmod(manifest, 0o644)
+    (root / FSTAB).write_text(FSTAB_LINE)
+    if image_json is not None:
+        manifest = root / vm_files.IMAGE_JSON.lstrip("/")
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(_manifest_text(image_json))
+        os.chmod(manifest, 0o644)
+
+
+def finish_guest(g, image_json: dict) -> None:
+    """finish_tree, on a mounted root file system in a libguestfs appliance (a layered image's app layer)."""
+    for mp in MOUNT_POINTS:
+        g.mkdir_p(f"/{mp}")
+    for tmp in STICKY_DIRS:
+        g.chmod(0o1777, f"/{tmp}")
+    g.write(f"/{FSTAB}", FSTAB_LINE.encode())
+    g.mkdir_p(posixpath.dirname(vm_files.IMAGE_JSON))
+    g.write(vm_files.IMAGE_JSON, _manifest_text(image_json).encode())
+    g.chmod(0o644, vm_files.IMAGE_JSON)
+
+
+def _manifest_text(image_json: dict) -> str:
+    return json.dumps(image_json, indent=1, sort_keys=True) + "\n"
 
 
 def make_disk(root: Path, raw: Path, size_gb: int, log: Optional[TextIO] = None) -> None:

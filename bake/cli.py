@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quiet", action="store_true", help="no progress lines (the log still has everything)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.add_argument("--keep-work", action="store_true", help="keep a failed bake's work dir (build/work/<version>)")
+    form = b.add_mutually_exclusive_group()
+    form.add_argument("--layered", dest="layered", action="store_true",
+                      help="publish a base layer (baked once per base stage) and a thin app layer on it (docs/bake.md)")
+    form.add_argument("--flat", dest="layered", action="store_false",
+                      help="publish one self-contained qcow2 (the default: deploy and the fleet tool take only that)")
     lk = sub.add_parser("lock", help="re-resolve the lock and OpenClaw's package-lock from the registry")
     lk.add_argument("spec", type=Path)
     v = sub.add_parser("verify", help="verify a published image offline (OS, pins, identity-free)")
@@ -57,14 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 def _bake(args, layout) -> int:
     from bake import pipeline
     if args.dry_run:
-        print("\n".join(pipeline.dry_run(args.spec, layout)))
+        print("\n".join(pipeline.dry_run(args.spec, layout, layered=args.layered)))
         return exit_codes.OK
     outcome = pipeline.bake(args.spec, layout, verify_checksum=args.verify, force=args.force, quiet=args.quiet,
-                             keep_work=args.keep_work)
+                             keep_work=args.keep_work, layered=args.layered)
     if args.json:
         print(json.dumps({"image": str(outcome.image.qcow2), "version": outcome.image.version,
                           "cache_hit": outcome.cache_hit, "base_cache_hit": outcome.base_cache_hit,
-                          "changed": outcome.changed, "phases": outcome.phases}))
+                          "base_layer_hit": outcome.base_layer_hit,
+                          "layers": [str(path) for path, _ in outcome.image.chain] if outcome.image.manifest.layers
+                          else [], "changed": outcome.changed, "phases": outcome.phases}))
     elif outcome.cache_hit:
         print(f"cache hit: {outcome.image.qcow2} (version {outcome.image.version}, "
               f"{'sha256 verified' if args.verify else 'size checked'}); nothing to bake")
@@ -97,9 +104,10 @@ def _verify(args, layout) -> int:
     image = publish.beside(args.image)
     if image is None:
         raise BakeError(f"{args.image}: no manifest beside it; not a published image", exit_codes.USAGE)
-    publish.check_published(image, full=True)
+    publish.check_published(image, full=True)   # every layer of a layered image, and their chain
     layout.build.mkdir(parents=True, exist_ok=True)
-    problems = verify_image(args.image, image.manifest.pins, layout.build, toolchains=image.manifest.toolchains)
+    problems = verify_image(args.image, image.manifest.pins, layout.build, toolchains=image.manifest.toolchains,
+                            baseline=image.manifest.baseline if image.manifest.layers else None)
     for p in problems:
         print(f"problem: {p}")
     print("ok" if not problems else f"{len(problems)} problems")
@@ -115,7 +123,8 @@ def _list(args, layout) -> int:
         age = _age_days(m.base.get("built_at", ""), now)
         rows.append({"version": m.version, "built_at": m.built_at, "base_refresh": m.base.get("refresh", ""),
                      "base_built_at": m.base.get("built_at", ""), "base_age_days": age, "pins": m.pins,
-                     "services": list(m.services), "size": m.qcow2.size, "qcow2": str(image.qcow2)})
+                     "services": list(m.services), "size": m.qcow2.size, "qcow2": str(image.qcow2),
+                     "layers": [f.file for f in m.layers]})
     if args.json:
         print(json.dumps(rows))
         return exit_codes.OK
@@ -123,7 +132,8 @@ def _list(args, layout) -> int:
         base = (f"base {r['base_refresh'] or '(no refresh token)'}, "
                 + (f"{r['base_age_days']:.0f} d old" if r["base_age_days"] is not None else "age unknown"))
         pins = "  ".join(f"{k} {v}" for k, v in r["pins"].items() if k in ("node", "openclaw")) or "no pins"
-        print(f"{r['version']}  {r['built_at']}  {base}  {pins}  {r['size'] / 1e6:.0f} MB  {r['qcow2']}")
+        on = f" on {r['layers'][0]}" if r["layers"] else ""
+        print(f"{r['version']}  {r['built_at']}  {base}  {pins}  {r['size'] / 1e6:.0f} MB{on}  {r['qcow2']}")
     return exit_codes.OK
 
 

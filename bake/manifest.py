@@ -32,6 +32,22 @@ def managed(name: str) -> bool:
 
 def scan_tree(root: Path) -> dict:
     """Baseline of managed files (sha256, mode, owner by the image's own names), dpkg and npm versions."""
+    dpkg_status = root / "var" / "lib" / "dpkg" / "status"
+    npm = {}
+    for npm_lock in sorted(root.glob(NPM_LOCK_FILES)):
+        npm |= parse_package_lock(npm_lock.read_text())
+    return {
+        "baseline": scan_baseline(root),
+        "openclaw_plugins": baked_plugins(root),
+        "packages": {
+            "dpkg": parse_dpkg_status(dpkg_status.read_text()) if dpkg_status.exists() else {},
+            "npm": npm,
+        },
+    }
+
+
+def scan_baseline(root: Path) -> dict[str, dict]:
+    """The managed files under `root` (which needs only WALKED and etc/passwd, etc/group): in-VM path -> FileState."""
     users = _names(root / "etc" / "passwd")
     groups = _names(root / "etc" / "group")
     baseline: dict[str, dict] = {}
@@ -54,18 +70,7 @@ def scan_tree(root: Path) -> dict:
                     continue
                 owner = f"{users.get(st.st_uid, st.st_uid)}:{groups.get(st.st_gid, st.st_gid)}"
                 baseline["/" + rel] = vm_files.FileState.of(sha, st.st_mode, owner).to_json()
-    dpkg_status = root / "var" / "lib" / "dpkg" / "status"
-    npm = {}
-    for npm_lock in sorted(root.glob(NPM_LOCK_FILES)):
-        npm |= parse_package_lock(npm_lock.read_text())
-    return {
-        "baseline": baseline,
-        "openclaw_plugins": baked_plugins(root),
-        "packages": {
-            "dpkg": parse_dpkg_status(dpkg_status.read_text()) if dpkg_status.exists() else {},
-            "npm": npm,
-        },
-    }
+    return baseline
 
 
 def baked_plugins(root: Path) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from bake import assemble, dib, fetch, manifest, plugin_cache, publish
+from bake import assemble, dib, fetch, layers, manifest, plugin_cache, publish, tree_diff
 from bake.errors import BakeError, input_errors
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
@@ -26,7 +26,7 @@ MIN_FREE_GB = 12
 # Generous per-phase deadlines (seconds; AGENTFLEET_DEADLINE_SCALE scales them): about 10x what each phase took on
 # a loaded 2-core CI machine under TCG, so only a hang reaches them.
 DEADLINES_S = {"fetch": 1800, "base": 3600, "app": 2400, "unpack": 900, "filesystem": 900, "bootloader": 1200,
-               "compress": 900, "verify": 1200, "publish": 300}
+               "compress": 900, "verify": 1200, "publish": 300, "base_layer": 3000, "diff": 900, "app_layer": 1200}
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class Layout:
     @property
     def base_trees(self) -> Path: return self.cache / "base"
     @property
+    def base_layers(self) -> Path: return self.cache / "layers"
+    @property
     def logs(self) -> Path: return self.build / "logs"
 
     def work(self, version: str) -> Path:
@@ -67,6 +69,7 @@ class Outcome:
     changed: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
     base_cache_hit: bool = False
+    base_layer_hit: Optional[bool] = None   # a layered bake: its base layer was found rather than baked
 
 
 def plan(spec_path: Path) -> tuple[Spec, Inputs]:
@@ -79,7 +82,9 @@ def plan(spec_path: Path) -> tuple[Spec, Inputs]:
 
 
 def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: bool = False,
-         quiet: bool = False, keep_work: bool = False) -> Outcome:
+         quiet: bool = False, keep_work: bool = False, layered: bool = False) -> Outcome:
+    """`layered`: publish a base layer and a thin app layer on it (bake/layers.py) instead of one flat qcow2. The
+    version names the inputs, not the form: a published version is a cache hit whichever form it was baked in."""
     spec, inputs = plan(spec_path)
     version = inputs.version
     existing = publish.find(layout.images, spec.name, version)
@@ -91,7 +96,7 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
         if existing and not force:
             publish.check_published(existing, full=verify_checksum)
             return Outcome(existing, cache_hit=True)
-        return _bake_locked(spec, inputs, layout, quiet, keep_work)
+        return _bake_locked(spec, inputs, layout, quiet, keep_work, layered)
 
 
 @contextmanager
@@ -108,7 +113,7 @@ def _exclusive(build: Path, quiet: bool):
         yield
 
 
-def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_work: bool) -> Outcome:
+def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_work: bool, layered: bool) -> Outcome:
     version = inputs.version
     previous = publish.newest(layout.images, spec.name)
     changed = explain_miss(inputs.hashes, previous.manifest.inputs) if previous else ["no image yet"]
@@ -120,7 +125,7 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
     work.mkdir(parents=True)
     ok = False
     try:
-        image, base_hit = _build(spec, inputs, layout, work, progress)
+        image, base_hit, layer_hit = _build(spec, inputs, layout, work, progress, layered)
         ok = True
     except OSError as e:
         if e.errno == errno.ENOSPC:
@@ -134,10 +139,11 @@ def _bake_locked(spec: Spec, inputs: Inputs, layout: Layout, quiet: bool, keep_w
         else:
             progress.say(f"kept the failed bake's work dir for inspection: {work}")
         progress.close()
-    return Outcome(image, cache_hit=False, changed=changed, phases=progress.phases, base_cache_hit=base_hit)
+    return Outcome(image, cache_hit=False, changed=changed, phases=progress.phases, base_cache_hit=base_hit,
+                   base_layer_hit=layer_hit)
 
 
-def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Progress):
+def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Progress, layered: bool):
     log = progress.log
     version = inputs.version
     staging, generated = work / "staging", work / "elements"
@@ -159,6 +165,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
             layout.base_trees.mkdir(parents=True, exist_ok=True)
             for old in sorted(layout.base_trees.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-2]:
                 old.unlink()  # keep the newest three base trees (the full and the small image's, one older)
+                _base_index(old).unlink(missing_ok=True)
             (work / "base.tar").rename(base_tar)
     with _phase(progress, "app", "app tree (diskimage-builder)"):
         run(dib.app_command(spec, staging, generated, layout.dib_cache, base_tar, work / "app"), log=log)
@@ -167,7 +174,8 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     with _phase(progress, "unpack", "unpack tree, manifest: baseline, packages"):
         tree_size = tree.stat().st_size
         assemble.unpack(tree, root, log)
-        tree.unlink()
+        if not layered:
+            tree.unlink()
         if spec.openclaw:
             if not (root / manifest.SCHEMA_FILE).exists():
                 raise BakeError(f"manifest: the tree has no /{manifest.SCHEMA_FILE} (openclaw element)")
@@ -177,7 +185,32 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         image_json = manifest.image_json(spec.name, version, inputs.hashes, inputs.base_key,
                                          manifest.scan_tree(root), spec.pins, spec.services, base,
                                          spec.tool_versions)
-        assemble.finish_tree(root, image_json)
+        if layered:
+            shutil.rmtree(root)
+        else:
+            assemble.finish_tree(root, image_json)
+    if layered:
+        qcow2, base_layer, layer_hit = _layers(spec, inputs, layout, work, progress, base_tar, tree, image_json)
+    else:
+        qcow2, base_layer, layer_hit = _flat_disk(spec, work, progress, root), None, None
+    with _phase(progress, "verify", "verify offline (libguestfs)" + (", through the chain" if layered else "")):
+        problems = verify_image(qcow2, spec.pins, work, log, spec.tool_versions,
+                                baseline=image_json["baseline"] if layered else None)
+        if problems:
+            raise BakeError("verify: refusing to publish: " + "; ".join(problems))
+    with _phase(progress, "publish", "publish"):
+        image_json["tree_size"] = tree_size
+        image = publish.publish(layout.images, spec.name, version, qcow2, image_json,
+                                schema if spec.openclaw else None, progress.log_path,
+                                base_layer=base_layer)
+    progress.say(f"published {image.qcow2} ({image.qcow2.stat().st_size / 1e6:.0f} MB, tree {tree_size / 1e6:.0f} MB"
+                 + (f", on {base_layer.name}" if base_layer else "") + ")")
+    return image, base_hit, layer_hit
+
+
+def _flat_disk(spec: Spec, work: Path, progress: Progress, root: Path) -> Path:
+    """One self-contained qcow2 of the finished tree: a new ext4, grub, compression."""
+    log = progress.log
     raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
     with _phase(progress, "filesystem", "filesystem: MBR + ext4 from the tree (mke2fs -d)"):
         assemble.make_disk(root, raw, spec.disk.size_gb, log)
@@ -187,16 +220,41 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     with _phase(progress, "compress", "compress: sparse zstd qcow2"):
         assemble.compress(raw, qcow2, log)
         raw.unlink()
-    with _phase(progress, "verify", "verify offline (libguestfs)"):
-        problems = verify_image(qcow2, spec.pins, work, log, spec.tool_versions)
-        if problems:
-            raise BakeError("verify: refusing to publish: " + "; ".join(problems))
-    with _phase(progress, "publish", "publish"):
-        image_json["tree_size"] = tree_size
-        image = publish.publish(layout.images, spec.name, version, qcow2, image_json,
-                                schema if spec.openclaw else None, progress.log_path)
-    progress.say(f"published {image.qcow2} ({image.qcow2.stat().st_size / 1e6:.0f} MB, tree {tree_size / 1e6:.0f} MB)")
-    return image, base_hit
+    return qcow2
+
+
+def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Progress, base_tar: Path, tree: Path,
+            image_json: dict):
+    """The base layer (found, or baked from the base tree once per key) and the app layer on it: the tar diff
+    between the base tree and the app tree, written into a qcow2 overlay with the manifest."""
+    log = progress.log
+    key = layers.base_layer_key(spec, inputs.base_key)
+    name = layers.base_layer_name(spec.name, key)
+    found = layers.find_base_layer(name, layout.images, layout.base_layers)
+    label = f"base layer ({'found ' + str(found) if found else 'disk from the base tree: ext4, grub, compress'})"
+    with _phase(progress, "base_layer", label):
+        base_tree = tree_diff.cached_index(base_tar, _base_index(base_tar))
+        base_layer = found or layers.bake_base_layer(spec, name, base_tar, base_tree, layout.base_layers, work, log)
+    with _phase(progress, "diff", "tree diff: what the app tree adds, changes and removes in the base layer"):
+        old, new = layers.in_base_layer(base_tree), tree_diff.index(tree)
+        diff = tree_diff.diff(old, new, list(new))
+        changes = work / "changes.tar"
+        tree_diff.write_changes(tree, diff.changed, changes)
+        tree.unlink()
+        progress.say(f"tree diff: {len(diff.changed)} paths to write ({changes.stat().st_size / 1e6:.1f} MB), "
+                     f"{len(diff.removed)} to remove")
+        if log:
+            log.writelines([*(f"remove /{name}\n" for name in diff.removed),
+                            *(f"write /{name}\n" for name in diff.changed)])
+    with _phase(progress, "app_layer", "app layer: one libguestfs write into a qcow2 overlay on it, compress"):
+        qcow2 = layers.app_layer(base_layer, diff, changes, new, image_json, work, log)
+        changes.unlink()
+    return qcow2, base_layer, found is not None
+
+
+def _base_index(base_tar: Path) -> Path:
+    """Where a layered bake keeps the base tree's tree_diff index, beside the tree."""
+    return base_tar.with_suffix(".index.json")
 
 
 def _phase(progress: Progress, key: str, label: str):
@@ -211,7 +269,7 @@ def _check_free_space(path: Path) -> None:
         raise BakeError(f"no space left: {free:.1f} GB free in {path}, a bake needs about {MIN_FREE_GB} GB")
 
 
-def dry_run(spec_path: Path, layout: Layout) -> list[str]:
+def dry_run(spec_path: Path, layout: Layout, layered: bool = False) -> list[str]:
     """What a bake would do, touching nothing."""
     spec, inputs = plan(spec_path)
     version = inputs.version
@@ -231,5 +289,10 @@ def dry_run(spec_path: Path, layout: Layout) -> list[str]:
                                                      layout.dib_cache, work / "base").shell_line())
     lines.append("app tree: " + dib.app_command(spec, work / "staging", work / "elements", layout.dib_cache,
                                                 base_tar, work / "app").shell_line())
+    if layered:
+        name = layers.base_layer_name(spec.name, layers.base_layer_key(spec, inputs.base_key))
+        found = layers.find_base_layer(name, layout.images, layout.base_layers)
+        lines.append(f"base layer: {'found ' + str(found) if found else 'baked from the base tree into ' + name}")
+        lines.append("app layer: the app tree's changes to the base tree, written into a qcow2 overlay on it")
     lines.append(f"publish: {publish.paths(layout.images, spec.name, version).qcow2}")
     return lines

@@ -48,6 +48,9 @@ class Manifest:
     tree_size: int = 0                                       # bytes of the root tree before it became a disk
     # in-VM dirs of the OpenClaw plugins baked in (agentd.vm_files.OPENCLAW_PLUGINS_DIR); none before issue 15
     openclaw_plugins: tuple[str, ...] = ()
+    # a layered image (bake --layered): every file of its qcow2 chain, the base layer first, `qcow2` (the app layer,
+    # whose backing file is the one before it, by name, in the same dir) last; empty for a flat image
+    layers: tuple[ImageFile, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,11 +67,16 @@ class Manifest:
             for key in ("services", "openclaw_plugins"):
                 if key in fields:
                     fields[key] = tuple(str(s) for s in fields[key])
+            if "layers" in fields:
+                fields["layers"] = tuple(ImageFile(str(f["file"]), int(f["size"]), str(f["sha256"]))
+                                         for f in fields["layers"])
             manifest = cls(qcow2=image_file, **fields)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BakeError(f"{where}: malformed image manifest ({type(e).__name__}: {e})") from None
         if not manifest.version or not manifest.name:
             raise BakeError(f"{where}: malformed image manifest (no name or version)")
+        if manifest.layers and (len(manifest.layers) < 2 or manifest.layers[-1] != manifest.qcow2):
+            raise BakeError(f"{where}: malformed image manifest (layers must end with the qcow2 itself)")
         return manifest
 
 
@@ -96,6 +104,12 @@ class Published:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def chain(self) -> list[tuple[Path, ImageFile]]:
+        """Every file the image is made of, the bottom layer first: the qcow2 alone for a flat image."""
+        files = self.manifest.layers or (self.manifest.qcow2,)
+        return [(self.qcow2.parent / f.file, f) for f in files]
 
     @property
     def schema_path(self) -> Optional[Path]:
@@ -139,30 +153,69 @@ def newest(images_dir: Path, name: str) -> Optional[Published]:
 
 
 def check_published(image: Published, full: bool) -> None:
-    """Size always (instant); the full sha256 only when asked (it reads the whole file)."""
-    want = image.manifest.qcow2
-    if not image.qcow2.exists():
-        raise BakeError(f"{image.qcow2}: listed by its manifest but missing")
-    size = image.qcow2.stat().st_size
-    if size != want.size:
-        raise BakeError(f"{image.qcow2}: size {size} differs from its manifest ({want.size}); the file was "
-                        f"modified after publication: delete it and its manifest to rebake")
-    if full and file_sha256(image.qcow2) != want.sha256:
-        raise BakeError(f"{image.qcow2}: sha256 differs from its manifest; delete it and its manifest to rebake")
+    """Size always (instant); the full sha256 only when asked (it reads the whole file). A layered image: each layer,
+    and that each one's backing file is the layer before it (the manifest describes the chain the guest sees)."""
+    chain = image.chain
+    for i, (path, want) in enumerate(chain):
+        if not path.exists():
+            raise BakeError(f"{path}: listed by its manifest but missing")
+        size = path.stat().st_size
+        if size != want.size:
+            raise BakeError(f"{path}: size {size} differs from its manifest ({want.size}); the file was "
+                            f"modified after publication: delete it and its manifest to rebake")
+        if full and file_sha256(path) != want.sha256:
+            raise BakeError(f"{path}: sha256 differs from its manifest; delete it and its manifest to rebake")
+        if len(chain) > 1:
+            backing = backing_name(path)
+            expected = chain[i - 1][1].file if i else ""
+            if backing != expected:
+                raise BakeError(f"{path}: backing file {backing or '(none)'!r}, its manifest's chain says "
+                                f"{expected or '(none)'!r}")
+
+
+def backing_name(qcow2: Path) -> str:
+    """The backing file name a qcow2 header records ('' for none), read without qemu-img (cache hits check it)."""
+    try:
+        with open(qcow2, "rb") as f:
+            header = f.read(20)
+            if header[:4] != b"QFI\xfb":
+                raise BakeError(f"{qcow2}: not a qcow2 file")
+            offset, size = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:20], "big")
+            if not offset:
+                return ""
+            f.seek(offset)
+            return f.read(size).decode("utf-8", "replace")
+    except OSError as e:
+        raise BakeError(f"{qcow2}: unreadable ({e.strerror or e})") from None
 
 
 def publish(images_dir: Path, name: str, version: str, qcow2: Path, image_json: dict, schema: Optional[Path],
-            log_path: Optional[Path], keep_source: bool = False) -> Published:
+            log_path: Optional[Path], keep_source: bool = False, base_layer: Optional[Path] = None) -> Published:
     """Publish `qcow2` (moved in, or copied with keep_source) with its schema and log; the manifest goes last.
-    `image_json` is the image's /etc/agentfleet/image.json; the manifest adds the qcow2's size and sha256."""
+    `image_json` is the image's /etc/agentfleet/image.json; the manifest adds the qcow2's size and sha256.
+    `base_layer`: `qcow2` is a layered image's app layer, backed by that file (by its name): it is published beside
+    it unless the images dir has it already (other images share it), and the manifest lists both as `layers`."""
     images_dir.mkdir(parents=True, exist_ok=True)
     final = paths(images_dir, name, version)
-    data = dict(image_json, name=name, version=version,
-                qcow2={"file": final.qcow2.name, "size": qcow2.stat().st_size, "sha256": file_sha256(qcow2)},
-                openclaw_schema=final.schema.name if schema else "")
+    top = {"file": final.qcow2.name, "size": qcow2.stat().st_size, "sha256": file_sha256(qcow2)}
+    data = dict(image_json, name=name, version=version, qcow2=top, openclaw_schema=final.schema.name if schema else "")
+    base_final = images_dir / base_layer.name if base_layer else None
+    if base_layer:
+        data["layers"] = [{"file": base_layer.name, "size": base_layer.stat().st_size,
+                           "sha256": file_sha256(base_layer)}, top]
     manifest = Manifest.from_json(data, str(final.manifest))
     staged = []
     try:
+        if base_final and not base_final.exists():
+            tmp = base_final.with_name(f".{base_final.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(base_layer.resolve(), tmp)   # the build cache's copy, when on the same file system
+            except OSError:
+                shutil.copyfile(base_layer, tmp)
+            _fsync(tmp)
+            os.chmod(tmp, 0o444)
+            tmp.rename(base_final)   # shared by every image of this base, and useless alone: no manifest of its own
         for src, dst, move in ((qcow2, final.qcow2, not keep_source), (schema, final.schema, False)):
             if src is None:
                 continue

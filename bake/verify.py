@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import shutil
 from pathlib import Path
 from typing import Optional, TextIO
 
 from agentd import vm_files
+from bake import manifest
 from bake.spec import PLUGIN
 from host.appliance import Drive, appliance
 from host.run import run
@@ -46,10 +48,12 @@ HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.pyt
 
 
 def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional[TextIO] = None,
-                 toolchains: Optional[dict[str, str]] = None) -> list[str]:
+                 toolchains: Optional[dict[str, str]] = None, baseline: Optional[dict] = None) -> list[str]:
     """`pins` as the manifest records them (bake/spec.py's Spec.pins): Node, OpenClaw and its plugins are checked
     when pinned; an image without them (the small test image) must still boot agentd and be identity-free.
-    `toolchains`: command -> the version prefix it must report (the spec's `toolchains`)."""
+    `toolchains`: command -> the version prefix it must report (the spec's `toolchains`).
+    `baseline`: the manifest's, for a layered image: its managed files as the guest sees them through the chain must
+    be exactly those (a flat image's disk is made from the very tree its baseline was scanned from)."""
     plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if PLUGIN.match(name))
     overlay = scratch / "verify-overlay.qcow2"
     overlay.unlink(missing_ok=True)
@@ -66,6 +70,8 @@ def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional
             if (distro, release) != ("ubuntu", "22.04"):
                 problems.append(f"inspection says {distro} {release}, not ubuntu 22.04")
             g.mount(root, "/")
+            if baseline is not None:   # first: the other checks run the image's commands, which may write
+                problems += baseline_problems(guest_baseline(g, scratch), baseline)
             if "node" in pins:
                 problems += _check_versions(g, pins["node"], pins.get("openclaw"))
             problems += _check_plugins(g, plugins)
@@ -81,6 +87,49 @@ def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional
     if log:
         log.write("verify: " + ("; ".join(problems) if problems else "all checks passed") + "\n")
     return problems
+
+
+def scan_image(qcow2: Path, scratch: Path) -> dict[str, dict]:
+    """The managed files of an image (a chain: its top layer) as its guest sees them, as bake/manifest.py records
+    them: what a flat and a layered bake of the same inputs must agree on."""
+    with appliance([Drive(qcow2, readonly=True)]) as g:
+        g.mount_ro(g.inspect_os()[0], "/")
+        return guest_baseline(g, scratch)
+
+
+def guest_baseline(g, scratch: Path) -> dict[str, dict]:
+    """manifest.scan_baseline over a copy of the guest's managed dirs (tar_out with numeric owners, unpacked in
+    `scratch`): one way to scan, whether the files come from the bake's tree or from the disk."""
+    root = scratch / "guest-baseline"
+    shutil.rmtree(root, ignore_errors=True)
+    tops = [top for top in manifest.WALKED if top != "opt"]
+    tops += [f"opt/{entry}" for entry in (sorted(g.ls("/opt")) if g.is_dir("/opt") else [])
+             if any(f"opt/{entry}/".startswith(p) or p.startswith(f"opt/{entry}/") for p in manifest.MANAGED_PREFIXES)]
+    try:
+        for top in tops:
+            if g.is_symlink(f"/{top}"):
+                (root / top).parent.mkdir(parents=True, exist_ok=True)
+                (root / top).symlink_to(g.readlink(f"/{top}"))
+            elif g.is_dir(f"/{top}"):
+                (root / top).mkdir(parents=True)
+                tar = scratch / "guest-baseline.tar"
+                g.tar_out(f"/{top}", str(tar), numericowner=True)
+                run(["tar", "-C", str(root / top), "--numeric-owner", "--same-owner", "-xpf", str(tar)])
+                tar.unlink()
+        return manifest.scan_baseline(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def baseline_problems(seen: dict[str, dict], recorded: dict[str, dict]) -> list[str]:
+    """One problem naming the first few managed files that differ between the guest and the manifest."""
+    differ = sorted(path for path in set(seen) | set(recorded) if seen.get(path) != recorded.get(path))
+    if not differ:
+        return []
+    shown = ", ".join(f"{p} ({'missing' if p not in seen else 'extra' if p not in recorded else 'differs'})"
+                      for p in differ[:5])
+    return [f"{len(differ)} managed file(s) differ from the manifest's baseline: {shown}"
+            f"{' ...' if len(differ) > 5 else ''}"]
 
 
 def _check_versions(g, node_version: str, openclaw_version: Optional[str]) -> list[str]:

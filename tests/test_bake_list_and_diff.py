@@ -33,6 +33,23 @@ def test_list_shows_each_images_base_refresh_and_age(tmp_path):
     assert "aaaa11112222" in out.stdout and "base 2026-11-28, 10 d old" in out.stdout
     rows = json.loads(bake(tmp_path / "build", "list", "--json").stdout)
     assert rows[0]["base_refresh"] == "2026-11-28" and round(rows[0]["base_age_days"]) == 10
+    assert rows[0]["layers"] == [], "a flat image"
+
+
+def test_list_names_the_base_layer_a_layered_image_stands_on(tmp_path):
+    images = tmp_path / "build" / "images"
+    images.mkdir(parents=True)
+    base = tmp_path / "agent-base-0123456789abcdef.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top)], check=True)
+    image_json = {"name": "agent", "version": "v", "baseline": {}, "base": {"refresh": "r", "built_at": ""}}
+    publish.publish(images, "agent", "aaaa11112222", top, image_json, None, None, base_layer=base)
+    out = bake(tmp_path / "build", "list")
+    assert out.returncode == 0, out.stderr
+    assert " MB on agent-base-0123456789abcdef.qcow2 " in out.stdout
+    rows = json.loads(bake(tmp_path / "build", "list", "--json").stdout)
+    assert rows[0]["layers"] == ["agent-base-0123456789abcdef.qcow2", "agent-aaaa11112222.qcow2"]
 
 
 def test_diff_names_every_changed_added_and_removed_package(tmp_path):

@@ -2,6 +2,7 @@
 through it, so they agree on file names, the manifest and which image is the newest (fast: tiny files)."""
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -86,3 +87,78 @@ def test_a_manifest_from_before_the_plugins_were_baked_in_names_none(tmp_path):
     data = {**IMAGE_JSON, "version": "old", "qcow2": {"file": "agent-old.qcow2", "size": 1, "sha256": "0" * 64}}
     del data["openclaw_plugins"]
     assert publish.Manifest.from_json(data, "old.manifest.json").openclaw_plugins == ()
+
+
+def _chain(tmp_path):
+    """A base layer in the build cache and an app layer backed by it by name, as the layered bake leaves them."""
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    cache.mkdir(parents=True)
+    work.mkdir()
+    base = cache / "agent-base-0123456789abcdef.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    (work / base.name).symlink_to(base)
+    top = work / "app-layer.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base.name, str(top)], check=True)
+    return base, top
+
+
+def test_a_layered_image_is_published_with_its_base_layer_and_a_manifest_naming_the_chain(tmp_path):
+    base, top = _chain(tmp_path)
+    images = tmp_path / "images"
+    written = publish.publish(images, "agent", "v1", top, IMAGE_JSON, None, None, base_layer=base)
+    published_base = images / base.name
+    assert published_base.stat().st_mode & 0o222 == 0
+    assert [f.file for f in written.manifest.layers] == [base.name, "agent-v1.qcow2"]
+    assert written.manifest.layers[-1] == written.manifest.qcow2
+    assert written.chain == [(published_base, written.manifest.layers[0]), (written.qcow2, written.manifest.qcow2)]
+    assert publish.backing_name(written.qcow2) == base.name
+    assert publish.find(images, "agent", "v1") == written
+    assert [p.version for p in publish.published(images, "agent")] == ["v1"], "the base layer is not an image"
+    publish.check_published(written, full=True)
+    _, top2 = _chain(tmp_path / "again")
+    second = publish.publish(images, "agent", "v2", top2, IMAGE_JSON, None, None, base_layer=published_base)
+    assert second.manifest.layers[0] == written.manifest.layers[0], "a published base layer is shared, not replaced"
+
+
+def test_a_corrupted_or_swapped_layer_is_refused(tmp_path):
+    base, top = _chain(tmp_path)
+    images = tmp_path / "images"
+    written = publish.publish(images, "agent", "v1", top, IMAGE_JSON, None, None, base_layer=base)
+    published_base = images / base.name
+    os.chmod(published_base, 0o644)
+    data = bytearray(published_base.read_bytes())
+    data[-1] ^= 0xFF
+    published_base.write_bytes(bytes(data))
+    publish.check_published(written, full=False)     # same size: only the sha256 tells
+    with pytest.raises(BakeError, match=f"{published_base}: sha256 differs from its manifest"):
+        publish.check_published(written, full=True)
+    with open(published_base, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BakeError, match=f"{published_base}: size .* differs"):
+        publish.check_published(written, full=False)
+    published_base.unlink()
+    with pytest.raises(BakeError, match="listed by its manifest but missing"):
+        publish.check_published(written, full=False)
+
+
+def test_an_app_layer_backed_by_another_file_than_its_manifest_says_is_refused(tmp_path):
+    base, top = _chain(tmp_path)
+    images = tmp_path / "images"
+    written = publish.publish(images, "agent", "v1", top, IMAGE_JSON, None, None, base_layer=base)
+    os.chmod(written.qcow2, 0o644)
+    subprocess.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", "agent-base-ffffffffffffffff.qcow2",
+                    str(written.qcow2)], check=True)
+    manifest = json.loads(written.manifest_path.read_text())
+    for entry in (manifest["qcow2"], manifest["layers"][1]):
+        entry["size"] = written.qcow2.stat().st_size
+    written.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BakeError, match="backing file 'agent-base-ffffffffffffffff.qcow2', its manifest's chain"):
+        publish.check_published(publish.load(written.manifest_path), full=False)
+
+
+def test_a_manifest_whose_layers_do_not_end_with_its_qcow2_is_malformed(tmp_path):
+    data = dict(IMAGE_JSON, version="v1", qcow2={"file": "agent-v1.qcow2", "size": 1, "sha256": "ab"},
+                layers=[{"file": "agent-base-k.qcow2", "size": 1, "sha256": "cd"},
+                        {"file": "agent-v0.qcow2", "size": 1, "sha256": "ab"}])
+    with pytest.raises(BakeError, match="layers must end with the qcow2 itself"):
+        publish.Manifest.from_json(data, "m.json")

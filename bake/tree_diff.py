@@ -1,0 +1,180 @@
+"""What the app stage added, changed or removed in the base stage's tree: the content of a layered image's app layer.
+
+Both trees are DIB's tar output. Each member is reduced to what a guest can tell apart (type, mode, owner by number,
+mtime, content sha256, symlink target, device numbers, xattrs, and every name of a hard-linked inode), so a member
+whose state is the same in both tars is left alone, and everything else is rewritten whole. Pure Python (tarfile):
+the fast tier tests it on small synthetic tars.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
+
+from bake.errors import BakeError
+
+XATTR_PREFIX = "SCHILY.xattr."
+_KINDS = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file", tarfile.GNUTYPE_SPARSE: "file",
+          tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block",
+          tarfile.FIFOTYPE: "fifo"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path of a tree as the guest sees it."""
+    kind: str                               # file, dir, symlink, char, block, fifo
+    mode: int                               # permission bits, setuid/setgid/sticky included
+    uid: int
+    gid: int
+    mtime: float
+    content: str                            # a file's sha256, a symlink's target, a device's "major:minor"
+    xattrs: tuple[tuple[str, str], ...] = ()
+    links: tuple[str, ...] = ()             # every name of a hard-linked file's inode, sorted (empty: one name)
+
+
+@dataclass(frozen=True)
+class TreeDiff:
+    """`changed`: names to take from the new tree, in its order (a hard link after its target). `removed`: the
+    top-most names to delete first (gone from the new tree, or of another type there, so the new one can be written)."""
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def member_name(name: str) -> str:
+    """A member's path relative to the tree's root, as both tars may spell it (`./etc/x`, `etc/x/`); the root is `.`."""
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.strip("/")
+    return name or "."
+
+
+def index(tar_path: Path) -> dict[str, Entry]:
+    """Every member's state, by member_name, reading the tar once (file contents are hashed as they stream by)."""
+    entries: dict[str, Entry] = {}
+    primary: dict[str, str] = {}   # hard-linked name -> the first name of its inode in the tar
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            for member in tar:
+                name = member_name(member.name)
+                if member.islnk():
+                    target = member_name(member.linkname)
+                    if target not in entries:
+                        raise BakeError(f"{tar_path}: hard link {name} to {target}, which comes later or not at all")
+                    primary[name] = primary.get(target, target)
+                    entries[name] = entries[target]
+                    continue
+                kind = _KINDS.get(member.type)
+                if kind is None:
+                    raise BakeError(f"{tar_path}: {name}: unsupported tar member type {member.type!r}")
+                entries[name] = Entry(kind, member.mode, member.uid, member.gid, member.mtime,
+                                      _content(tar, member, kind), _xattrs(member))
+                primary.pop(name, None)
+    except (OSError, tarfile.TarError) as e:
+        raise BakeError(f"{tar_path}: unreadable tree ({e})") from None
+    groups: dict[str, list[str]] = {}
+    for name, first in primary.items():
+        groups.setdefault(first, [first]).append(name)
+    for names in groups.values():
+        links = tuple(sorted(names))
+        for name in links:
+            entries[name] = replace(entries[name], links=links)
+    return entries
+
+
+def cached_index(tar_path: Path, index_path: Path) -> dict[str, Entry]:
+    """index(), kept in `index_path` for the next bake on the same tar (the base tree: read once per base key, not
+    once per bump); recomputed when the tar's size or mtime is not the one it was made from."""
+    stamp = _stamp(tar_path)
+    try:
+        data = json.loads(index_path.read_text())
+        if data["tar"] == stamp:
+            return {name: Entry(kind, mode, uid, gid, mtime, content, tuple(map(tuple, xattrs)), tuple(links))
+                    for name, (kind, mode, uid, gid, mtime, content, xattrs, links) in data["entries"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    entries = index(tar_path)
+    tmp = index_path.with_name(f".{index_path.name}.tmp")
+    tmp.write_text(json.dumps({"tar": stamp, "entries": [[n, astuple(e)] for n, e in entries.items()]}))
+    tmp.rename(index_path)
+    return entries
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def diff(old: dict[str, Entry], new: dict[str, Entry], new_order: list[str]) -> TreeDiff:
+    """`new_order`: the new tree's names in tar order (index()'s dict keeps it: pass list(new))."""
+    changed = [name for name in new_order if old.get(name) != new[name]]
+    gone = [name for name in old if name not in new and name != "."]
+    retyped = [name for name in changed if name in old and old[name].kind != new[name].kind]
+    return TreeDiff(tuple(changed), top_most(gone + retyped))
+
+
+def top_most(names: list[str]) -> tuple[str, ...]:
+    """The names no other name of the list contains (removing `a` removes `a/b`), sorted."""
+    listed = set(names)
+    return tuple(sorted(name for name in listed
+                        if not any("/".join(name.split("/")[:i]) in listed for i in range(1, name.count("/") + 1))))
+
+
+def write_changes(new_tar: Path, changed: tuple[str, ...], out: Path) -> int:
+    """The members of `new_tar` named in `changed`, as a tar to extract over the old tree; returns their count.
+    Owners are by number only (names blanked: the extracting tar would map them through its own /etc/passwd), and
+    xattrs are left out: GNU tar restores only user.* ones by default, so the caller sets them itself."""
+    wanted = set(changed)
+    written = 0
+    try:
+        with tarfile.open(new_tar, "r:") as src, tarfile.open(out, "w:", format=tarfile.PAX_FORMAT) as dst:
+            for member in src:
+                name = member_name(member.name)
+                if name not in wanted:
+                    continue
+                info = tarfile.TarInfo(name)
+                info.type = tarfile.REGTYPE if _KINDS.get(member.type) == "file" else member.type
+                info.mode, info.uid, info.gid, info.mtime = member.mode, member.uid, member.gid, member.mtime
+                info.uname = info.gname = ""
+                info.devmajor, info.devminor = member.devmajor, member.devminor
+                if member.islnk():
+                    info.linkname = member_name(member.linkname)
+                    if info.linkname not in wanted:
+                        raise BakeError(f"{new_tar}: hard link {name} changed but not its target {info.linkname}")
+                elif member.issym():
+                    info.linkname = member.linkname
+                if info.type == tarfile.REGTYPE:
+                    info.size = member.size
+                    dst.addfile(info, src.extractfile(member))
+                else:
+                    dst.addfile(info)
+                written += 1
+    except (OSError, tarfile.TarError) as e:
+        raise BakeError(f"{new_tar}: cannot write its changes to {out} ({e})") from None
+    return written
+
+
+def _content(tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str) -> str:
+    if kind == "file":
+        h = hashlib.sha256()
+        f = tar.extractfile(member)
+        while block := f.read(1 << 20):
+            h.update(block)
+        return h.hexdigest()
+    if kind == "symlink":
+        return member.linkname
+    if kind in ("char", "block"):
+        return f"{member.devmajor}:{member.devminor}"
+    return ""
+
+
+def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k.removeprefix(XATTR_PREFIX), v) for k, v in member.pax_headers.items()
+                        if k.startswith(XATTR_PREFIX)))
+
+
+def xattr_bytes(value: str) -> bytes:
+    """An xattr's value as tarfile decoded it from the pax header (binary values survive as surrogate escapes)."""
+    return value.encode("utf-8", "surrogateescape")
