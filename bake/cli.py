@@ -30,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.add_argument("--keep-work", action="store_true", help="keep a failed bake's work dir (build/work/<version>)")
     form = b.add_mutually_exclusive_group()
-    form.add_argument("--layered", dest="layered", action="store_true",
-                      help="publish a base layer (baked once per base stage) and a thin app layer on it (docs/bake.md)")
+    form.add_argument("--layered", dest="layered", action="store_true", default=True,
+                      help="publish a chain: a base layer baked once per base stage and thin app layers (the default; "
+                           "docs/bake.md)")
     form.add_argument("--flat", dest="layered", action="store_false",
-                      help="publish one self-contained qcow2 (the default: deploy and the fleet tool take only that)")
+                      help="publish one self-contained qcow2 (for users who want a single file)")
     lk = sub.add_parser("lock", help="re-resolve the lock and OpenClaw's package-lock from the registry")
     lk.add_argument("spec", type=Path)
     v = sub.add_parser("verify", help="verify a published image offline (OS, pins, identity-free)")

@@ -82,15 +82,19 @@ def plan(spec_path: Path) -> tuple[Spec, Inputs]:
 
 
 def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: bool = False,
-         quiet: bool = False, keep_work: bool = False, layered: bool = False) -> Outcome:
-    """`layered`: publish a base layer and a thin app layer on it (bake/layers.py) instead of one flat qcow2. The
-    version names the inputs, not the form: a published version is a cache hit whichever form it was baked in."""
+         quiet: bool = False, keep_work: bool = False, layered: bool = True) -> Outcome:
+    """`layered` (the default): publish a chain, a base layer and a thin app layer (bake/layers.py); False: one flat
+    qcow2. The version names the inputs, not the form: a published version is a cache hit whichever form it was
+    baked in. --force never rewrites an image other published images stack their app layers on."""
     spec, inputs = plan(spec_path)
     version = inputs.version
     existing = publish.find(layout.images, spec.name, version)
     if existing and not force:
         publish.check_published(existing, full=verify_checksum)
         return Outcome(existing, cache_hit=True)
+    if existing and (above := publish.stacked_on(layout.images, existing)):
+        raise BakeError(f"{existing.qcow2.name} is a layer of {', '.join(i.version for i in above)}: rebaking it "
+                        f"would break their chains (remove those images first)", exit_codes.USAGE)
     with _exclusive(layout.build, quiet):
         existing = publish.find(layout.images, spec.name, version)  # another bake may have just published it
         if existing and not force:
@@ -189,10 +193,8 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
             shutil.rmtree(root)
         else:
             assemble.finish_tree(root, image_json)
-    if layered:
-        qcow2, base_layer, layer_hit = _layers(spec, inputs, layout, work, progress, base_tar, tree, image_json)
-    else:
-        qcow2, base_layer, layer_hit = _flat_disk(spec, work, progress, root), None, None
+    stack = _layers(spec, inputs, layout, work, progress, base_tar, tree, image_json) if layered else None
+    qcow2 = stack.qcow2 if stack else _flat_disk(spec, work, progress, root)
     with _phase(progress, "verify", "verify offline (libguestfs)" + (", through the chain" if layered else "")):
         problems = verify_image(qcow2, spec.pins, work, log, spec.tool_versions,
                                 baseline=image_json["baseline"] if layered else None)
@@ -202,10 +204,16 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
         image_json["tree_size"] = tree_size
         image = publish.publish(layout.images, spec.name, version, qcow2, image_json,
                                 schema if spec.openclaw else None, progress.log_path,
-                                base_layer=base_layer)
+                                base_layer=stack.base_layer if stack and not stack.parent else None,
+                                parent=stack.parent if stack else None)
+        if stack:   # the next bump diffs against this image's tree
+            tree_diff.save_index(stack.tree, layers.tree_index_path(layout.base_layers, spec.name, version))
+    on = ""
+    if stack:
+        on = f", on {stack.parent.qcow2.name}" if stack.parent else f", on {stack.base_layer.name}"
     progress.say(f"published {image.qcow2} ({image.qcow2.stat().st_size / 1e6:.0f} MB, tree {tree_size / 1e6:.0f} MB"
-                 + (f", on {base_layer.name}" if base_layer else "") + ")")
-    return image, base_hit, layer_hit
+                 f"{on})")
+    return image, base_hit, stack.base_layer_found if stack else None
 
 
 def _flat_disk(spec: Spec, work: Path, progress: Progress, root: Path) -> Path:
@@ -223,10 +231,21 @@ def _flat_disk(spec: Spec, work: Path, progress: Progress, root: Path) -> Path:
     return qcow2
 
 
+@dataclass(frozen=True)
+class _Stack:
+    """A layered bake's new app layer and what it sits on."""
+    qcow2: Path                        # the new app layer, in the work dir
+    base_layer: Path                   # the chain's bottom (published or cached)
+    base_layer_found: bool             # found rather than baked by this bake
+    parent: Optional[publish.Published]  # the image it is stacked on, or None: straight on the base layer
+    tree: dict                         # the app tree's index (tree_diff), kept for the next bump
+
+
 def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Progress, base_tar: Path, tree: Path,
-            image_json: dict):
-    """The base layer (found, or baked from the base tree once per key) and the app layer on it: the tar diff
-    between the base tree and the app tree, written into a qcow2 overlay with the manifest."""
+            image_json: dict) -> _Stack:
+    """The base layer (found, or baked from the base tree once per key), the parent image to stack on if any
+    (layers.find_parent), and the app layer: the tar diff between the tree under it and the app tree, written into a
+    qcow2 overlay with the manifest."""
     log = progress.log
     key = layers.base_layer_key(spec, inputs.base_key)
     name = layers.base_layer_name(spec.name, key)
@@ -235,21 +254,24 @@ def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pr
     with _phase(progress, "base_layer", label):
         base_tree = tree_diff.cached_index(base_tar, _base_index(base_tar))
         base_layer = found or layers.bake_base_layer(spec, name, base_tar, base_tree, layout.base_layers, work, log)
-    with _phase(progress, "diff", "tree diff: what the app tree adds, changes and removes in the base layer"):
-        old, new = layers.in_base_layer(base_tree), tree_diff.index(tree)
+    parent = layers.find_parent(layout.images, spec.name, name, layout.base_layers, inputs.version)
+    under = f"image {parent.image.version}" if parent else "the base layer"
+    with _phase(progress, "diff", f"tree diff: what the app tree adds, changes and removes in {under}"):
+        old, new = (parent.tree if parent else layers.in_base_layer(base_tree)), tree_diff.index(tree)
         diff = tree_diff.diff(old, new, list(new))
         changes = work / "changes.tar"
         tree_diff.write_changes(tree, diff.changed, changes)
         tree.unlink()
-        progress.say(f"tree diff: {len(diff.changed)} paths to write ({changes.stat().st_size / 1e6:.1f} MB), "
-                     f"{len(diff.removed)} to remove")
+        progress.say(f"tree diff over {under}: {len(diff.changed)} paths to write "
+                     f"({changes.stat().st_size / 1e6:.1f} MB), {len(diff.removed)} to remove")
         if log:
             log.writelines([*(f"remove /{name}\n" for name in diff.removed),
                             *(f"write /{name}\n" for name in diff.changed)])
-    with _phase(progress, "app_layer", "app layer: one libguestfs write into a qcow2 overlay on it, compress"):
-        qcow2 = layers.app_layer(base_layer, diff, changes, new, image_json, work, log)
+    below = [path for path, _ in parent.image.chain] if parent else [base_layer]
+    with _phase(progress, "app_layer", f"app layer: one libguestfs write into a qcow2 overlay on {under}, compress"):
+        qcow2 = layers.app_layer(below, diff, changes, new, image_json, work, log)
         changes.unlink()
-    return qcow2, base_layer, found is not None
+    return _Stack(qcow2, base_layer, found is not None, parent.image if parent else None, new)
 
 
 def _base_index(base_tar: Path) -> Path:
@@ -269,7 +291,7 @@ def _check_free_space(path: Path) -> None:
         raise BakeError(f"no space left: {free:.1f} GB free in {path}, a bake needs about {MIN_FREE_GB} GB")
 
 
-def dry_run(spec_path: Path, layout: Layout, layered: bool = False) -> list[str]:
+def dry_run(spec_path: Path, layout: Layout, layered: bool = True) -> list[str]:
     """What a bake would do, touching nothing."""
     spec, inputs = plan(spec_path)
     version = inputs.version
@@ -293,6 +315,8 @@ def dry_run(spec_path: Path, layout: Layout, layered: bool = False) -> list[str]
         name = layers.base_layer_name(spec.name, layers.base_layer_key(spec, inputs.base_key))
         found = layers.find_base_layer(name, layout.images, layout.base_layers)
         lines.append(f"base layer: {'found ' + str(found) if found else 'baked from the base tree into ' + name}")
-        lines.append("app layer: the app tree's changes to the base tree, written into a qcow2 overlay on it")
+        parent = layers.find_parent(layout.images, spec.name, name, layout.base_layers, version)
+        under = f"image {parent.image.version} (stacked on its chain)" if parent else "the base layer"
+        lines.append(f"app layer: the app tree's changes to {under}, written into a qcow2 overlay on it")
     lines.append(f"publish: {publish.paths(layout.images, spec.name, version).qcow2}")
     return lines

@@ -152,6 +152,14 @@ def newest(images_dir: Path, name: str) -> Optional[Published]:
     return every[-1] if every else None
 
 
+def stacked_on(images_dir: Path, image: Published) -> list[Published]:
+    """The published images whose chain holds `image`'s qcow2 as a layer under them (their app layers stack on it):
+    rewriting or removing it would break them."""
+    name = image.qcow2.name
+    return [other for other in published(images_dir, image.manifest.name)
+            if other.qcow2.name != name and any(f.file == name for f in other.manifest.layers)]
+
+
 def check_published(image: Published, full: bool) -> None:
     """Size always (instant); the full sha256 only when asked (it reads the whole file). A layered image: each layer,
     and that each one's backing file is the layer before it (the manifest describes the chain the guest sees)."""
@@ -190,17 +198,22 @@ def backing_name(qcow2: Path) -> str:
 
 
 def publish(images_dir: Path, name: str, version: str, qcow2: Path, image_json: dict, schema: Optional[Path],
-            log_path: Optional[Path], keep_source: bool = False, base_layer: Optional[Path] = None) -> Published:
+            log_path: Optional[Path], keep_source: bool = False, base_layer: Optional[Path] = None,
+            parent: Optional["Published"] = None) -> Published:
     """Publish `qcow2` (moved in, or copied with keep_source) with its schema and log; the manifest goes last.
     `image_json` is the image's /etc/agentfleet/image.json; the manifest adds the qcow2's size and sha256.
     `base_layer`: `qcow2` is a layered image's app layer, backed by that file (by its name): it is published beside
-    it unless the images dir has it already (other images share it), and the manifest lists both as `layers`."""
+    it unless the images dir has it already (other images share it), and the manifest lists both as `layers`.
+    `parent`: `qcow2` is an app layer stacked on that published image (in the same dir), backed by its qcow2: the
+    manifest's `layers` are the parent's and this one."""
     images_dir.mkdir(parents=True, exist_ok=True)
     final = paths(images_dir, name, version)
     top = {"file": final.qcow2.name, "size": qcow2.stat().st_size, "sha256": file_sha256(qcow2)}
     data = dict(image_json, name=name, version=version, qcow2=top, openclaw_schema=final.schema.name if schema else "")
     base_final = images_dir / base_layer.name if base_layer else None
-    if base_layer:
+    if parent:
+        data["layers"] = [asdict(f) for f in parent.manifest.layers] + [top]
+    elif base_layer:
         data["layers"] = [{"file": base_layer.name, "size": base_layer.stat().st_size,
                            "sha256": file_sha256(base_layer)}, top]
     manifest = Manifest.from_json(data, str(final.manifest))

@@ -13,6 +13,7 @@ import os
 import tarfile
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 from bake.errors import BakeError
 
@@ -88,6 +89,24 @@ def cached_index(tar_path: Path, index_path: Path) -> dict[str, Entry]:
     """index(), kept in `index_path` for the next bake on the same tar (the base tree: read once per base key, not
     once per bump); recomputed when the tar's size or mtime is not the one it was made from."""
     stamp = _stamp(tar_path)
+    kept = load_index(index_path, stamp)
+    if kept is not None:
+        return kept
+    entries = index(tar_path)
+    save_index(entries, index_path, stamp)
+    return entries
+
+
+def save_index(entries: dict[str, Entry], index_path: Path, stamp: Optional[list[int]] = None) -> None:
+    """Written whole or not at all (a temporary file renamed in). `stamp`: what load_index must be given back."""
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index_path.with_name(f".{index_path.name}.tmp")
+    tmp.write_text(json.dumps({"tar": stamp, "entries": [[n, astuple(e)] for n, e in entries.items()]}))
+    tmp.rename(index_path)
+
+
+def load_index(index_path: Path, stamp: Optional[list[int]] = None) -> Optional[dict[str, Entry]]:
+    """An index save_index wrote with the same `stamp`, or None (missing, unreadable, or of another tar)."""
     try:
         data = json.loads(index_path.read_text())
         if data["tar"] == stamp:
@@ -95,11 +114,7 @@ def cached_index(tar_path: Path, index_path: Path) -> dict[str, Entry]:
                     for name, (kind, mode, uid, gid, mtime, content, xattrs, links) in data["entries"]}
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    entries = index(tar_path)
-    tmp = index_path.with_name(f".{index_path.name}.tmp")
-    tmp.write_text(json.dumps({"tar": stamp, "entries": [[n, astuple(e)] for n, e in entries.items()]}))
-    tmp.rename(index_path)
-    return entries
+    return None
 
 
 def _stamp(path: Path) -> list[int]:

@@ -12,6 +12,7 @@ from agentd import vm_files
 from bake import fetch, lock, publish
 from bake.pipeline import Layout, bake
 from bake.spec import load_spec
+from host.run import run
 from tests.clone_support import guest_root, world_traversable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,21 +62,42 @@ def bake_variant(tmp: Path, name: str, edit: tuple[str, str], spec: str = "agent
     return bake(spec_path, layout, quiet=True).image
 
 
+def link_published(image: publish.Published, dest: Path) -> publish.Published:
+    """`image` published in `dest` too: every file of its chain and its manifest hard-linked (copied across file
+    systems), what is there already kept. Returns it as published there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in [p for p, _ in image.chain] + [image.manifest_path]:
+        target = dest / path.name
+        if not target.exists():
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+    return publish.beside(dest / image.qcow2.name)
+
+
 def derive_image(good: publish.Published, dest: Path, suffix: str, edit=None) -> publish.Published:
-    """`good` copied as version good.version + suffix: its /etc/agentfleet/image.json says the new version (agentd
+    """`good` as version good.version + suffix: its /etc/agentfleet/image.json says the new version (agentd
     reports that one, so a replace with it turns healthy as itself), `edit(g)` applied to its root file system with
     libguestfs if given, published in `dest` (not the build's images dir, where a later clone could take it for the
-    newest). Another version of an image without paying for a bake."""
+    newest). A layered `good` gets one more app layer on its chain (linked into `dest`), a flat one is copied.
+    Another version of an image without paying for a bake."""
     version = f"{good.version}{suffix}"
     work = dest / f".agent-{version}.work.qcow2"
-    shutil.copyfile(good.qcow2, work)
+    parent = link_published(good, dest) if good.manifest.layers else None
+    if parent:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", parent.qcow2.name, str(work)])
+    else:
+        shutil.copyfile(good.qcow2, work)
     with guest_root(work) as g:
         baked = json.loads(g.cat(vm_files.IMAGE_JSON))
         g.write(vm_files.IMAGE_JSON, json.dumps({**baked, "version": version}).encode())
         if edit is not None:
             edit(g)
-    image_json = {k: v for k, v in good.manifest.to_json().items() if k not in ("qcow2", "openclaw_schema")}
-    return publish.publish(dest, "agent", version, work, {**image_json, "version": version}, good.schema_path, None)
+    image_json = {k: v for k, v in good.manifest.to_json().items()
+                  if k not in ("qcow2", "openclaw_schema", "layers")}
+    return publish.publish(dest, "agent", version, work, {**image_json, "version": version}, good.schema_path, None,
+                           parent=parent)
 
 
 def derive_broken_image(good: publish.Published, dest: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -16,6 +15,7 @@ from bake.publish import Published
 from tests.clone_support import ensure_libvirtd, libvirt_workdir, write_secrets
 from tests.collector_server import free_port, start_collector
 from tests.fleet_support import keygen, running_lab
+from tests.image_variants import link_published
 
 BOOT_DEADLINE = 900          # clone + boot of four small VMs at once to their first healthy report, TCG, 2 cores
 TEST_COLLECTOR_SECRET = b"collector-secret-for-tests"        # write_secrets' shared collector_secret
@@ -40,8 +40,7 @@ class SmallFleet:
 
     def add_image(self, image) -> None:
         """Publish a baked image on the workstation side (hard links), for the fleet tool to push."""
-        for f in (image.qcow2, image.manifest_path):
-            os.link(f, self.ws_images / f.name)
+        link_published(image, self.ws_images)
 
     def state(self, agent: str) -> dict:
         status, body = self.collector.get(f"/api/v1/agents/{agent}")

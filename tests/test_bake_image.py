@@ -54,8 +54,9 @@ def test_unchanged_spec_is_a_cache_hit_that_bakes_nothing(baked_image):
 
 
 def test_cache_hit_notices_a_modified_image(baked_image, tmp_path):
+    for path, _ in baked_image.chain:   # a layered image's whole chain: its layers are named relative to the top
+        shutil.copy(path, tmp_path / path.name)
     copy = tmp_path / baked_image.qcow2.name
-    shutil.copy(baked_image.qcow2, copy)
     os.chmod(copy, 0o644)
     with open(copy, "r+b") as f:
         f.seek(-1, os.SEEK_END)

@@ -1,6 +1,7 @@
-"""A layered bake of the small image (bake --layered): a base layer baked once, a thin app layer on it that a
-bump of the app stage replaces alone, a chain whose files the guest sees exactly as a flat bake's, and verification
-that refuses a chain with a corrupted layer."""
+"""A layered bake of the small image (the default): a base layer baked once, a thin app layer on it, a bump that
+stacks one more small layer and rewrites nothing under it, a chain whose files the guest sees exactly as a flat
+bake's, and verification that refuses a chain with a corrupted layer. The slow tests use the session's small image
+and its bump (tests/prebake.py bakes them); the flat bake of the same inputs is the one bake of their own."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,7 @@ import subprocess
 import pytest
 
 from bake import layers, publish, tree_diff
+from bake.errors import BakeError
 from bake.hashing import file_sha256
 from bake.inputs import collect
 from bake.pipeline import Layout, bake, dry_run
@@ -19,7 +21,7 @@ from bake.verify import baseline_problems, identity_problems, scan_image
 from host.appliance import Drive, appliance
 from tests.bake_fixtures import edit
 from tests.conftest import REPO
-from tests.image_variants import small_image, variant_layout
+from tests.image_variants import variant_layout
 
 # what the bump changes: a file of the app stage's agentd element that lands in the image (a managed file)
 WRAPPER = REPO / "images" / "elements" / "agentd" / "install.d" / "40-agentd"
@@ -55,7 +57,8 @@ def test_a_layered_dry_run_names_the_base_layer_it_would_bake_and_touches_nothin
     layout = Layout(tmp_path / "build")
     lines = dry_run(spec_path, layout, layered=True)
     assert f"base layer: baked from the base tree into {base_layer_name(spec_path)}" in lines
-    assert not any(line.startswith("base layer") for line in dry_run(spec_path, layout))
+    assert "app layer: the app tree's changes to the base layer, written into a qcow2 overlay on it" in lines
+    assert not any(line.startswith("base layer") for line in dry_run(spec_path, layout, layered=False))
     assert not layout.build.exists()
 
 
@@ -76,64 +79,56 @@ def test_the_base_layer_leaves_out_what_identity_free_removes_and_the_diff_knows
 
 
 @pytest.fixture(scope="module")
-def layered(tmp_path_factory):
-    """The small image baked layered, then again after a one-file bump of the app stage, into their own images dir."""
-    shutil.rmtree(REPO / "build" / "layered-small-images", ignore_errors=True)   # its own, from empty
-    layout = variant_layout("layered-small-images")
-    first = bake(REPO / "images" / "agent-small.yaml", layout, quiet=True, layered=True)
-    base_file = first.image.chain[0][0]
-    base_stat = base_file.stat()
-    images = tmp_path_factory.mktemp("bump") / "images"
-    shutil.copytree(REPO / "images", images)
-    edit(images / "elements" / "agentd" / "install.d" / "40-agentd", *BUMP)
-    bumped = bake(images / "agent-small.yaml", layout, quiet=True, layered=True)
-    return first.image, bumped, base_file, base_stat
+def flat_small(small_baked_image):
+    """The small image's inputs baked flat (`--flat`) into its own images dir: what a chain must show the guest."""
+    layout = variant_layout("flat-small-images")
+    return bake(REPO / "images" / "agent-small.yaml", layout, quiet=True, layered=False).image
 
 
 @pytest.mark.slow
-def test_a_layered_image_is_a_chain_its_manifest_names_layer_by_layer(layered):
-    image, _, base_file, _ = layered
-    base, top = image.chain
-    assert base[0] == base_file and base[0].name.startswith("agent-base-") and top[0] == image.qcow2
+def test_the_small_image_is_a_chain_its_manifest_names_layer_by_layer(small_baked_image):
+    image = small_baked_image
+    base, top = image.chain[0], image.chain[-1]
+    assert base[0].name.startswith("agent-base-") and top[0] == image.qcow2
     for path, recorded in image.chain:
         assert recorded.sha256 == file_sha256(path) and recorded.size == path.stat().st_size
         assert path.stat().st_mode & 0o222 == 0, "published layers are read-only"
-    assert publish.backing_name(image.qcow2) == base_file.name, "backed by name: the pair moves as a directory"
-    assert publish.backing_name(base_file) == ""
+    for (lower, _), (upper, _) in zip(image.chain, image.chain[1:]):
+        assert publish.backing_name(upper) == lower.name, "backed by name: the chain moves as a directory"
+    assert publish.backing_name(base[0]) == ""
     publish.check_published(image, full=True)
 
 
 @pytest.mark.slow
-def test_the_base_layer_alone_carries_no_identity_nor_build_leftovers(layered):
+def test_the_base_layer_alone_carries_no_identity_nor_build_leftovers(small_baked_image):
     """identity-free runs in the app stage; the base layer leaves out what it removes, so the build's host keys,
     logs and apt lists are neither in the base layer's file nor in the chain's free blocks."""
-    _, _, base_file, _ = layered
-    with appliance([Drive(base_file, readonly=True)]) as g:
+    with appliance([Drive(small_baked_image.chain[0][0], readonly=True)]) as g:
         g.mount_ro("/dev/sda1", "/")
         assert identity_problems(g) == []
         assert not g.exists("/etc/machine-id")
 
 
 @pytest.mark.slow
-def test_a_bump_of_the_app_stage_replaces_only_the_app_layer(layered):
-    image, bumped, base_file, base_stat = layered
-    assert not bumped.cache_hit and bumped.base_layer_hit, "the base layer was found, not baked again"
-    assert bumped.image.version != image.version
-    assert bumped.image.manifest.layers[0] == image.manifest.layers[0]
-    after = base_file.stat()
-    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (base_stat.st_ino, base_stat.st_mtime_ns,
-                                                                base_stat.st_size), "the base layer file untouched"
-    assert bumped.image.manifest.layers[1].sha256 != image.manifest.layers[1].sha256
-    before, now = image.manifest.baseline, bumped.image.manifest.baseline
-    assert {p for p in set(before) | set(now) if before.get(p) != now.get(p)} == {"/usr/local/bin/agentd"}
-    flat = small_image()
-    assert bumped.image.manifest.qcow2.size < FLAT_SHARE_LIMIT * flat.manifest.qcow2.size
+def test_a_bump_stacks_one_small_app_layer_on_the_previous_image_and_touches_no_layer_under_it(
+        small_baked_image, small_next_baked_image, flat_small):
+    before, after = small_baked_image, small_next_baked_image
+    assert after.version != before.version
+    if len(before.manifest.layers) - 1 < layers.MAX_APP_LAYERS:
+        assert after.manifest.layers[:-1] == before.manifest.layers, "stacked on the previous image's chain"
+    else:
+        assert after.manifest.layers[0] == before.manifest.layers[0], "a full chain restarts on the base layer"
+    for path, recorded in before.chain:
+        assert file_sha256(path) == recorded.sha256, "no layer under the bump was rewritten"
+    assert after.manifest.baseline == before.manifest.baseline, "the bump changes no managed file"
+    assert after.manifest.qcow2.size < FLAT_SHARE_LIMIT * flat_small.manifest.qcow2.size
+    publish.check_published(after, full=True)
 
 
 @pytest.mark.slow
-def test_the_chain_shows_the_guest_the_files_of_a_flat_bake_of_the_same_inputs(layered, tmp_path):
-    image, _, _, _ = layered
-    flat = small_image()
+def test_the_chain_shows_the_guest_the_files_of_a_flat_bake_of_the_same_inputs(small_baked_image, flat_small,
+                                                                               tmp_path):
+    image, flat = small_baked_image, flat_small
     assert flat.version == image.version and not flat.manifest.layers
     assert image.manifest.baseline == flat.manifest.baseline
     seen = scan_image(image.qcow2, tmp_path)
@@ -143,12 +138,12 @@ def test_the_chain_shows_the_guest_the_files_of_a_flat_bake_of_the_same_inputs(l
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layer", ["base", "app"])
-def test_verify_refuses_a_chain_with_a_corrupted_layer(layered, tmp_path, layer):
-    image, _, _, _ = layered
+def test_verify_refuses_a_chain_with_a_corrupted_layer(small_next_baked_image, tmp_path, layer):
+    image = small_next_baked_image
     for path, _ in image.chain:
         shutil.copyfile(path, tmp_path / path.name)
     shutil.copyfile(image.manifest_path, tmp_path / image.manifest_path.name)
-    corrupted = tmp_path / image.chain[0 if layer == "base" else 1][0].name
+    corrupted = tmp_path / image.chain[0 if layer == "base" else -1][0].name
     with open(corrupted, "r+b") as f:
         f.seek(corrupted.stat().st_size // 2)
         byte = f.read(1)
@@ -158,6 +153,60 @@ def test_verify_refuses_a_chain_with_a_corrupted_layer(layered, tmp_path, layer)
                           "verify", str(tmp_path / image.qcow2.name)], cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0
     assert f"{corrupted}: sha256 differs from its manifest" in out.stderr
+
+
+def synthetic_chain(images, versions, tmp_path, stack=True):
+    """Tiny published layered images, one per version, each stacked on the one before (`stack`) or straight on
+    one shared base layer, with their app tree indexes kept as a bake keeps them: what find_parent looks at."""
+    cache = tmp_path / "cache"
+    images.mkdir(parents=True)
+    base = images / "agent-base-0123456789abcdef.qcow2"   # made in place: backing names resolve in the images dir
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    made = []
+    for version in versions:
+        under = made[-1].qcow2 if stack and made else base
+        top = images / f".app-{version}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", under.name, str(top)],
+                       check=True)
+        image_json = {"name": "agent", "version": version, "baseline": {}, "packages": {}}
+        made.append(publish.publish(images, "agent", version, top, image_json, None, None,
+                                    base_layer=None if stack and made else base,
+                                    parent=made[-1] if stack and made else None))
+        tree_diff.save_index({"etc": tree_diff.Entry("dir", 0o755, 0, 0, 0, "")},
+                             layers.tree_index_path(cache, "agent", version))
+    return made, cache
+
+
+def test_a_bump_stacks_on_the_newest_image_of_its_base_until_the_chain_is_full(tmp_path):
+    images = tmp_path / "images"
+    made, cache = synthetic_chain(images, ["v1", "v2"], tmp_path)
+    assert [f.file for f in made[1].manifest.layers] == [made[0].chain[0][0].name, "agent-v1.qcow2",
+                                                         "agent-v2.qcow2"]
+    publish.check_published(made[1], full=True)
+    parent = layers.find_parent(images, "agent", made[0].chain[0][0].name, cache, "v9")
+    assert parent.image.version == "v2" and "etc" in parent.tree
+    assert layers.find_parent(images, "agent", made[0].chain[0][0].name, cache, "v2").image.version == "v1", \
+        "an image is never its own parent (a forced rebake)"
+    assert layers.find_parent(images, "agent", "agent-base-another.qcow2", cache, "v9") is None
+    layers.tree_index_path(cache, "agent", "v2").unlink()
+    assert layers.find_parent(images, "agent", made[0].chain[0][0].name, cache, "v9") is None, \
+        "without the parent's tree there is nothing to diff against: straight on the base layer"
+    full, cache = synthetic_chain(tmp_path / "full", [f"f{i}" for i in range(layers.MAX_APP_LAYERS)], tmp_path / "x")
+    assert len(full[-1].manifest.layers) == layers.MAX_APP_LAYERS + 1
+    assert layers.find_parent(tmp_path / "full", "agent", full[0].chain[0][0].name, cache, "f9") is None, \
+        "a full chain restarts on the base layer"
+
+
+def test_a_forced_rebake_of_an_image_another_one_stacks_on_is_refused_and_rewrites_nothing(tmp_path):
+    spec_path = small_spec_copy(tmp_path)
+    version = collect(load_spec(spec_path)).version
+    images = tmp_path / "published"
+    made, _ = synthetic_chain(images, [version, "next"], tmp_path)
+    before = {path: file_sha256(path) for path, _ in made[1].chain}
+    with pytest.raises(BakeError, match=f"agent-{version}.qcow2 is a layer of next: rebaking it would break"):
+        bake(spec_path, Layout(tmp_path / "build", images), quiet=True, force=True)
+    assert {path: file_sha256(path) for path, _ in made[1].chain} == before
+    assert not (tmp_path / "build").exists(), "refused before the bake took its lock or made its work dir"
 
 
 def test_verify_names_the_managed_files_the_guest_sees_otherwise_than_the_manifest():

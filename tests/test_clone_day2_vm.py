@@ -36,7 +36,7 @@ from tests.backup_support import assert_private_and_whole, chain_length, data_so
 from tests.clone_support import clone_cli, ensure_libvirtd, libvirt_workdir, write_overlay, write_secrets
 from tests.collector_server import free_port, start_collector
 from tests.fleet_support import keygen
-from tests.image_variants import derive_image
+from tests.image_variants import derive_image, link_published
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -170,9 +170,7 @@ def agent(small_baked_image):
     work = libvirt_workdir("day2-vm-")
     image = small_baked_image
     images = work / "images"
-    images.mkdir()
-    for f in (image.qcow2, image.manifest_path):
-        os.link(f, images / f.name)
+    link_published(image, images)
     collector = start_collector(work / "collector", secret=SECRET)
     key = keygen(work / "admin_key", "day2-admin")
     port = free_port()
