@@ -64,8 +64,9 @@ class HostPush:
     seconds: float = 0.0
     error: str = ""
     bytes_skipped: int = 0      # layers the host already held whole (a base layer shared with an earlier version)
-    layers_sent: list[str] = field(default_factory=list)      # file names, base first
-    layers_present: list[str] = field(default_factory=list)
+    # what each file of the chain is (SourceFile.what: base layer, app layer; image when flat), base first
+    layers_sent: list[str] = field(default_factory=list)       # travelled in this push (or a resumed earlier one)
+    layers_present: list[str] = field(default_factory=list)    # already in the host's images dir: not sent
 
     @property
     def travelled(self) -> str:
