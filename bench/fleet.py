@@ -2,14 +2,16 @@
 """Fleet benchmark: `fleet push` of an image to three loopback sshd "hypervisors" against, in the same run, the raw
 pipe (the same bytes through `ssh HOST 'cat > /dev/null'` to the same three hosts in parallel) and the usual way
 (`scp` then `sha256sum` on the host, host after host); a push killed at 50 % then resumed; `fleet status` of 40
-agents on 5 hosts.
+agents on 5 hosts; a bump of a layered image pushed to a host that holds the previous version (synthetic layers:
+a base layer of random bytes, app layers of --bump-mb written on it, made with qemu-img, no bake).
 
 Goals: push at most 1.2x the raw pipe; at least 2x faster than the usual way; the resumed push moves at most 55 %
-of the bytes; status of 40 agents on 5 hosts under 2 s. Uses the newest published image in build/images (or
---image), else random bytes of the baked image's size (ssh does not compress, so the bytes' content does not
-matter). Every SSH call uses the tool's options (same cipher, same keys). Prints figures; not a test.
+of the bytes; status of 40 agents on 5 hosts under 2 s; a bump on the same base sends at most 15 % of the image.
+Uses the newest published image in build/images (or --image), else random bytes of the baked image's size (ssh does
+not compress, so the bytes' content does not matter); the layered images' base is that size too. Every SSH call
+uses the tool's options (same cipher, same keys). Prints figures; not a test.
 
-    .venv/bin/python bench/fleet.py [--image PATH.qcow2] [--size-mb 915]
+    .venv/bin/python bench/fleet.py [--image PATH.qcow2] [--size-mb 915] [--bump-mb 8]
 """
 from __future__ import annotations
 
@@ -28,10 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bake import publish as bake_publish  # noqa: E402
 from deploy.fleet.ssh import Ssh, SshConfig  # noqa: E402
 from deploy.inventory import load  # noqa: E402
 from tests.clone_support import JsonStub, publish  # noqa: E402
 from tests.fleet_support import PYTHON, running_lab  # noqa: E402
+from tests.layered_support import make_app_layer, make_base_layer  # noqa: E402
 
 HOSTS = ("b1", "b2", "b3")
 # What a verified push must do at least: the bytes into a file on the host, hashed, and on disk before publishing.
@@ -139,6 +143,24 @@ def killed_then_resumed(lab, path: Path) -> list[tuple[str, float, float]]:
     return [(h, held[h], sent[h]) for h in HOSTS]
 
 
+def bump_share(lab, work: Path, base_mb: int, bump_mb: int) -> tuple[int, int]:
+    """Two layered versions on one base pushed to the first host, one after the other: the bytes the second push
+    sent, and the whole image's (every layer and the schema), what a flat push of it would send."""
+    build, images = work / "layered-build", work / "layered-images"
+    build.mkdir()
+    base = make_base_layer(build / "agent-base-bench.qcow2", base_mb)
+    for version, pattern in (("bench-l1", 0x5A), ("bench-l2", 0x3C)):
+        publish(make_app_layer(base, build / f"app-{version}.qcow2", pattern, bump_mb), images, version,
+                schema={"type": "object"}, base_layer=base)
+    shutil.rmtree(build)
+    lab.overlay({}, images_dir=str(images))
+    fleet(lab, "push", "bench-l1", f"--host={HOSTS[0]}")
+    _, proc = fleet(lab, "push", "bench-l2", "--json", f"--host={HOSTS[0]}")
+    sent = json.loads(proc.stdout)["hosts"][0]["bytes_sent"]
+    bumped = bake_publish.find(images, "agent", "bench-l2")
+    return sent, sum(f.size for _, f in bumped.chain) + bumped.schema_path.stat().st_size
+
+
 class FleetCollector(JsonStub):
     def __init__(self, agents: list[str]):
         self.rows = [{"agent": a, "healthy": True, "image_version": "bench", "drift_count": 0,
@@ -177,6 +199,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", help="a published .qcow2 (its manifest beside it)")
     p.add_argument("--size-mb", type=int, default=915, help="random image size without a baked image (MiB)")
+    p.add_argument("--bump-mb", type=int, default=8, help="what the synthetic bump's app layer writes (MiB)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-", dir="/var/tmp"))
     try:
@@ -220,6 +243,10 @@ def main() -> int:
             for host, held, sent in killed_then_resumed(lab, path):
                 print(f"  killed at {held:4.0%} on {host}, the resume moved {sent:4.0%} of the image "
                       f"(goal <= 55 % after 50 %)", flush=True)
+            clear_hosts(lab)
+            sent, whole = bump_share(lab, work, int(size_mb / 1.048576), args.bump_mb)
+            print(f"  layered bump to a host holding the previous version: {sent / 1e6:.1f} of {whole / 1e6:.0f} MB, "
+                  f"{sent / whole:.1%} of the image (goal <= 15 %)", flush=True)
         cold, warm = status_40(work)
         print(f"  status, 40 agents on 5 hosts             {cold:7.2f} s cold (new SSH masters), {warm:.2f} s warm "
               f"(goal < 2 s)", flush=True)

@@ -25,6 +25,11 @@ class Image:
     def baseline(self) -> dict:
         return self.manifest.baseline
 
+    @property
+    def chain(self) -> list[tuple[Path, publish.ImageFile]]:
+        """Every file of the image, the base layer first (the qcow2 alone when flat): bake/publish.py says which."""
+        return publish.Published(self.path, self.manifest_path or self.path, self.manifest).chain
+
 
 def find_image(images_dir: Path, wanted: Optional[str] = None) -> Image:
     """`wanted` is a version, a path to a .qcow2 (its manifest must be beside it) or None for the newest."""

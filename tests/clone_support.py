@@ -73,9 +73,10 @@ def guest_root(image: Path):
 
 
 def publish(image: Path, images_dir: Path, version: str, schema: dict | None = None,
-            openclaw_plugins: tuple[str, ...] = ()) -> Path:
+            openclaw_plugins: tuple[str, ...] = (), base_layer: Path | None = None) -> Path:
     """A copy of `image` published by the bake's own publish() (the source is kept: tests publish it as several
-    versions), optionally saying it bakes OpenClaw plugins at those in-VM dirs; returns the published qcow2."""
+    versions), optionally saying it bakes OpenClaw plugins at those in-VM dirs; with `base_layer`, `image` is the app
+    layer backed by it (tests/layered_support.py); returns the published qcow2."""
     from bake import publish as bake_publish
 
     schema_file = None
@@ -86,7 +87,7 @@ def publish(image: Path, images_dir: Path, version: str, schema: dict | None = N
     image_json = {"name": "agent", "version": version, "baseline": {}, "packages": {},
                   "openclaw_plugins": list(openclaw_plugins)}
     published = bake_publish.publish(images_dir, "agent", version, image, image_json, schema_file, None,
-                                     keep_source=True)
+                                     keep_source=True, base_layer=base_layer)
     if schema_file:
         schema_file.unlink()
     return published.qcow2

@@ -49,13 +49,26 @@ def host_file() -> Path:
 
 
 def published(images: Path) -> list[str]:
-    """Versions whose manifest is in place (a qcow2 without its manifest is not published)."""
-    out = []
-    for manifest in sorted(images.glob("agent-*.manifest.json"), key=lambda p: p.stat().st_mtime):
-        version = manifest.name[len("agent-"):-len(".manifest.json")]
-        if (images / f"agent-{version}.qcow2").exists():
-            out.append(version)
-    return out
+    """Versions published here: the manifest in place and every file of its chain with the manifest's size (a qcow2
+    without its manifest is not published; nor is an app layer without its base layer, whose clone would fail on
+    the missing backing file)."""
+    manifests = sorted(images.glob("agent-*.manifest.json"), key=lambda p: p.stat().st_mtime)
+    return [v for v in (m.name[len("agent-"):-len(".manifest.json")] for m in manifests) if is_published(images, v)]
+
+
+def is_published(images: Path, version: str) -> bool:
+    """bake/publish.py reads the manifest and checks the chain (sizes, backing names): one reader of the format.
+    Imported here, not at the top: `setup` runs this file alone on a host without our code."""
+    from bake import publish
+    from bake.errors import BakeError
+    manifest = images / f"agent-{version}.manifest.json"
+    if not manifest.exists():
+        return False
+    try:
+        publish.check_published(publish.load(manifest), full=False)
+    except BakeError:
+        return False
+    return True
 
 
 def free_bytes(path: Path) -> int:
@@ -160,15 +173,43 @@ def _check_name(name: str) -> str:
 
 
 def push_begin(args) -> dict:
-    """What is already here for this version: published or not, the bytes of each partial file, free space."""
+    """What is here for this version: published or not; each layer already here whole (by its final name, with the
+    manifest's size: a file is renamed in only once verified, so it is not sent again; the base layer an earlier
+    version brought, say); the bytes of each partial file (-1: received and verified, not yet renamed in); free
+    space. A lower layer here with another size is refused: a published layer is never rewritten (the images on it
+    would change under their clones)."""
     images = Path(args.images)
     images.mkdir(parents=True, exist_ok=True)
+    if is_published(images, args.version):
+        return {"published": True, "present": [], "partial": {}, "free_bytes": free_bytes(images)}
+    layers = [_layer_arg(a) for a in args.layer]
+    present = []
+    for i, (name, size) in enumerate(layers):
+        if not (images / name).exists():
+            continue
+        here = (images / name).stat().st_size
+        if here == size:
+            present.append(name)
+        elif i < len(layers) - 1:
+            raise HostStepError(_rewrite_refused(name, here, size))
     have = {}
-    for name in args.files:
-        _check_name(name)
+    for name in [n for n, _ in layers if n not in present] + [_check_name(n) for n in args.files]:
         part, verified = _part(images, name), _verified(images, name)
         have[name] = -1 if verified.exists() else part.stat().st_size if part.exists() else 0   # -1: verified
-    return {"published": args.version in published(images), "partial": have, "free_bytes": free_bytes(images)}
+    return {"published": False, "present": present, "partial": have, "free_bytes": free_bytes(images)}
+
+
+def _layer_arg(arg: str) -> tuple[str, int]:
+    """`NAME:SIZE`, one file of the image's chain as its manifest records it."""
+    name, _, size = arg.rpartition(":")
+    if not size.isdigit():
+        raise HostStepError(f"not a layer NAME:SIZE: {arg!r}")
+    return _check_name(name), int(size)
+
+
+def _rewrite_refused(name: str, here: int, size: int) -> str:
+    return (f"{name}: here with {here} bytes, the manifest says {size}; a layer other images back onto is never "
+            f"rewritten: check it (bake verify) and remove it with the images on it")
 
 
 def push_receive(args) -> dict:
@@ -263,36 +304,84 @@ def _verified(images: Path, name: str) -> Path:
 
 
 def push_publish(args) -> dict:
-    """Rename the received files in, the qcow2 only if it was verified, the manifest (standard input) last."""
+    """Publish the version whose manifest is standard input. Every file of its chain, the base layer first, is here
+    already (a lower layer is never rewritten; the version's own qcow2 is replaced by a verified copy that arrived)
+    or received and verified; in a chain each layer's backing file (its qcow2 header) must be the layer before it,
+    or nothing is published. The schema goes in before the image is visible, the layers base first, the manifest
+    last. bake/publish.py reads the manifest: imported here, as `setup` runs this file alone on a bare host."""
+    from bake import publish
+    from bake.errors import BakeError
     images = Path(args.images)
     manifest_bytes = sys.stdin.buffer.read()
     try:
-        json.loads(manifest_bytes)["qcow2"]["sha256"]
-    except (ValueError, KeyError, TypeError):
-        raise HostStepError("the manifest sent has no qcow2 sha256") from None
+        manifest = publish.Manifest.from_json(json.loads(manifest_bytes), "the manifest sent")
+    except ValueError:
+        raise HostStepError("the manifest sent is not JSON") from None
+    except BakeError as e:
+        raise HostStepError(str(e)) from None
     version = args.version
-    qcow2 = _verified(images, f"agent-{version}.qcow2")
-    if not qcow2.exists():
-        raise HostStepError(f"agent-{version}.qcow2: no verified copy here; push again")
+    if manifest.version != version or manifest.name != "agent":
+        raise HostStepError(f"the manifest sent is {manifest.name}-{manifest.version}'s, not agent-{version}'s")
+    final_manifest = images / f"agent-{version}.manifest.json"
+    chain = publish.Published(images / manifest.qcow2.file, final_manifest, manifest).chain
+    moves = [_layer_source(images, final, want.size, top=i == len(chain) - 1) for i, (final, want) in enumerate(chain)]
+    if len(chain) > 1:
+        for i, (path, final) in enumerate(moves):
+            try:
+                backing = publish.backing_name(path)
+            except BakeError as e:
+                raise HostStepError(f"{final.name}: {str(e).rpartition(': ')[2]}; nothing published") from None
+            expected = chain[i - 1][0].name if i else ""
+            if backing != expected:
+                raise HostStepError(f"{final.name}: backing file {backing or '(none)'!r}, the manifest's chain says "
+                                    f"{expected or '(none)'!r}; nothing published")
     for extra in args.extra:              # the OpenClaw schema, before the image is visible
         part = _part(images, _check_name(extra))
         if part.exists():
             os.replace(part, images / extra)
-    os.chmod(qcow2, 0o644)                # libvirt's QEMU user reads the backing file
-    os.replace(qcow2, images / f"agent-{version}.qcow2")
+    renamed = []
+    for path, final in moves:             # base first: a layer is never in place before the one it backs onto
+        if path != final:
+            os.chmod(path, 0o644)         # libvirt's QEMU user reads the backing files
+            os.replace(path, final)
+            renamed.append(final.name)
+    _fsync_dir(images)
     tmp = images / f".agent-{version}.manifest.json.tmp"
     with open(tmp, "wb") as f:
         f.write(manifest_bytes)
         f.flush()
         os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
-    os.replace(tmp, images / f"agent-{version}.manifest.json")   # last: now the version is published
-    dirfd = os.open(images, os.O_DIRECTORY)
+    os.replace(tmp, final_manifest)       # last: now the version is published
+    _fsync_dir(images)
+    return {"published": version, "renamed": renamed}
+
+
+def _layer_source(images: Path, final: Path, size: int, top: bool) -> tuple[Path, Path]:
+    """(the file to publish as `final`, final): the one here, or the verified copy received (checked for size)."""
+    name = _check_name(final.name)
+    verified = _verified(images, name)
+    if final.exists() and (not top or not verified.exists()):
+        here = final.stat().st_size
+        if here != size:
+            raise HostStepError(_rewrite_refused(name, here, size) if not top else
+                                f"{name}: here with {here} bytes, the manifest says {size}; push again")
+        verified.unlink(missing_ok=True)  # a copy an interrupted push left: this one stays
+        return final, final
+    if not verified.exists():
+        raise HostStepError(f"{name}: no verified copy here; push again")
+    if verified.stat().st_size != size:
+        verified.unlink()
+        raise HostStepError(f"{name}: the verified copy here is not the manifest's size; removed, push again")
+    return verified, final
+
+
+def _fsync_dir(path: Path) -> None:
+    dirfd = os.open(path, os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
-    return {"published": version}
 
 
 # ------------------------------------------------------------------------------------------------------- setup
@@ -438,7 +527,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("push-begin")
     s.add_argument("--images", required=True)
     s.add_argument("--version", required=True)
-    s.add_argument("files", nargs="+")
+    s.add_argument("--layer", action="append", default=[], help="NAME:SIZE, each file of the chain, the base first")
+    s.add_argument("files", nargs="*", help="the other files (the schema)")
     s = sub.add_parser("push-receive")
     s.add_argument("--images", required=True)
     s.add_argument("--name", required=True)

@@ -1,18 +1,20 @@
-"""`fleet push [VERSION]`: send a published image (qcow2, OpenClaw schema, manifest) to every host that lacks it,
-all hosts at once.
+"""`fleet push [VERSION]`: send a published image (every file of its qcow2 chain, OpenClaw schema, manifest) to
+every host that lacks it, all hosts at once.
 
-Per host: ask what is there (push-begin); a host that has the version published costs one SSH round trip. Each
-file streams over the host's SSH connection into a hidden `.part` from where the host's copy ends (a push killed
-or cut midway resumes: only the rest travels). The host hashes while it writes and checks the qcow2 against the
-manifest's sha256; a mismatch removes the copy. Then push-publish renames the files in, the manifest last, so a
-half-sent image is never "the newest" on a host. Progress per host (bytes, rate) goes to stderr."""
+Per host: ask what is there (push-begin); a host that has the version published costs one SSH round trip, and a
+layer the host already holds (the base layer an earlier version on the same base brought) is not sent. Each file
+streams over the host's SSH connection into a hidden `.part` from where the host's copy ends (a push killed or cut
+midway resumes: only the rest travels). The host hashes while it writes and checks each layer against the
+manifest's sha256; a mismatch removes the copy. Then push-publish checks the chain (each layer backed by the one
+before it) and renames the files in, base first, the manifest last, so a half-sent image is never "the newest" on a
+host. Progress per host (bytes, rate) goes to stderr."""
 from __future__ import annotations
 
 import json
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -31,18 +33,27 @@ class SourceFile:
     name: str
     path: Path
     size: int
-    sha256: str = ""           # the qcow2's, from the manifest; the schema has none
+    sha256: str = ""           # a layer's, from the manifest; the schema has none
+    what: str = "schema"       # image (a flat qcow2) | base layer | app layer | layer N | schema: what a person reads
+
+    @property
+    def layer(self) -> bool:
+        return self.what != "schema"
 
 
 @dataclass(frozen=True)
 class Source:
     version: str
-    files: tuple[SourceFile, ...]
+    files: tuple[SourceFile, ...]   # the chain, base layer first, then the schema
     manifest: bytes
 
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def layers(self) -> tuple[SourceFile, ...]:
+        return tuple(f for f in self.files if f.layer)
 
 
 @dataclass
@@ -52,6 +63,17 @@ class HostPush:
     bytes_sent: int = 0
     seconds: float = 0.0
     error: str = ""
+    bytes_skipped: int = 0      # layers the host already held whole (a base layer shared with an earlier version)
+    # what each file of the chain is (SourceFile.what: base layer, app layer; image when flat), base first
+    layers_sent: list[str] = field(default_factory=list)       # travelled in this push (or a resumed earlier one)
+    layers_present: list[str] = field(default_factory=list)    # already in the host's images dir: not sent
+
+    @property
+    def travelled(self) -> str:
+        """What went over the wire, in words: "app layer; base layer already there"."""
+        return "; ".join(filter(None, (", ".join(self.layers_sent),
+                                       f"{', '.join(self.layers_present)} already there" if self.layers_present
+                                       else "")))
 
     @property
     def rate_mbps(self) -> float:
@@ -62,18 +84,29 @@ class HostPush:
 
 
 def source(inv: Inventory, version: Optional[str]) -> Source:
-    """The published image on this workstation (the manifest says the qcow2's size and sha256)."""
+    """The published image on this workstation: every file of its chain, the base layer first, with the size and
+    sha256 its manifest records (checked on the host as it arrives), then the schema."""
     try:
         image = find_image(inv.images_dir, version)
     except CloneError as e:
         raise FleetError(str(e)) from None
-    qcow2 = image.manifest.qcow2
-    if image.path.stat().st_size != qcow2.size:
-        raise FleetError(f"image {image.version}: {image.path} is not the size its manifest says")
-    files = [SourceFile(image.path.name, image.path, qcow2.size, qcow2.sha256)]
+    chain = image.chain
+    files = []
+    for i, (path, want) in enumerate(chain):
+        if not path.exists():
+            raise FleetError(f"image {image.version}: {path} is listed by its manifest but missing")
+        if path.stat().st_size != want.size:
+            raise FleetError(f"image {image.version}: {path} is not the size its manifest says")
+        files.append(SourceFile(path.name, path, want.size, want.sha256, _what(i, len(chain))))
     if image.schema_path is not None:
         files.append(SourceFile(image.schema_path.name, image.schema_path, image.schema_path.stat().st_size))
     return Source(image.version, tuple(files), image.manifest_path.read_bytes())
+
+
+def _what(i: int, n: int) -> str:
+    if n == 1:
+        return "image"
+    return "base layer" if i == 0 else "app layer" if i == n - 1 else f"layer {i + 1}"
 
 
 class Progress:
@@ -93,35 +126,49 @@ class Progress:
         with self.lock:
             print(f"push {host}: {done / 1e6:.1f}/{total / 1e6:.1f} MB, {rate:.1f} MB/s", file=sys.stderr, flush=True)
 
+    def note(self, host: str, text: str) -> None:
+        """Once per host, before its stream: what will travel and what the host already holds."""
+        if self.enabled:
+            with self.lock:
+                print(f"push {host}: {text}", file=sys.stderr, flush=True)
 
-def push_host(ssh: Ssh, host: Host, src: Source, progress: Callable, limit_bps: float = 0) -> HostPush:
+
+def push_host(ssh: Ssh, host: Host, src: Source, progress: "Progress", limit_bps: float = 0) -> HostPush:
     images = str(host.host_images_dir)
     begin = check_remote(ssh.run(host, _hostside(host, "push-begin", "--images", images, "--version", src.version,
-                                                 *(f.name for f in src.files)), timeout=60), host, "push-begin")
+                                                 *(f"--layer={f.name}:{f.size}" for f in src.layers),
+                                                 *(f.name for f in src.files if not f.layer)), timeout=60),
+                         host, "push-begin")
     state = json.loads(begin.stdout)
     if state["published"]:
         return HostPush(host.name, "present")
+    present = [f for f in src.files if f.name in state["present"]]
+    todo = [f for f in src.files if f not in present]
     have = {}                                     # bytes already on the host per file; -1: complete and verified
-    for f in src.files:
+    for f in todo:
         n = state["partial"].get(f.name, 0)
         have[f.name] = 0 if n > f.size else n
-    need = sum(f.size - have[f.name] for f in src.files if have[f.name] != -1)
+    need = sum(f.size - have[f.name] for f in todo if have[f.name] != -1)
     if need + FREE_MARGIN > state["free_bytes"]:
         raise FleetError(f"{host.name}: push of {src.version} needs {need / 1e9:.1f} GB (+1 GB margin) in {images}, "
                          f"{state['free_bytes'] / 1e9:.1f} GB free")
+    result = HostPush(host.name, "pushed", bytes_skipped=sum(f.size for f in present),
+                      layers_sent=[f.what for f in todo if f.layer], layers_present=[f.what for f in present])
+    progress.note(host.name, f"{need / 1e6:.1f} MB to send ({result.travelled})")
     started = time.monotonic()
     sent = 0
-    for f in src.files:
+    for f in todo:
         if have[f.name] == -1:
             continue                              # received and verified by an earlier push, not yet published
         sent += _stream(ssh, host, f, have[f.name], images,
                         lambda n, before=sent: progress(host.name, before + n, need, started), limit_bps)
     check_remote(ssh.run(host, _hostside(host, "push-publish", "--images", images, "--version", src.version,
-                                         *(f.name for f in src.files[1:])), stdin=src.manifest, timeout=120),
-                 host, "publish")
-    seconds = time.monotonic() - started
+                                         *(f.name for f in src.files if not f.layer)), stdin=src.manifest,
+                         timeout=120), host, "publish")
+    result.seconds = time.monotonic() - started
+    result.bytes_sent = sent
     progress(host.name, sent, need, started, final=True)
-    return HostPush(host.name, "pushed", sent, seconds)
+    return result
 
 
 def _hostside(host: Host, *args: str) -> list[str]:
@@ -208,11 +255,11 @@ def render(version: str, results: Sequence[HostPush]) -> str:
             lines.append(f"{r.host:<8}  present   (already published there: nothing sent)")
             continue
         lines.append(f"{r.host:<8}  {r.result:<8}  {r.bytes_sent / 1e6:>7.1f} MB  {r.seconds:>5.1f} s  "
-                     f"{r.rate_mbps:>6.1f} MB/s")
+                     f"{r.rate_mbps:>6.1f} MB/s  ({r.travelled})")
     return "\n".join(lines)
 
 
-def push(ssh: Ssh, hosts: Sequence[Host], src: Source, progress: Callable, limit_bps: float = 0) -> list[HostPush]:
+def push(ssh: Ssh, hosts: Sequence[Host], src: Source, progress: "Progress", limit_bps: float = 0) -> list[HostPush]:
     outcomes = each_host(hosts, lambda h: push_host(ssh, h, src, progress, limit_bps))
     return [o.value if o.ok else HostPush(o.host, "failed", error=o.error) for o in outcomes.values()]
 
