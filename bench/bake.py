@@ -4,11 +4,12 @@
 Runs in a scratch build dir (downloads and the npm cache are shared with ./build, so the network is not measured;
 DIB's and our base-tree caches start empty for the full bake, unless --reuse-base-tree). Prints figures; asserts
 nothing.
---layered (issue 17): the full bake and the bump are layered, and a flat bake of the first version is made too (its
-qcow2 is what a host without layers receives): the bump's time is a ratio of the full layered bake in the same run,
-and the bump's new app layer, all a host with the previous image needs, a ratio of the flat image's bytes.
+Layered (the default, issue 17): the full bake and the bump are layered (the bump stacks its app layer on the first
+version), and a flat bake of the first version is made too (its qcow2 is what a host without layers receives): the
+bump's time is a ratio of the full layered bake in the same run, and the bump's new app layer, all a host with the
+previous image needs, a ratio of the flat image's bytes. --flat: everything flat, as before layers.
 --spec agent-small.yaml: the small image, whose bump is a file of the agentd element (it pins nothing).
-Usage: .venv/bin/python bench/bake.py [--keep] [--layered] [--spec agent-small.yaml] [--reuse-base-tree]
+Usage: .venv/bin/python bench/bake.py [--keep] [--flat] [--spec agent-small.yaml] [--reuse-base-tree]
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def timed(fn):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the scratch build dir")
-    parser.add_argument("--layered", action="store_true", help="bake layered; compare the bump with a full bake")
+    parser.add_argument("--flat", dest="layered", action="store_false", help="bake flat (one qcow2), as before layers")
     parser.add_argument("--spec", default="agent.yaml", help="the spec under images/ (agent.yaml, agent-small.yaml)")
     parser.add_argument("--reuse-base-tree", action="store_true",
                         help="link ./build's cached base trees in: the full bake skips the DIB base stage")
@@ -63,12 +64,13 @@ def main() -> int:
     spec_path = images / args.spec
     try:
         full, t_full = timed(lambda: pipeline.bake(spec_path, layout, quiet=True, layered=args.layered))
-        hit, t_hit = timed(lambda: pipeline.bake(spec_path, layout, quiet=True))
-        hit_v, t_hit_v = timed(lambda: pipeline.bake(spec_path, layout, verify_checksum=True, quiet=True))
+        hit, t_hit = timed(lambda: pipeline.bake(spec_path, layout, quiet=True, layered=args.layered))
+        hit_v, t_hit_v = timed(lambda: pipeline.bake(spec_path, layout, verify_checksum=True, quiet=True,
+                                                     layered=args.layered))
         flat = t_flat = None
         if args.layered:
             flat_layout = pipeline.Layout(scratch, scratch / "flat-images")
-            flat, t_flat = timed(lambda: pipeline.bake(spec_path, flat_layout, quiet=True))
+            flat, t_flat = timed(lambda: pipeline.bake(spec_path, flat_layout, quiet=True, layered=False))
         if spec_path.name == "agent.yaml":
             spec_path.write_text(spec_path.read_text().replace(*BUMP))
             spec = load_spec(spec_path)

@@ -22,6 +22,7 @@ from host.appliance import Drive, appliance
 from tests.bake_fixtures import edit
 from tests.conftest import REPO
 from tests.image_variants import variant_layout
+from tests.layered_support import make_app_layer, make_base_layer
 
 # what the bump changes: a file of the app stage's agentd element that lands in the image (a managed file)
 WRAPPER = REPO / "images" / "elements" / "agentd" / "install.d" / "40-agentd"
@@ -160,14 +161,11 @@ def synthetic_chain(images, versions, tmp_path, stack=True):
     one shared base layer, with their app tree indexes kept as a bake keeps them: what find_parent looks at."""
     cache = tmp_path / "cache"
     images.mkdir(parents=True)
-    base = images / "agent-base-0123456789abcdef.qcow2"   # made in place: backing names resolve in the images dir
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    base = make_base_layer(images / "agent-base-0123456789abcdef.qcow2", 1)   # in place: names resolve there
     made = []
     for version in versions:
         under = made[-1].qcow2 if stack and made else base
-        top = images / f".app-{version}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", under.name, str(top)],
-                       check=True)
+        top = make_app_layer(base, images / f".app-{version}.qcow2", 0x40 + len(made), backing=under.name)
         image_json = {"name": "agent", "version": version, "baseline": {}, "packages": {}}
         made.append(publish.publish(images, "agent", version, top, image_json, None, None,
                                     base_layer=None if stack and made else base,
