@@ -160,7 +160,9 @@ def main() -> None:
         per_vm = []
         for i in range(args.usual_vms):
             vm = work / f"usual-{i}.qcow2"
-            copy = timed("copy", ["cp", "--sparse=always", str(golden), str(vm)])
+            # a chain (the layered default) is flattened into the VM's own file: the usual way has no layers
+            copy = timed("copy", ["qemu-img", "convert", "-O", "qcow2", str(golden), str(vm)]
+                         if bake_publish.backing_name(golden) else ["cp", "--sparse=always", str(golden), str(vm)])
             sysprep = timed("virt-sysprep", ["virt-sysprep", "-q", "-a", str(vm)], env)
             customize = timed("virt-customize", [
                 "virt-customize", "-q", "-a", str(vm), "--hostname", f"usual-{i}",
