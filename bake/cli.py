@@ -1,4 +1,5 @@
-"""`python -m bake.cli bake|lock|verify|list`: the bake's command line. Errors are one line and a non-zero exit."""
+"""`python -m bake bake|lock|verify|list|diff|gc`: the bake's command line (also `python -m bake.cli`). Errors are one
+line and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     df.add_argument("b", metavar="B", help="another one")
     df.add_argument("--name", default="agent")
     df.add_argument("--json", action="store_true", help="print the changes as JSON")
+    gc = sub.add_parser("gc", help="remove old images no agent uses, base layers no kept image needs, leftovers",
+                        description="Remove published images beyond the newest --keep that no agent disk's backing "
+                        "chain uses and no agent's state names, then base layers no kept image needs, stale "
+                        "leftovers and cached base layers beyond the cache's own limit (docs/bake.md).")
+    gc.add_argument("--keep", type=_keep_count, default=3, metavar="N",
+                    help="published images kept besides those in use (default 3)")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    gc.add_argument("--json", action="store_true", help="print the plan and what was removed as JSON")
+    gc.add_argument("--storage-dir", type=Path, action="append", default=[], metavar="DIR",
+                    help="look for agent disks here too (repeatable); the inventory's storage dirs that exist "
+                    "here always are ($AGENTFLEET_INVENTORY or deploy/fleet.yaml)")
+    gc.add_argument("--state-dir", type=Path, action="append", default=[], metavar="DIR",
+                    help="agents' states here name disks and images in use (repeatable; the inventory's too)")
+    gc.add_argument("--name", default="agent", help="image name (default agent)")
     args = parser.parse_args(argv)
     from bake.pipeline import Layout
     layout = Layout(args.build_dir.resolve(), args.images_dir.resolve() if args.images_dir else None)
@@ -165,7 +180,56 @@ def _diff(args, layout) -> int:
     return exit_codes.OK
 
 
-_COMMANDS = {"bake": _bake, "lock": _lock, "verify": _verify, "list": _list, "diff": _diff}
+def _keep_count(text: str) -> int:
+    from bake.gc import keep_count
+    return keep_count(text)
+
+
+def _gc(args, layout) -> int:
+    from bake import gc, gc_report, layers
+    from bake.pipeline import exclusive
+    agents = _agent_dirs(args.storage_dir, args.state_dir)
+    with exclusive(layout.build, quiet=args.json):   # a bake's files are in place a moment before its manifest
+        plan = gc.plan(layout.images, agents, keep=args.keep, name=args.name, cache_dir=layout.base_layers,
+                       cache_keep=layers.KEEP_CACHED)
+        if args.dry_run:
+            collected = gc.Collected(())
+        else:
+            if not args.json:
+                for k in gc_report.notable(plan):
+                    print(gc_report.kept_line(k, plan.images_dir))
+            collected = gc.collect(plan, removed=lambda r: args.json or print(
+                gc_report.removed_line(r, False, plan.images_dir), flush=True))
+    if args.json:
+        print(json.dumps(gc_report.to_json(plan, collected, args.dry_run)))
+    elif args.dry_run:
+        print("\n".join(gc_report.lines(plan, collected, dry_run=True)))
+    else:
+        print(gc_report.total(plan, collected, dry_run=False))
+    if collected.error:
+        print(f"bake: error: {collected.error}", file=sys.stderr)
+        return exit_codes.FAILED
+    return exit_codes.OK
+
+
+def _agent_dirs(storage: list[Path], state: list[Path]):
+    """The dirs given and every storage and state dir the inventory names that exists on this machine (a
+    hypervisor's, or a lab's on a workstation): more places looked at only ever keeps more."""
+    from bake.gc_usage import AgentDirs
+    from deploy import inventory
+    from deploy.errors import CloneError
+    try:
+        inv = inventory.load()
+    except CloneError as e:
+        raise BakeError(f"{e}; without it agent disks cannot be looked for, so nothing is removed",
+                        exit_codes.USAGE) from None
+    storage = [*storage, *(h.storage_dir for h in inv.hosts.values())]
+    state = [*state, *(h.state_dir for h in inv.hosts.values())]
+    return AgentDirs(tuple(dict.fromkeys(p.resolve() for p in storage if p.is_dir())),
+                     tuple(dict.fromkeys(p.resolve() for p in state if p.is_dir())))
+
+
+_COMMANDS = {"gc": _gc, "bake": _bake, "lock": _lock, "verify": _verify, "list": _list, "diff": _diff}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -91,7 +91,7 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
     if existing and not force:
         publish.check_published(existing, full=verify_checksum)
         return Outcome(existing, cache_hit=True)
-    with _exclusive(layout.build, quiet):
+    with exclusive(layout.build, quiet):
         existing = publish.find(layout.images, spec.name, version)  # another bake may have just published it
         if existing and not force:
             publish.check_published(existing, full=verify_checksum)
@@ -100,8 +100,9 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
 
 
 @contextmanager
-def _exclusive(build: Path, quiet: bool):
-    """One bake at a time per build dir: bakes share the work dirs, DIB's apt cache and the base-tree cache."""
+def exclusive(build: Path, quiet: bool):
+    """One bake at a time per build dir: bakes share the work dirs, DIB's apt cache and the base-tree cache (and
+    `bake gc` takes it too: a bake's base layer and image are in place a moment before its manifest)."""
     build.mkdir(parents=True, exist_ok=True)
     with open(build / "bake.lock", "a+") as lock:
         try:
