@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import functools
 import json
 import sys
 import time
@@ -189,12 +190,13 @@ def _gc(args, layout) -> int:
     from bake import gc, gc_report, layers
     from bake.pipeline import exclusive
     agents = _agent_dirs(args.storage_dir, args.state_dir)
-    with exclusive(layout.build, quiet=args.json):   # a bake's files are in place a moment before its manifest
-        plan = gc.plan(layout.images, agents, keep=args.keep, name=args.name, cache_dir=layout.base_layers,
-                       cache_keep=layers.KEEP_CACHED)
-        if args.dry_run:
-            collected = gc.Collected(())
-        else:
+    planned = functools.partial(gc.plan, layout.images, agents, keep=args.keep, name=args.name,
+                                cache_dir=layout.base_layers, cache_keep=layers.KEEP_CACHED)
+    if args.dry_run:                                 # reads only: no lock, nothing written, not even bake.lock
+        plan, collected = planned(), gc.Collected(())
+    else:
+        with exclusive(layout.build, quiet=args.json):   # a bake's files are in place a moment before its manifest
+            plan = planned()
             if not args.json:
                 for k in gc_report.notable(plan):
                     print(gc_report.kept_line(k, plan.images_dir))

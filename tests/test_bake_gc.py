@@ -158,7 +158,7 @@ def test_dry_run_removes_nothing_and_lists_the_plan_the_real_run_then_carries_ou
     assert code == 0, err
     dry = json.loads(out)
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in images.iterdir()} == snapshot
-    assert dry["dry_run"] is True and dry["removed"] == []
+    assert dry["dry_run"] is True and dry["removed"] == [] and not (build / "bake.lock").exists()
     planned = [(r["path"], r["kind"]) for r in dry["removals"]]
     assert planned == [(str(images / "agent-v1.manifest.json"), "manifest"),
                        (str(images / "agent-v3.manifest.json"), "manifest"),
