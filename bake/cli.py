@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     gc.add_argument("--json", action="store_true", help="print the plan and what was removed as JSON")
     gc.add_argument("--storage-dir", type=Path, action="append", default=[], metavar="DIR",
-                    help="look for agent disks here too (repeatable); the inventory's storage dirs that exist "
-                    "here always are ($AGENTFLEET_INVENTORY or deploy/fleet.yaml)")
+                    help="agents' disks here (every qcow2 in it) keep the images they back onto (repeatable; "
+                    "required on a hypervisor, with --state-dir)")
     gc.add_argument("--state-dir", type=Path, action="append", default=[], metavar="DIR",
-                    help="agents' states here name disks and images in use (repeatable; the inventory's too)")
+                    help="agents' states here (<DIR>/<agent>/state.json) keep the disks and images they name "
+                    "(repeatable)")
     gc.add_argument("--name", default="agent", help="image name (default agent)")
     args = parser.parse_args(argv)
     from bake.pipeline import Layout
@@ -215,20 +216,17 @@ def _gc(args, layout) -> int:
 
 
 def _agent_dirs(storage: list[Path], state: list[Path]):
-    """The dirs given and every storage and state dir the inventory names that exists on this machine (a
-    hypervisor's, or a lab's on a workstation): more places looked at only ever keeps more."""
+    """The dirs given. The bake knows no inventory (docs/architecture.md), so on a hypervisor, whose agents' disks
+    back onto images, running without them is refused rather than guessed: `fleet gc` sends a host its own dirs."""
     from bake.gc_usage import AgentDirs
-    from deploy import inventory
-    from deploy.errors import CloneError
-    try:
-        inv = inventory.load()
-    except CloneError as e:
-        raise BakeError(f"{e}; without it agent disks cannot be looked for, so nothing is removed",
-                        exit_codes.USAGE) from None
-    storage = [*storage, *(h.storage_dir for h in inv.hosts.values())]
-    state = [*state, *(h.state_dir for h in inv.hosts.values())]
-    return AgentDirs(tuple(dict.fromkeys(p.resolve() for p in storage if p.is_dir())),
-                     tuple(dict.fromkeys(p.resolve() for p in state if p.is_dir())))
+    from host.identity import host_file
+    hypervisor = host_file()
+    if (not storage or not state) and hypervisor.is_file():
+        raise BakeError(f"this machine is hypervisor {hypervisor.read_text().strip()!r} ({hypervisor}): pass its "
+                        f"--storage-dir and --state-dir (its agents' disks use images), or run `python -m "
+                        f"deploy.fleet gc --host NAME` from the workstation", exit_codes.USAGE)
+    return AgentDirs(tuple(dict.fromkeys(p.resolve() for p in storage)),
+                     tuple(dict.fromkeys(p.resolve() for p in state)))
 
 
 _COMMANDS = {"gc": _gc, "bake": _bake, "lock": _lock, "verify": _verify, "list": _list, "diff": _diff}

@@ -9,7 +9,6 @@ import pytest
 from bake import gc, publish
 from bake.cli import main as bake_main
 from bake.gc_usage import AgentDirs
-from tests.clone_support import REPO
 from tests.gc_support import agent_overlay, agent_state, base_layer, names, publish_flat, publish_layered, qcow2
 
 
@@ -148,8 +147,7 @@ def _bake_gc(capsys, build, *args):
 
 def test_dry_run_removes_nothing_and_lists_the_plan_the_real_run_then_carries_out(site, capsys, monkeypatch):
     images, storage, state, _ = site
-    monkeypatch.setenv("AGENTFLEET_INVENTORY", str(REPO / "deploy" / "fleet.yaml"))
-    monkeypatch.delenv("AGENTFLEET_OVERLAY", raising=False)
+    monkeypatch.setenv("AGENTFLEET_HOST_FILE", str(images / "no-such-host-file"))    # a workstation
     agent_overlay(storage, "athena", images / "agent-v2.qcow2")
     build = images.parent
     dirs = ["--storage-dir", str(storage), "--state-dir", str(state)]
@@ -187,8 +185,7 @@ def test_dry_run_removes_nothing_and_lists_the_plan_the_real_run_then_carries_ou
 def test_the_workstation_run_prunes_the_build_caches_base_layers_and_refuses_keep_0(site, tmp_path, capsys,
                                                                                    monkeypatch):
     images, storage, state, _ = site
-    monkeypatch.setenv("AGENTFLEET_INVENTORY", str(REPO / "deploy" / "fleet.yaml"))
-    monkeypatch.delenv("AGENTFLEET_OVERLAY", raising=False)
+    monkeypatch.setenv("AGENTFLEET_HOST_FILE", str(images / "no-such-host-file"))    # a workstation
     cache = images.parent / "cache" / "layers"
     for i, key in enumerate("0123"):
         layer = qcow2(cache / f"agent-base-{key * 16}.qcow2")
@@ -203,3 +200,21 @@ def test_the_workstation_run_prunes_the_build_caches_base_layers_and_refuses_kee
     with pytest.raises(SystemExit):
         bake_main(["--build-dir", str(images.parent), "gc", "--keep", "0"])
     assert "--keep: 0: the newest image at least must be kept" in capsys.readouterr().err
+
+
+def test_on_a_hypervisor_the_run_needs_its_storage_and_state_dirs(site, tmp_path, capsys, monkeypatch):
+    images, storage, state, _ = site
+    host_file = tmp_path / "host"
+    host_file.write_text("r420\n")
+    monkeypatch.setenv("AGENTFLEET_HOST_FILE", str(host_file))
+    before = names(images)
+    code, out, err = _bake_gc(capsys, images.parent, "--keep", "1", "--storage-dir", str(storage))
+    assert (code, out) == (2, "")
+    assert err == (f"bake: error: this machine is hypervisor 'r420' ({host_file}): pass its --storage-dir and "
+                   f"--state-dir (its agents' disks use images), or run `python -m deploy.fleet gc --host NAME` from "
+                   f"the workstation\n")
+    assert names(images) == before
+    code, out, err = _bake_gc(capsys, images.parent, "--keep", "1", "--storage-dir", str(storage),
+                              "--state-dir", str(state))
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("removed 11 file(s)")
