@@ -133,6 +133,7 @@ class _Planner:
         self.named = Uses()                # files some manifest lists, before anything is removed
         self.kept: dict[str, Kept] = {}
         self.removals: dict[str, tuple[Path, str, str]] = {}
+        self.cache_dir: Optional[Path] = None
 
     def plan(self, cache_dir: Optional[Path], cache_keep: int) -> Plan:
         doomed = self._images()
@@ -148,7 +149,8 @@ class _Planner:
         for path, why in layers:
             self._layer(path, why)
         if cache_dir is not None:
-            self._cache(cache_dir, cache_keep)
+            self.cache_dir = Path(os.path.abspath(cache_dir))
+            self._cache(self.cache_dir, cache_keep)
         return Plan(self.images_dir, self.keep, tuple(self.kept.values()), _sized(list(self.removals.values())))
 
     def _images(self) -> list[publish.Published]:
@@ -265,7 +267,12 @@ class _Planner:
         self.kept.setdefault(os.path.abspath(path), Kept(path, kind, reason))
 
     def _remove(self, path: Path, kind: str, reason: str) -> None:
-        if path.is_file() or path.is_symlink():
+        """Only a file directly in the images dir (or the cache, for its own kind) is ever removed: a manifest
+        naming `../elsewhere` must not reach outside."""
+        home = self.cache_dir if kind == "cached base layer" else self.images_dir
+        if Path(os.path.abspath(path)).parent != home:
+            self._keep(path, kind, f"outside {home}: never removed")
+        elif path.is_file() or path.is_symlink():
             self.removals.setdefault(os.path.abspath(path), (path, kind, reason))
 
 

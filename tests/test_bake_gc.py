@@ -218,3 +218,18 @@ def test_on_a_hypervisor_the_run_needs_its_storage_and_state_dirs(site, tmp_path
                               "--state-dir", str(state))
     assert code == 0, err
     assert out.splitlines()[-1].startswith("removed 11 file(s)")
+
+
+def test_a_manifest_naming_a_file_outside_the_images_dir_never_gets_it_removed(site):
+    images, storage, state, agents = site
+    outside = qcow2(images.parent / "outside.qcow2")
+    manifest = json.loads((images / "agent-v1.manifest.json").read_text())
+    manifest.update(version="v0", layers=[], qcow2={"file": "../outside.qcow2", "size": 1, "sha256": "ab"})
+    (images / "agent-v0.manifest.json").write_text(json.dumps(manifest))
+    os.utime(images / "agent-v0.manifest.json", (1000, 1000))
+    plan = gc.plan(images, agents, keep=1)
+    assert (images / "agent-v0.manifest.json") in [r.path for r in plan.removals]
+    assert outside not in [r.path for r in plan.removals]
+    assert {k.path: k.reason for k in plan.kept}[images / "../outside.qcow2"] == f"outside {images}: never removed"
+    gc.collect(plan)
+    assert outside.exists()
