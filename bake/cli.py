@@ -1,8 +1,10 @@
-"""`python -m bake.cli bake|lock|verify|list`: the bake's command line. Errors are one line and a non-zero exit."""
+"""`python -m bake bake|lock|verify|list|diff|gc`: the bake's command line (also `python -m bake.cli`). Errors are one
+line and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
 import calendar
+import functools
 import json
 import sys
 import time
@@ -47,6 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     df.add_argument("b", metavar="B", help="another one")
     df.add_argument("--name", default="agent")
     df.add_argument("--json", action="store_true", help="print the changes as JSON")
+    gc = sub.add_parser("gc", help="remove old images no agent uses, base layers no kept image needs, leftovers",
+                        description="Remove published images beyond the newest --keep that no agent disk's backing "
+                        "chain uses and no agent's state names, then base layers no kept image needs, stale "
+                        "leftovers and cached base layers beyond the cache's own limit (docs/bake.md).")
+    gc.add_argument("--keep", type=_keep_count, default=3, metavar="N",
+                    help="published images kept besides those in use (default 3)")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    gc.add_argument("--json", action="store_true", help="print the plan and what was removed as JSON")
+    gc.add_argument("--storage-dir", type=Path, action="append", default=[], metavar="DIR",
+                    help="agents' disks here (every qcow2 in it) keep the images they back onto (repeatable; "
+                    "required on a hypervisor, with --state-dir)")
+    gc.add_argument("--state-dir", type=Path, action="append", default=[], metavar="DIR",
+                    help="agents' states here (<DIR>/<agent>/state.json) keep the disks and images they name "
+                    "(repeatable)")
+    gc.add_argument("--name", default="agent", help="image name (default agent)")
     args = parser.parse_args(argv)
     from bake.pipeline import Layout
     layout = Layout(args.build_dir.resolve(), args.images_dir.resolve() if args.images_dir else None)
@@ -166,7 +183,54 @@ def _diff(args, layout) -> int:
     return exit_codes.OK
 
 
-_COMMANDS = {"bake": _bake, "lock": _lock, "verify": _verify, "list": _list, "diff": _diff}
+def _keep_count(text: str) -> int:
+    from bake.gc import keep_count
+    return keep_count(text)
+
+
+def _gc(args, layout) -> int:
+    from bake import gc, gc_report, layers
+    from bake.pipeline import exclusive
+    agents = _agent_dirs(args.storage_dir, args.state_dir)
+    planned = functools.partial(gc.plan, layout.images, agents, keep=args.keep, name=args.name,
+                                cache_dir=layout.base_layers, cache_keep=layers.KEEP_CACHED)
+    if args.dry_run:                                 # reads only: no lock, nothing written, not even bake.lock
+        plan, collected = planned(), gc.Collected(())
+    else:
+        with exclusive(layout.build, quiet=args.json):   # a bake's files are in place a moment before its manifest
+            plan = planned()
+            if not args.json:
+                for k in gc_report.notable(plan):
+                    print(gc_report.kept_line(k, plan.images_dir))
+            collected = gc.collect(plan, removed=lambda r: args.json or print(
+                gc_report.removed_line(r, False, plan.images_dir), flush=True))
+    if args.json:
+        print(json.dumps(gc_report.to_json(plan, collected, args.dry_run)))
+    elif args.dry_run:
+        print("\n".join(gc_report.lines(plan, collected, dry_run=True)))
+    else:
+        print(gc_report.total(plan, collected, dry_run=False))
+    if collected.error:
+        print(f"bake: error: {collected.error}", file=sys.stderr)
+        return exit_codes.FAILED
+    return exit_codes.OK
+
+
+def _agent_dirs(storage: list[Path], state: list[Path]):
+    """The dirs given. The bake knows no inventory (docs/architecture.md), so on a hypervisor, whose agents' disks
+    back onto images, running without them is refused rather than guessed: `fleet gc` sends a host its own dirs."""
+    from bake.gc_usage import AgentDirs
+    from host.identity import host_file
+    hypervisor = host_file()
+    if (not storage or not state) and hypervisor.is_file():
+        raise BakeError(f"this machine is hypervisor {hypervisor.read_text().strip()!r} ({hypervisor}): pass its "
+                        f"--storage-dir and --state-dir (its agents' disks use images), or run `python -m "
+                        f"deploy.fleet gc --host NAME` from the workstation", exit_codes.USAGE)
+    return AgentDirs(tuple(dict.fromkeys(p.resolve() for p in storage)),
+                     tuple(dict.fromkeys(p.resolve() for p in state)))
+
+
+_COMMANDS = {"gc": _gc, "bake": _bake, "lock": _lock, "verify": _verify, "list": _list, "diff": _diff}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -95,7 +95,7 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
     if existing and (above := publish.stacked_on(layout.images, existing)):
         raise BakeError(f"{existing.qcow2.name} is a layer of {', '.join(i.version for i in above)}: rebaking it "
                         f"would break their chains (remove those images first)", exit_codes.USAGE)
-    with _exclusive(layout.build, quiet):
+    with exclusive(layout.build, quiet):
         existing = publish.find(layout.images, spec.name, version)  # another bake may have just published it
         if existing and not force:
             publish.check_published(existing, full=verify_checksum)
@@ -104,8 +104,9 @@ def bake(spec_path: Path, layout: Layout, verify_checksum: bool = False, force: 
 
 
 @contextmanager
-def _exclusive(build: Path, quiet: bool):
-    """One bake at a time per build dir: bakes share the work dirs, DIB's apt cache and the base-tree cache."""
+def exclusive(build: Path, quiet: bool):
+    """One bake at a time per build dir: bakes share the work dirs, DIB's apt cache and the base-tree cache (and
+    `bake gc` takes it too: a bake's base layer and image are in place a moment before its manifest)."""
     build.mkdir(parents=True, exist_ok=True)
     with open(build / "bake.lock", "a+") as lock:
         try:

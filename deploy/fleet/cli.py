@@ -8,6 +8,7 @@
   clone|replace|rollback|destroy AGENT...   deploy/clone.py on each agent's host, hosts in parallel
   backup AGENT... --to DIR     back agents up while they run; the backups are pulled here over SSH and verified
   restore AGENT --from DIR     send a backup to the agent's host and restore it there (same identity)
+  gc [--keep N]            remove images beyond the newest N that no agent on the host uses or names (--dry-run)
 
 Exit codes: 0 done/ready; 1 not ready or not converged (doctor, status); 2 an error (one line per host or agent on
 stderr; the other hosts' work completes); 3 a replace that rolled back. docs/fleet.md has the details."""
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from bake.gc import keep_count
 from deploy import inventory as inventory_mod
 from deploy.errors import CloneError
 from deploy.fleet import doctor as doctor_mod
@@ -100,6 +102,13 @@ def _add_late_commands(sub, common) -> None:
     s = sub.add_parser("rollout", parents=[common], help="upgrade every agent: canary, then waves gated on health")
     rollout.add_arguments(s, with_json=False)
     s.add_argument("--collector", metavar="URL", help="collector API URL (default services.collector_api_url)")
+    s = sub.add_parser("gc", parents=[common], help="remove old images no agent on a host uses, on every host",
+                       description="On every host at once: remove published images beyond the newest --keep that "
+                       "no agent disk's backing chain there uses and no agent's state there names (current, "
+                       "previous, pending), then base layers no kept image needs and stale leftovers (docs/fleet.md).")
+    s.add_argument("--keep", type=keep_count, default=3, metavar="N",
+                   help="published images kept on each host besides those in use (default 3)")
+    s.add_argument("--dry-run", action="store_true", help="print what each host would remove; remove nothing")
     s = sub.add_parser("setup", parents=[common], help="prepare hypervisors for agentfleet")
     s.add_argument("hosts", nargs="+", metavar="HOST")
     s.add_argument("--no-packages", action="store_true", help="no apt-get install of the clone's packages, no venv")
@@ -189,6 +198,11 @@ def cmd_rollout(args, inv: Inventory, ssh: Ssh) -> int:
     return rollout_verb.main(args, inv, ssh)
 
 
+def cmd_gc(args, inv: Inventory, ssh: Ssh) -> int:
+    from deploy.fleet import gc_verb
+    return gc_verb.main(args, inv, ssh, select_hosts(inv, args.host))
+
+
 def cmd_setup(args, inv: Inventory, ssh: Ssh) -> int:
     from deploy.fleet import setup
     return setup.main(args, inv, ssh, select_hosts(inv, args.hosts))
@@ -197,4 +211,4 @@ def cmd_setup(args, inv: Inventory, ssh: Ssh) -> int:
 COMMANDS = {"trust": cmd_trust, "doctor": cmd_doctor, "status": cmd_status, "push": cmd_push,
             "clone": cmd_remote_clone, "replace": cmd_remote_clone, "update": cmd_remote_clone,
             "rollback": cmd_remote_clone, "destroy": cmd_remote_clone, "rollout": cmd_rollout, "setup": cmd_setup,
-            "backup": cmd_backup, "restore": cmd_restore}
+            "backup": cmd_backup, "restore": cmd_restore, "gc": cmd_gc}

@@ -513,6 +513,14 @@ def backup_remove(args) -> dict:
     return {"removed": str(root) if existed else ""}
 
 
+# ---------------------------------------------------------------------------------------------------------- gc
+def gc(args) -> dict:
+    """fleet gc's step: bake/gc.py's collection of this host's images dir (deploy/fleet/gc_step.py), imported here
+    and not at the top because `setup` runs this file alone on a host that has no checkout yet."""
+    from deploy.fleet.gc_step import gc as step
+    return step(args, HostStepError)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deploy.fleet.hostside", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="step", required=True)
@@ -552,12 +560,19 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(step)
         s.add_argument("--storage", required=True)
         s.add_argument("--name", required=True)
+    s = sub.add_parser("gc", help="collect images no agent here uses (deploy/fleet/gc_step.py)")
+    s.add_argument("--images", required=True)
+    s.add_argument("--storage", required=True)
+    s.add_argument("--state-dir", required=True)
+    s.add_argument("--keep", type=int, required=True)
+    s.add_argument("--dry-run", action="store_true")
     return p
 
 
 STEPS = {"probe": probe, "agents": agents, "push-begin": push_begin, "push-receive": push_receive,
          "push-publish": push_publish, "setup": setup, "backup-send": backup_send, "backup-receive": backup_receive,
          "backup-remove": backup_remove}
+STEPS["gc"] = gc
 
 
 def main(argv: Optional[list[str]] = None) -> int:
