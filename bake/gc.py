@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from bake import publish
+from bake import layers, publish
 from bake.errors import BakeError
 from bake.gc_usage import AgentDirs, Usage, Uses, backing_chain, survey
 
@@ -53,6 +53,7 @@ class Removal:
     """A file to remove. `freed`: the bytes its removal gives back (0 while another hard link to it stays)."""
     path: Path
     kind: str                  # manifest | image file | orphan | leftover | base layer | cached base layer
+    #                            | cached tree index
     reason: str
     size: int
     freed: int
@@ -134,6 +135,7 @@ class _Planner:
         self.kept: dict[str, Kept] = {}
         self.removals: dict[str, tuple[Path, str, str]] = {}
         self.cache_dir: Optional[Path] = None
+        self.kept_versions: set[str] = set()
 
     def plan(self, cache_dir: Optional[Path], cache_keep: int) -> Plan:
         doomed = self._images()
@@ -178,6 +180,7 @@ class _Planner:
                 doomed.append(image)
                 continue
             self._keep(image.qcow2, "image", f"image {image.version}: {'; '.join(reasons)}")
+            self.kept_versions.add(image.version)
             for path in _image_files(image):
                 self.protected.add(path, f"under image {image.version}")
         for version, whos in self.usage.images.items():       # a named image whose manifest is gone
@@ -241,6 +244,10 @@ class _Planner:
                 self._keep(path, "cached base layer", f"in use by {user}")
             else:
                 self._remove(path, "cached base layer", f"older than {_newest(cache_keep)} in the cache")
+        for path in sorted(cache_dir.glob(f"{self.name}-*{layers.TREE_INDEX_SUFFIX}")):
+            version = path.name[len(self.name) + 1:-len(layers.TREE_INDEX_SUFFIX)]
+            if version not in self.kept_versions:   # the next bump stacks on a kept image only
+                self._remove(path, "cached tree index", f"image {version} is not kept: no bump will stack on it")
 
     def _needed(self, path: Path) -> Optional[str]:
         user = self.usage.chains.of(path)
@@ -269,7 +276,7 @@ class _Planner:
     def _remove(self, path: Path, kind: str, reason: str) -> None:
         """Only a file directly in the images dir (or the cache, for its own kind) is ever removed: a manifest
         naming `../elsewhere` must not reach outside."""
-        home = self.cache_dir if kind == "cached base layer" else self.images_dir
+        home = self.cache_dir if kind.startswith("cached ") else self.images_dir
         if Path(os.path.abspath(path)).parent != home:
             self._keep(path, kind, f"outside {home}: never removed")
         elif path.is_file() or path.is_symlink():

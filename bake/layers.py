@@ -74,9 +74,13 @@ def find_base_layer(name: str, images: Path, cache: Path) -> Optional[Path]:
     return next((p for p in (images / name, cache / name) if p.is_file()), None)
 
 
+TREE_INDEX_SUFFIX = ".tree.json"
+
+
 def tree_index_path(cache: Path, image_name: str, version: str) -> Path:
-    """Where a layered bake keeps its app tree's index (tree_diff), for the next bump to diff against."""
-    return cache / f"{image_name}-{version}.tree.json"
+    """Where a layered bake keeps its app tree's index (tree_diff), for the next bump to diff against (`bake gc`
+    removes it with the image)."""
+    return cache / f"{image_name}-{version}{TREE_INDEX_SUFFIX}"
 
 
 @dataclass(frozen=True)

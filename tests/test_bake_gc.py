@@ -233,3 +233,18 @@ def test_a_manifest_naming_a_file_outside_the_images_dir_never_gets_it_removed(s
     assert {k.path: k.reason for k in plan.kept}[images / "../outside.qcow2"] == f"outside {images}: never removed"
     gc.collect(plan)
     assert outside.exists()
+
+
+def test_the_tree_index_a_bump_would_stack_on_goes_with_its_image(site):
+    """Every layered bake keeps its app tree's index in the cache for the next bump to diff against; once its image
+    is collected no bump can stack on it, and the index (megabytes for the full image) goes too."""
+    images, _, _, agents = site
+    cache = images.parent / "cache" / "layers"
+    cache.mkdir(parents=True)
+    for version in ("v1", "v5"):
+        (cache / f"agent-{version}.tree.json").write_text("{}")
+    plan = gc.plan(images, agents, keep=3, cache_dir=cache)
+    assert [(r.path.name, r.kind) for r in plan.removals if r.kind == "cached tree index"] == [
+        ("agent-v1.tree.json", "cached tree index")]
+    gc.collect(plan)
+    assert sorted(p.name for p in cache.iterdir()) == ["agent-v5.tree.json"]
