@@ -17,7 +17,7 @@ bake: setup  ## bake the golden image from images/agent.yaml (cache hit if uncha
 lock: setup  ## re-resolve images/agent.lock.json from the registries
 	$(PY) -m bake.cli lock images/agent.yaml
 
-test: setup  ## what CI runs: every tier (fast, slow, e2e; the bakes in the background; 81 min in CI before this tree), slowest tests listed
+test: setup  ## what CI runs: every tier (fast, slow, e2e; the bakes in the background; 62 min in CI at the last landing), slowest tests listed
 	$(PYTEST) --durations=15 tests
 
 test-fast: setup  ## unit and service tests only (about a minute)
