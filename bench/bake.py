@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 from bake import fetch, lock, pipeline  # noqa: E402
 from bake.spec import load_spec  # noqa: E402
 
-BUMP = ("version: 2026.9.2", "version: 2026.9.1")  # OpenClaw one release back: still accepts Node 22
+# the AWS CDK CLI one release back (OpenClaw cannot go back alone: its pinned Mattermost plugin needs >= 2026.9.2)
+BUMP = ("version: 2.1148.1", "version: 2.1148.0")
 # the small image pins nothing: its app-stage bump is a file the agentd element writes into the image
 SMALL_BUMP = ("elements/agentd/install.d/40-agentd",
               ("# agentfleet: agentd's command line", "# agentfleet: agentd's command line, bumped"))
@@ -75,7 +76,7 @@ def main() -> int:
             spec_path.write_text(spec_path.read_text().replace(*BUMP))
             spec = load_spec(spec_path)
             lock.resolve(spec, fetch.host_npm(spec, layout.downloads, layout.tools))  # `make lock`: not the bake's
-            bumped = f"OpenClaw {BUMP[0].split()[-1]} -> {BUMP[1].split()[-1]}"
+            bumped = f"aws-cdk {BUMP[0].split()[-1]} -> {BUMP[1].split()[-1]}"
         else:
             path, edit = SMALL_BUMP
             (images / path).write_text((images / path).read_text().replace(*edit))
