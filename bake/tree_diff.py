@@ -1,8 +1,9 @@
-"""What the app stage added, changed or removed in the base stage's tree: the content of a layered image's app layer.
+"""What the app stage added, changed or removed in the tree under it: the content of a layered image's app layer.
 
 Both trees are DIB's tar output. Each member is reduced to what a guest can tell apart (type, mode, owner by number,
 mtime, content sha256, symlink target, device numbers, xattrs, and every name of a hard-linked inode), so a member
-whose state is the same in both tars is left alone, and everything else is rewritten whole. Pure Python (tarfile):
+whose state is the same in both tars (its mtime aside: see diff) is left alone, and everything else is rewritten
+whole. Pure Python (tarfile):
 the fast tier tests it on small synthetic tars.
 """
 from __future__ import annotations
@@ -123,11 +124,30 @@ def _stamp(path: Path) -> list[int]:
 
 
 def diff(old: dict[str, Entry], new: dict[str, Entry], new_order: list[str]) -> TreeDiff:
-    """`new_order`: the new tree's names in tar order (index()'s dict keeps it: pass list(new))."""
-    changed = [name for name in new_order if old.get(name) != new[name]]
+    """`new_order`: the new tree's names in tar order (index()'s dict keeps it: pass list(new)).
+
+    A path whose only difference is its mtime is left alone: every rebuild of the app stage gives the files npm
+    installs (OpenClaw's 37,000) the time of that build, and rewriting them for it made a one-pin bump's layer as big
+    as the whole app stage. One exception keeps Python's caches valid: a rewritten `__pycache__/<m>.*.pyc` records its
+    source's mtime, so that source (`<m>.py`) is rewritten with it."""
+    changed = {name for name in new_order if not _same(old.get(name), new[name])}
+    changed |= {source for name in changed if (source := _pyc_source(name)) in new}
+    ordered = [name for name in new_order if name in changed]
     gone = [name for name in old if name not in new and name != "."]
-    retyped = [name for name in changed if name in old and old[name].kind != new[name].kind]
-    return TreeDiff(tuple(changed), top_most(gone + retyped))
+    retyped = [name for name in ordered if name in old and old[name].kind != new[name].kind]
+    return TreeDiff(tuple(ordered), top_most(gone + retyped))
+
+
+def _same(old: Optional[Entry], new: Entry) -> bool:
+    return old is not None and replace(old, mtime=0) == replace(new, mtime=0)
+
+
+def _pyc_source(name: str) -> Optional[str]:
+    """`a/b/__pycache__/m.cpython-312.pyc` -> `a/b/m.py`; None for any other name."""
+    head, _, file = name.rpartition("/__pycache__/")
+    if not head or not file.endswith(".pyc") or "/" in file:
+        return None
+    return f"{head}/{file.split('.', 1)[0]}.py"
 
 
 def top_most(names: list[str]) -> tuple[str, ...]:

@@ -98,10 +98,24 @@ def test_a_removed_directory_is_removed_once_with_everything_under_it(tmp_path):
     assert d.removed == ("var/cache/thing",)
 
 
-def test_a_mode_owner_or_time_change_alone_rewrites_the_path(tmp_path):
-    for change in ({"mode": 0o600}, {"uid": 1000}, {"gid": 4}, {"mtime": 1_800_000_000}):
+def test_a_mode_or_owner_change_alone_rewrites_the_path_a_time_change_alone_does_not(tmp_path):
+    for change in ({"mode": 0o600}, {"uid": 1000}, {"gid": 4}):
         d = diff_of(tmp_path, BASE, edited(**{"etc/motd": {"name": "etc/motd", "data": b"hello\n", **change}}))
         assert d.changed == ("etc/motd",), change
+    later = {"name": "etc/motd", "data": b"hello\n", "mtime": 1_800_000_000}
+    d = diff_of(tmp_path, BASE, edited(**{"etc/motd": later}))
+    assert d.changed == (), "a rebuild's new times alone (npm's install) rewrite nothing"
+
+
+def test_a_rewritten_python_cache_brings_its_source_so_their_times_agree():
+    """A .pyc records its source's mtime; were the source left at the old time, Python would find every cache stale."""
+    def entry(content, mtime):
+        return tree_diff.Entry("file", 0o644, 0, 0, mtime, content)
+    names = ["opt/agentd/agentd/daemon.py", "opt/agentd/agentd/__pycache__/daemon.cpython-310.pyc",
+             "opt/agentd/agentd/other.py"]
+    old = {names[0]: entry("src", 1), names[1]: entry("pyc-1", 1), names[2]: entry("other", 1)}
+    new = {names[0]: entry("src", 2), names[1]: entry("pyc-2", 2), names[2]: entry("other", 2)}
+    assert tree_diff.diff(old, new, names).changed == (names[0], names[1]), "in the tree's order; other.py left"
 
 
 def test_an_xattr_change_rewrites_the_file_and_the_new_xattrs_are_known(tmp_path):
