@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from bake import layers, publish
+from bake import publish, tree_diff
 from bake.errors import BakeError
 from bake.gc_usage import AgentDirs, Usage, Uses, backing_chain, survey
 
@@ -244,8 +244,8 @@ class _Planner:
                 self._keep(path, "cached base layer", f"in use by {user}")
             else:
                 self._remove(path, "cached base layer", f"older than {_newest(cache_keep)} in the cache")
-        for path in sorted(cache_dir.glob(f"{self.name}-*{layers.TREE_INDEX_SUFFIX}")):
-            version = path.name[len(self.name) + 1:-len(layers.TREE_INDEX_SUFFIX)]
+        for path in sorted(cache_dir.glob(f"{self.name}-*{tree_diff.TREE_INDEX_SUFFIX}")):
+            version = path.name[len(self.name) + 1:-len(tree_diff.TREE_INDEX_SUFFIX)]
             if version not in self.kept_versions:   # the next bump stacks on a kept image only
                 self._remove(path, "cached tree index", f"image {version} is not kept: no bump will stack on it")
 

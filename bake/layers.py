@@ -74,15 +74,6 @@ def find_base_layer(name: str, images: Path, cache: Path) -> Optional[Path]:
     return next((p for p in (images / name, cache / name) if p.is_file()), None)
 
 
-TREE_INDEX_SUFFIX = ".tree.json"
-
-
-def tree_index_path(cache: Path, image_name: str, version: str) -> Path:
-    """Where a layered bake keeps its app tree's index (tree_diff), for the next bump to diff against (`bake gc`
-    removes it with the image)."""
-    return cache / f"{image_name}-{version}{TREE_INDEX_SUFFIX}"
-
-
 @dataclass(frozen=True)
 class Parent:
     """A published image a bump stacks its app layer on, and its app tree as the guest sees it through its chain."""
@@ -100,7 +91,7 @@ def find_parent(images: Path, image_name: str, base_layer: str, cache: Path, ver
             continue
         if len(layers) - 1 >= MAX_APP_LAYERS:
             return None   # the newest chain on this base is full: start a new one rather than stack on an older one
-        tree = tree_diff.load_index(tree_index_path(cache, image_name, image.version))
+        tree = tree_diff.load_index(tree_diff.index_path(cache, image_name, image.version))
         return Parent(image, tree) if tree is not None else None
     return None
 

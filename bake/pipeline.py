@@ -208,7 +208,7 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
                                 base_layer=stack.base_layer if stack and not stack.parent else None,
                                 parent=stack.parent if stack else None)
         if stack:   # the next bump diffs against this image's tree
-            tree_diff.save_index(stack.tree, layers.tree_index_path(layout.base_layers, spec.name, version))
+            tree_diff.save_index(stack.tree, tree_diff.index_path(layout.base_layers, spec.name, version))
     on = ""
     if stack:
         on = f", on {stack.parent.qcow2.name}" if stack.parent else f", on {stack.base_layer.name}"

@@ -98,6 +98,16 @@ def cached_index(tar_path: Path, index_path: Path) -> dict[str, Entry]:
     return entries
 
 
+TREE_INDEX_SUFFIX = ".tree.json"
+
+
+def index_path(cache: Path, image_name: str, version: str) -> Path:
+    """Where a layered bake keeps its app tree's index, for the next bump to diff against (bake/layers.py
+    find_parent; `bake gc` removes it with the image). Here, not in layers.py: gc runs on hypervisors, whose Python
+    has none of the bake's dependencies."""
+    return cache / f"{image_name}-{version}{TREE_INDEX_SUFFIX}"
+
+
 def save_index(entries: dict[str, Entry], index_path: Path, stamp: Optional[list[int]] = None) -> None:
     """Written whole or not at all (a temporary file renamed in). `stamp`: what load_index must be given back."""
     index_path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests import prebake
-from tests.image_variants import BUILD, full_image, small_image, small_next_image
+from tests.image_variants import BUILD, full_image, small_flat_image, small_image, small_next_image
 
 REPO = Path(__file__).resolve().parent.parent
 FAST, SLOW_NO_IMAGE, SLOW_SMALL_IMAGE, SLOW_FULL_IMAGE, E2E = range(5)
 # The fixtures that hand a test a baked image: the name tests/prebake.py bakes each under, and the tier of its tests.
 IMAGE_FIXTURES = {"small_baked_image": ("small", SLOW_SMALL_IMAGE),
                   "small_next_baked_image": ("small-next", SLOW_SMALL_IMAGE),
+                  "small_flat_baked_image": ("small-flat", SLOW_SMALL_IMAGE),
                   "baked_image": ("full", SLOW_FULL_IMAGE)}
 
 
@@ -77,3 +78,11 @@ def small_next_baked_image(tmp_path_factory):
     """The small image's next version (tests/image_variants.SMALL_BUMP), for a rollout to move to."""
     prebake.wait_for("small-next")
     return small_next_image(tmp_path_factory.mktemp("small-next"))
+
+
+@pytest.fixture(scope="session")
+def small_flat_baked_image():
+    """The small image's inputs baked flat (`bake --flat`) into build/flat-small-images: what its chain must show
+    the guest (tests/test_bake_layers.py)."""
+    prebake.wait_for("small-flat")
+    return small_flat_image()

@@ -42,6 +42,13 @@ def small_image() -> publish.Published:
     return bake(REPO / "images" / "agent-small.yaml", variant_layout("small-images"), quiet=True).image
 
 
+def small_flat_image() -> publish.Published:
+    """The small image's inputs baked flat (one qcow2) into build/flat-small-images: the same version as
+    small_image(), in the other form."""
+    return bake(REPO / "images" / "agent-small.yaml", variant_layout("flat-small-images"), quiet=True,
+                layered=False).image
+
+
 def small_next_image(tmp: Path) -> publish.Published:
     """The small image's next version (SMALL_BUMP): its app stage rebaked on the small image's cached base tree."""
     return bake_variant(tmp, "small-bump", SMALL_BUMP, spec="agent-small.yaml", images_dir="small-images")

@@ -108,6 +108,7 @@ def _bakers() -> dict[str, Callable[[Path], object]]:
     from tests import image_variants
     return {"small": lambda scratch: image_variants.small_image(),
             "small-next": image_variants.small_next_image,
+            "small-flat": lambda scratch: image_variants.small_flat_image(),
             "full": lambda scratch: image_variants.full_image()}
 
 

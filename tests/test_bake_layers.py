@@ -1,7 +1,7 @@
 """A layered bake of the small image (the default): a base layer baked once, a thin app layer on it, a bump that
 stacks one more small layer and rewrites nothing under it, a chain whose files the guest sees exactly as a flat
 bake's, and verification that refuses a chain with a corrupted layer. The slow tests use the session's small image
-and its bump (tests/prebake.py bakes them); the flat bake of the same inputs is the one bake of their own."""
+and its bump, and the same inputs baked flat (tests/prebake.py bakes all three in the background)."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +21,6 @@ from bake.verify import baseline_problems, identity_problems, scan_image
 from host.appliance import Drive, appliance
 from tests.bake_fixtures import edit
 from tests.conftest import REPO
-from tests.image_variants import variant_layout
 from tests.layered_support import make_app_layer, make_base_layer
 
 # what the bump changes: a file of the app stage's agentd element that lands in the image (a managed file)
@@ -79,13 +78,6 @@ def test_the_base_layer_leaves_out_what_identity_free_removes_and_the_diff_knows
     assert diff.removed == ("var/lib/apt/lists",), "nothing of what the base layer lacks is removed again"
 
 
-@pytest.fixture(scope="module")
-def flat_small(small_baked_image):
-    """The small image's inputs baked flat (`--flat`) into its own images dir: what a chain must show the guest."""
-    layout = variant_layout("flat-small-images")
-    return bake(REPO / "images" / "agent-small.yaml", layout, quiet=True, layered=False).image
-
-
 @pytest.mark.slow
 def test_the_small_image_is_a_chain_its_manifest_names_layer_by_layer(small_baked_image):
     image = small_baked_image
@@ -112,7 +104,7 @@ def test_the_base_layer_alone_carries_no_identity_nor_build_leftovers(small_bake
 
 @pytest.mark.slow
 def test_a_bump_stacks_one_small_app_layer_on_the_previous_image_and_touches_no_layer_under_it(
-        small_baked_image, small_next_baked_image, flat_small):
+        small_baked_image, small_next_baked_image, small_flat_baked_image):
     before, after = small_baked_image, small_next_baked_image
     assert after.version != before.version
     if len(before.manifest.layers) - 1 < layers.MAX_APP_LAYERS:
@@ -122,14 +114,14 @@ def test_a_bump_stacks_one_small_app_layer_on_the_previous_image_and_touches_no_
     for path, recorded in before.chain:
         assert file_sha256(path) == recorded.sha256, "no layer under the bump was rewritten"
     assert after.manifest.baseline == before.manifest.baseline, "the bump changes no managed file"
-    assert after.manifest.qcow2.size < FLAT_SHARE_LIMIT * flat_small.manifest.qcow2.size
+    assert after.manifest.qcow2.size < FLAT_SHARE_LIMIT * small_flat_baked_image.manifest.qcow2.size
     publish.check_published(after, full=True)
 
 
 @pytest.mark.slow
-def test_the_chain_shows_the_guest_the_files_of_a_flat_bake_of_the_same_inputs(small_baked_image, flat_small,
-                                                                               tmp_path):
-    image, flat = small_baked_image, flat_small
+def test_the_chain_shows_the_guest_the_files_of_a_flat_bake_of_the_same_inputs(small_baked_image,
+                                                                               small_flat_baked_image, tmp_path):
+    image, flat = small_baked_image, small_flat_baked_image
     assert flat.version == image.version and not flat.manifest.layers
     assert image.manifest.baseline == flat.manifest.baseline
     seen = scan_image(image.qcow2, tmp_path)
@@ -171,7 +163,7 @@ def synthetic_chain(images, versions, tmp_path, stack=True):
                                     base_layer=None if stack and made else base,
                                     parent=made[-1] if stack and made else None))
         tree_diff.save_index({"etc": tree_diff.Entry("dir", 0o755, 0, 0, 0, "")},
-                             layers.tree_index_path(cache, "agent", version))
+                             tree_diff.index_path(cache, "agent", version))
     return made, cache
 
 
@@ -186,7 +178,7 @@ def test_a_bump_stacks_on_the_newest_image_of_its_base_until_the_chain_is_full(t
     assert layers.find_parent(images, "agent", made[0].chain[0][0].name, cache, "v2").image.version == "v1", \
         "an image is never its own parent (a forced rebake)"
     assert layers.find_parent(images, "agent", "agent-base-another.qcow2", cache, "v9") is None
-    layers.tree_index_path(cache, "agent", "v2").unlink()
+    tree_diff.index_path(cache, "agent", "v2").unlink()
     assert layers.find_parent(images, "agent", made[0].chain[0][0].name, cache, "v9") is None, \
         "without the parent's tree there is nothing to diff against: straight on the base layer"
     full, cache = synthetic_chain(tmp_path / "full", [f"f{i}" for i in range(layers.MAX_APP_LAYERS)], tmp_path / "x")
