@@ -135,7 +135,7 @@ class _Planner:
         self.kept: dict[str, Kept] = {}
         self.removals: dict[str, tuple[Path, str, str]] = {}
         self.cache_dir: Optional[Path] = None
-        self.kept_versions: set[str] = set()
+        self.doomed_versions: set[str] = set()
 
     def plan(self, cache_dir: Optional[Path], cache_keep: int) -> Plan:
         doomed = self._images()
@@ -178,9 +178,9 @@ class _Planner:
             reasons += sorted({f"in use by {u}" for p in _image_files(image) if (u := self.usage.chains.of(p))})
             if not reasons:
                 doomed.append(image)
+                self.doomed_versions.add(image.version)
                 continue
             self._keep(image.qcow2, "image", f"image {image.version}: {'; '.join(reasons)}")
-            self.kept_versions.add(image.version)
             for path in _image_files(image):
                 self.protected.add(path, f"under image {image.version}")
         for version, whos in self.usage.images.items():       # a named image whose manifest is gone
@@ -246,8 +246,9 @@ class _Planner:
                 self._remove(path, "cached base layer", f"older than {_newest(cache_keep)} in the cache")
         for path in sorted(cache_dir.glob(f"{self.name}-*{tree_diff.TREE_INDEX_SUFFIX}")):
             version = path.name[len(self.name) + 1:-len(tree_diff.TREE_INDEX_SUFFIX)]
-            if version not in self.kept_versions:   # the next bump stacks on a kept image only
-                self._remove(path, "cached tree index", f"image {version} is not kept: no bump will stack on it")
+            if version in self.doomed_versions:   # a bump stacks on a published image only (the cache is shared
+                # by every images dir of the build: an index of another dir's image is not ours to judge)
+                self._remove(path, "cached tree index", f"image {version} goes: no bump will stack on it")
 
     def _needed(self, path: Path) -> Optional[str]:
         user = self.usage.chains.of(path)

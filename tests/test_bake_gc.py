@@ -241,10 +241,10 @@ def test_the_tree_index_a_bump_would_stack_on_goes_with_its_image(site):
     images, _, _, agents = site
     cache = images.parent / "cache" / "layers"
     cache.mkdir(parents=True)
-    for version in ("v1", "v5"):
+    for version in ("v1", "v5", "elsewhere"):   # elsewhere: an image of another images dir sharing the cache
         (cache / f"agent-{version}.tree.json").write_text("{}")
     plan = gc.plan(images, agents, keep=3, cache_dir=cache)
     assert [(r.path.name, r.kind) for r in plan.removals if r.kind == "cached tree index"] == [
         ("agent-v1.tree.json", "cached tree index")]
     gc.collect(plan)
-    assert sorted(p.name for p in cache.iterdir()) == ["agent-v5.tree.json"]
+    assert sorted(p.name for p in cache.iterdir()) == ["agent-elsewhere.tree.json", "agent-v5.tree.json"]
