@@ -212,6 +212,9 @@ def publish(images_dir: Path, name: str, version: str, qcow2: Path, image_json: 
     data = dict(image_json, name=name, version=version, qcow2=top, openclaw_schema=final.schema.name if schema else "")
     base_final = images_dir / base_layer.name if base_layer else None
     if parent:
+        if parent.qcow2.parent.resolve() != images_dir.resolve():
+            raise BakeError(f"publish: {parent.qcow2} is not in {images_dir}: a chain's layers name each other by "
+                            f"bare name, in one dir")
         data["layers"] = [asdict(f) for f in parent.manifest.layers] + [top]
     elif base_layer:
         data["layers"] = [{"file": base_layer.name, "size": base_layer.stat().st_size,
