@@ -16,7 +16,7 @@ from bake.errors import BakeError, input_errors
 from bake.inputs import Inputs, collect, explain_miss
 from bake.lock import Lock, check_lock
 from bake.spec import Spec, load_spec
-from bake.verify import verify_image
+from bake.verify import Readback, verify_image
 from host import exit_codes
 from host.errors import HostError
 from host.progress import Progress, deadline_for
@@ -197,8 +197,11 @@ def _build(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pro
     stack = _layers(spec, inputs, layout, work, progress, base_tar, tree, image_json) if layered else None
     qcow2 = stack.qcow2 if stack else _flat_disk(spec, work, progress, root)
     with _phase(progress, "verify", "verify offline (libguestfs)" + (", through the chain" if layered else "")):
-        problems = verify_image(qcow2, spec.pins, work, log, spec.tool_versions,
-                                baseline=image_json["baseline"] if layered else None)
+        readback = None
+        if stack:
+            readback = Readback(image_json["baseline"], stack.parent.manifest.baseline if stack.parent else None,
+                                frozenset(stack.written))
+        problems = verify_image(qcow2, spec.pins, work, log, spec.tool_versions, readback=readback)
         if problems:
             raise BakeError("verify: refusing to publish: " + "; ".join(problems))
     with _phase(progress, "publish", "publish"):
@@ -240,6 +243,7 @@ class _Stack:
     base_layer_found: bool             # found rather than baked by this bake
     parent: Optional[publish.Published]  # the image it is stacked on, or None: straight on the base layer
     tree: dict                         # the app tree's index (tree_diff), kept for the next bump
+    written: tuple[str, ...]           # the tree names the layer wrote or removed (verify reads those back)
 
 
 def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Progress, base_tar: Path, tree: Path,
@@ -272,7 +276,8 @@ def _layers(spec: Spec, inputs: Inputs, layout: Layout, work: Path, progress: Pr
     with _phase(progress, "app_layer", f"app layer: one libguestfs write into a qcow2 overlay on {under}, compress"):
         qcow2 = layers.app_layer(below, diff, changes, new, image_json, work, log)
         changes.unlink()
-    return _Stack(qcow2, base_layer, found is not None, parent.image if parent else None, new)
+    return _Stack(qcow2, base_layer, found is not None, parent.image if parent else None, new,
+                  diff.changed + diff.removed)
 
 
 def _base_index(base_tar: Path) -> Path:

@@ -8,6 +8,7 @@ import json
 import posixpath
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -47,13 +48,33 @@ HISTORY_FILES = ("/root/.bash_history", "/home/agent/.bash_history", "/root/.pyt
                  "/home/agent/.python_history", "/root/.lesshst", "/root/.viminfo")
 
 
+@dataclass(frozen=True)
+class Readback:
+    """What verify reads back through a layered image's chain to compare with its manifest's `baseline`. `under`:
+    the baseline of the image a stacked layer sits on (verified when that one was baked); `written`: the tree names
+    the top layer wrote or removed (tree_diff). Given both, only the managed dirs the layer wrote into are read back
+    (with /etc, whose passwd and group name the owners), and every other managed file must be recorded exactly as
+    under it: the chain shows the guest those unchanged. Without `under`, every managed file is read back."""
+    baseline: dict
+    under: Optional[dict] = None
+    written: frozenset = frozenset()
+
+    def touches(self, top: str) -> bool:
+        return top == "etc" or any(n in (".", top) or n.startswith(f"{top}/") or top.startswith(f"{n}/")
+                                   for n in self.written)
+
+
 def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional[TextIO] = None,
-                 toolchains: Optional[dict[str, str]] = None, baseline: Optional[dict] = None) -> list[str]:
+                 toolchains: Optional[dict[str, str]] = None, baseline: Optional[dict] = None,
+                 readback: Optional[Readback] = None) -> list[str]:
     """`pins` as the manifest records them (bake/spec.py's Spec.pins): Node, OpenClaw and its plugins are checked
     when pinned; an image without them (the small test image) must still boot agentd and be identity-free.
     `toolchains`: command -> the version prefix it must report (the spec's `toolchains`).
     `baseline`: the manifest's, for a layered image: its managed files as the guest sees them through the chain must
-    be exactly those (a flat image's disk is made from the very tree its baseline was scanned from)."""
+    be exactly those (a flat image's disk is made from the very tree its baseline was scanned from). `readback`: the
+    same for a bake's new layer, reading back only what it wrote when it is stacked on a verified image."""
+    if baseline is not None and readback is None:
+        readback = Readback(baseline)
     plugins = tuple(f"{name}@{version}" for name, version in sorted(pins.items()) if PLUGIN.match(name))
     overlay = scratch / "verify-overlay.qcow2"
     overlay.unlink(missing_ok=True)
@@ -70,8 +91,8 @@ def verify_image(qcow2: Path, pins: dict[str, str], scratch: Path, log: Optional
             if (distro, release) != ("ubuntu", "22.04"):
                 problems.append(f"inspection says {distro} {release}, not ubuntu 22.04")
             g.mount(root, "/")
-            if baseline is not None:   # first: the other checks run the image's commands, which may write
-                problems += baseline_problems(guest_baseline(g, scratch), baseline)
+            if readback is not None:   # first: the other checks run the image's commands, which may write
+                problems += readback_problems(g, scratch, readback)
             if "node" in pins:
                 problems += _check_versions(g, pins["node"], pins.get("openclaw"))
             problems += _check_plugins(g, plugins)
@@ -97,14 +118,38 @@ def scan_image(qcow2: Path, scratch: Path) -> dict[str, dict]:
         return guest_baseline(g, scratch)
 
 
-def guest_baseline(g, scratch: Path) -> dict[str, dict]:
-    """manifest.scan_baseline over a copy of the guest's managed dirs (tar_out with numeric owners, unpacked in
-    `scratch`): one way to scan, whether the files come from the bake's tree or from the disk."""
+def readback_problems(g, scratch: Path, readback: Readback) -> list[str]:
+    if readback.under is None:
+        return baseline_problems(guest_baseline(g, scratch), readback.baseline)
+    tops = [top for top in managed_tops(g) if readback.touches(top)]
+
+    def read_back(path: str) -> bool:
+        return any(path.startswith(f"/{top}/") or path == f"/{top}" for top in tops)
+    problems = baseline_problems(guest_baseline(g, scratch, tops),
+                                 {p: s for p, s in readback.baseline.items() if read_back(p)})
+    now = {p: s for p, s in readback.baseline.items() if not read_back(p)}
+    before = {p: s for p, s in readback.under.items() if not read_back(p)}
+    differ = sorted(p for p in set(now) | set(before) if now.get(p) != before.get(p))
+    if differ:
+        problems.append(f"{len(differ)} managed file(s) the layer did not write differ from the image under it: "
+                        + ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else ""))
+    return problems
+
+
+def managed_tops(g) -> list[str]:
+    """The guest's dirs that hold managed files: manifest.WALKED, with /opt narrowed to its managed entries."""
+    tops = [top for top in manifest.WALKED if top != "opt"]
+    return tops + [f"opt/{entry}" for entry in (sorted(g.ls("/opt")) if g.is_dir("/opt") else [])
+                   if any(f"opt/{entry}/".startswith(p) or p.startswith(f"opt/{entry}/")
+                          for p in manifest.MANAGED_PREFIXES)]
+
+
+def guest_baseline(g, scratch: Path, tops: Optional[list[str]] = None) -> dict[str, dict]:
+    """manifest.scan_baseline over a copy of the guest's managed dirs (`tops`, default all: tar_out with numeric
+    owners, unpacked in `scratch`): one way to scan, whether the files come from the bake's tree or from the disk."""
     root = scratch / "guest-baseline"
     shutil.rmtree(root, ignore_errors=True)
-    tops = [top for top in manifest.WALKED if top != "opt"]
-    tops += [f"opt/{entry}" for entry in (sorted(g.ls("/opt")) if g.is_dir("/opt") else [])
-             if any(f"opt/{entry}/".startswith(p) or p.startswith(f"opt/{entry}/") for p in manifest.MANAGED_PREFIXES)]
+    tops = managed_tops(g) if tops is None else tops
     try:
         for top in tops:
             if g.is_symlink(f"/{top}"):

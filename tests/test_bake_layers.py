@@ -17,7 +17,7 @@ from bake.hashing import file_sha256
 from bake.inputs import collect
 from bake.pipeline import Layout, bake, dry_run
 from bake.spec import load_spec
-from bake.verify import baseline_problems, identity_problems, scan_image
+from bake.verify import Readback, baseline_problems, identity_problems, readback_problems, scan_image
 from host.appliance import Drive, appliance
 from tests.bake_fixtures import edit
 from tests.conftest import REPO
@@ -207,3 +207,27 @@ def test_verify_names_the_managed_files_the_guest_sees_otherwise_than_the_manife
     assert baseline_problems(seen, recorded) == [
         "3 managed file(s) differ from the manifest's baseline: /etc/extra (extra), "
         "/opt/agentd/agentd/__init__.py (missing), /usr/local/bin/agentd (differs)"]
+
+
+def test_a_stacked_layer_reads_back_only_the_dirs_it_wrote(tmp_path):
+    written = frozenset({"opt/aws-cdk/lib/index.js", "etc/agentfleet/image.json"})
+    readback = Readback({}, {}, written)
+    assert [top for top in ("etc", "usr/local/bin", "opt/node-v22.23.3", "opt/aws-cdk") if readback.touches(top)] \
+        == ["etc", "opt/aws-cdk"], "etc always: its passwd and group name the owners"
+    assert Readback({}, {}, frozenset({"opt"})).touches("opt/node-v22.23.3"), "a written dir above a top touches it"
+
+
+@pytest.mark.slow
+def test_a_stacked_layers_verify_holds_what_it_did_not_write_to_the_image_under_it(small_baked_image,
+                                                                                  small_next_baked_image, tmp_path):
+    """The bump wrote nothing under /usr/local/bin: verify reads back /etc only, and every other managed file must
+    be recorded as the image under it records it (that one was read back when it was baked)."""
+    image, under = small_next_baked_image, small_baked_image.manifest.baseline
+    agentd = "/usr/local/bin/agentd"
+    assert agentd in under and agentd in image.manifest.baseline
+    with appliance([Drive(image.qcow2, readonly=True)]) as g:
+        g.mount_ro(g.inspect_os()[0], "/")
+        assert readback_problems(g, tmp_path, Readback(image.manifest.baseline, under, frozenset())) == []
+        tampered = {**under, agentd: {**under[agentd], "sha256": "0" * 64}}
+        assert readback_problems(g, tmp_path, Readback(image.manifest.baseline, tampered, frozenset())) == [
+            f"1 managed file(s) the layer did not write differ from the image under it: {agentd}"]
