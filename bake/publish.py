@@ -173,12 +173,19 @@ def check_published(image: Published, full: bool) -> None:
                             f"modified after publication: delete it and its manifest to rebake")
         if full and file_sha256(path) != want.sha256:
             raise BakeError(f"{path}: sha256 differs from its manifest; delete it and its manifest to rebake")
-        if len(chain) > 1:
-            backing = backing_name(path)
-            expected = chain[i - 1][1].file if i else ""
-            if backing != expected:
-                raise BakeError(f"{path}: backing file {backing or '(none)'!r}, its manifest's chain says "
-                                f"{expected or '(none)'!r}")
+        if (found := backing_mismatch(chain, i, path)) is not None:
+            raise BakeError(f"{path}: backing file {found[0] or '(none)'!r}, its manifest's chain says "
+                            f"{found[1] or '(none)'!r}")
+
+
+def backing_mismatch(chain: list[tuple[Path, ImageFile]], i: int, path: Path) -> Optional[tuple[str, str]]:
+    """(the backing file name `path`'s qcow2 header records, the one the chain wants there: the name of the layer
+    before it, none for the bottom) when they differ, for `path` standing as layer `i` of `chain`; None when they
+    agree or the image is flat. `path` may be a copy not yet renamed in (a push's verified file)."""
+    if len(chain) < 2:
+        return None
+    backing, expected = backing_name(path), chain[i - 1][0].name if i else ""
+    return (backing, expected) if backing != expected else None
 
 
 def backing_name(qcow2: Path) -> str:

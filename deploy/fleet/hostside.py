@@ -325,16 +325,14 @@ def push_publish(args) -> dict:
     final_manifest = images / f"agent-{version}.manifest.json"
     chain = publish.Published(images / manifest.qcow2.file, final_manifest, manifest).chain
     moves = [_layer_source(images, final, want.size, top=i == len(chain) - 1) for i, (final, want) in enumerate(chain)]
-    if len(chain) > 1:
-        for i, (path, final) in enumerate(moves):
-            try:
-                backing = publish.backing_name(path)
-            except BakeError as e:
-                raise HostStepError(f"{final.name}: {str(e).rpartition(': ')[2]}; nothing published") from None
-            expected = chain[i - 1][0].name if i else ""
-            if backing != expected:
-                raise HostStepError(f"{final.name}: backing file {backing or '(none)'!r}, the manifest's chain says "
-                                    f"{expected or '(none)'!r}; nothing published")
+    for i, (path, final) in enumerate(moves):
+        try:
+            found = publish.backing_mismatch(chain, i, path)
+        except BakeError as e:
+            raise HostStepError(f"{final.name}: {str(e).rpartition(': ')[2]}; nothing published") from None
+        if found is not None:
+            raise HostStepError(f"{final.name}: backing file {found[0] or '(none)'!r}, the manifest's chain says "
+                                f"{found[1] or '(none)'!r}; nothing published")
     for extra in args.extra:              # the OpenClaw schema, before the image is visible
         part = _part(images, _check_name(extra))
         if part.exists():
